@@ -1,0 +1,66 @@
+"""Helpers for `configs/*.py` files (big_vision's pattern).
+
+Each config file defines `get_config(arg=None)` returning a locked
+`ml_collections.ConfigDict`. Variants are chosen through the argument
+(`--config configs/x.py:size=tiny,method=gkd`) and parsed with `parse_arg`;
+leaves are overridden by flags (`--config.student.lr=1e-5`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+
+def _coerce(value: str, like: Any) -> Any:
+    """Converts the string `value` to the type of the default `like`."""
+    if isinstance(like, bool):
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected a boolean, got {value!r}")
+    if like is None:
+        return value
+    return type(like)(value)
+
+
+def parse_arg(arg: str | None, lazy: bool = False, **spec: Any) -> ml_collections.ConfigDict:
+    """Parses a config argument like `size=tiny,seed=3` against defaults.
+
+    Args:
+      arg: the string after `:` in `--config file.py:arg`, or None.
+      lazy: if True, keys not in `spec` are kept as strings; otherwise an
+        unknown key is an error that names it and the known keys.
+      **spec: the known keys and their defaults (the default's type decides how
+        the value is parsed). A bare `name` (no `=`) sets a bool key to True.
+
+    Returns:
+      A ConfigDict with every key of `spec`, overridden by `arg`.
+    """
+    result = ml_collections.ConfigDict(dict(spec))
+    if not arg:
+        return result
+    for item in arg.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        if key not in spec:
+            if not lazy:
+                raise ValueError(
+                    f"unknown config argument {key!r} in {arg!r}; known: {sorted(spec)}"
+                )
+            result[key] = value
+            continue
+        if not sep:
+            if not isinstance(spec[key], bool):
+                raise ValueError(f"config argument {key!r} needs a value ({key}=...)")
+            result[key] = True
+            continue
+        try:
+            result[key] = _coerce(value, spec[key])
+        except ValueError as e:
+            raise ValueError(f"config argument {key}={value!r}: {e}") from None
+    return result

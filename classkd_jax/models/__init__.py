@@ -1,0 +1,34 @@
+"""Flax decoder-only transformers (GPT-2, Llama, Qwen2) with Hugging Face I/O.
+
+Public API (the model contract shared by the other modules):
+  ModelConfig, Transformer, ModelOutput, KVCache, init_cache, init_params,
+  abstract_params, lm_head, load_hf, save_hf, load_tokenizer, get_preset.
+"""
+
+from classkd_jax.models.cache import KVCache, init_cache
+from classkd_jax.models.config import ModelConfig
+from classkd_jax.models.hf_io import load_hf, load_tokenizer, save_hf
+from classkd_jax.models.presets import PRESETS, get_preset
+from classkd_jax.models.transformer import (
+    ModelOutput,
+    Transformer,
+    abstract_params,
+    init_params,
+    lm_head,
+)
+
+__all__ = [
+    "PRESETS",
+    "KVCache",
+    "ModelConfig",
+    "ModelOutput",
+    "Transformer",
+    "abstract_params",
+    "get_preset",
+    "init_cache",
+    "init_params",
+    "lm_head",
+    "load_hf",
+    "load_tokenizer",
+    "save_hf",
+]

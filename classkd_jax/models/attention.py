@@ -1,0 +1,127 @@
+"""Grouped-query self-attention with an optional per-layer KV cache.
+
+The mask is built once per forward pass (`attention_mask` / `cache_attention_mask`)
+and shared by all layers; each layer only projects, rotates, writes its cache
+slice and attends. Softmax runs in float32 whatever the compute dtype.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from classkd_jax.models.config import ModelConfig
+from classkd_jax.models.layers import Projection, apply_rope, rope_inv_freq
+
+LayerCache = tuple[jax.Array, jax.Array]  # keys, values: [B, S, H_kv, D_h] each
+
+
+def attention_mask(segment_ids: jax.Array) -> jax.Array:
+    """Mask of a full forward pass: causal, within equal nonzero segment ids.
+
+    Args:
+      segment_ids: [B, T] int32, 0 = padding.
+
+    Returns:
+      [B, T, T] bool, True where query t may attend to key s.
+    """
+    t = segment_ids.shape[1]
+    causal = jnp.arange(t)[:, None] >= jnp.arange(t)[None, :]
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    valid = (segment_ids != 0)[:, :, None]
+    return causal[None] & same & valid
+
+
+def cache_attention_mask(slot_mask: jax.Array, index: jax.Array, num_new: int) -> jax.Array:
+    """Mask of a cached step: new token t (slot index+t) sees valid slots <= its own.
+
+    Args:
+      slot_mask: [B, S] bool, slot validity after writing the new tokens.
+      index: [] int32, the slot of the first new token.
+      num_new: T, the number of new tokens.
+
+    Returns:
+      [B, T, S] bool.
+    """
+    s = slot_mask.shape[1]
+    query_slot = index + jnp.arange(num_new)
+    causal = jnp.arange(s)[None, :] <= query_slot[:, None]  # [T, S]
+    return causal[None] & slot_mask[:, None, :]
+
+
+def dot_product_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, dtype: jnp.dtype
+) -> jax.Array:
+    """Attention of `q` [B, T, H, D_h] over `k`, `v` [B, S, H_kv, D_h] with `mask` [B, T, S].
+
+    Query head h uses key head h // (H // H_kv), as Hugging Face's `repeat_kv`.
+    Fully masked rows (padding queries) give finite garbage, never NaN.
+    """
+    b, t, h, d = q.shape
+    kv = k.shape[2]
+    q = q.reshape(b, t, kv, h // kv, d)
+    logits = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    logits = logits * (1.0 / jnp.sqrt(jnp.float32(d)))
+    logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(dtype))
+    return out.reshape(b, t, h, d)
+
+
+class Attention(nn.Module):
+    """Multi-head / grouped-query self-attention (GPT-2, Llama, Qwen2)."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,
+        positions: jax.Array,
+        mask: jax.Array,
+        layer_cache: LayerCache | None = None,
+        index: jax.Array | None = None,
+    ) -> tuple[jax.Array, LayerCache | None]:
+        """Attends over the new tokens, or over the cache with them written in.
+
+        Args:
+          x: [B, T, D] compute dtype.
+          positions: [B, T] int32, used by RoPE.
+          mask: [B, T, T] bool, or [B, T, S] bool in cache mode.
+          layer_cache: this layer's (keys, values) [B, S, H_kv, D_h], or None.
+          index: [] int32 slot of the first new token (cache mode only).
+
+        Returns:
+          ([B, T, D] compute dtype, the updated layer cache or None).
+        """
+        cfg = self.config
+        heads = (cfg.num_heads, cfg.head_dim)
+        kv_heads = (cfg.num_kv_heads, cfg.head_dim)
+        proj = lambda f, names, name: Projection(
+            cfg, f, ("embed",), names, use_bias=cfg.qkv_bias, name=name
+        )
+        q = proj(heads, ("heads", "head_dim"), "q")(x)
+        k = proj(kv_heads, ("kv_heads", "head_dim"), "k")(x)
+        v = proj(kv_heads, ("kv_heads", "head_dim"), "v")(x)
+        if cfg.position_embedding == "rope":
+            inv_freq = rope_inv_freq(cfg)
+            q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+        q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
+        new_cache = None
+        if layer_cache is not None:
+            cache_k, cache_v = layer_cache
+            start = (0, index, 0, 0)
+            k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), start)
+            v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
+            new_cache = (k, v)
+        out = dot_product_attention(q, k, v, mask, cfg.compute_dtype)
+        out = Projection(
+            cfg,
+            (cfg.hidden_size,),
+            ("heads", "head_dim"),
+            ("embed",),
+            use_bias=cfg.attn_out_bias,
+            name="o",
+        )(out)
+        return out, new_cache

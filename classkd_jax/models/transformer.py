@@ -1,0 +1,242 @@
+"""The decoder-only transformer: embeddings, a scanned stack of blocks, final norm, LM head.
+
+Blocks are stacked with `nn.scan` (one compiled block whatever the depth; params
+get a leading 'layers' axis), optionally rematerialised per block. The KV cache is
+an explicit input/output (`KVCache`), never a hidden mutable collection.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from classkd_jax.models.attention import (
+    Attention,
+    LayerCache,
+    attention_mask,
+    cache_attention_mask,
+)
+from classkd_jax.models.cache import KVCache
+from classkd_jax.models.config import ModelConfig
+from classkd_jax.models.layers import INIT_STDDEV, Mlp, Norm, normal_init
+
+
+@flax.struct.dataclass
+class ModelOutput:
+    """What `Transformer.__call__` returns.
+
+    Attributes:
+      logits: [B, T, V] float32, or None when `compute_logits=False`.
+      hidden: [B, T, D] compute dtype, the final-norm hidden states (LM head input).
+      cache: the updated `KVCache` in cache mode, else None.
+    """
+
+    logits: jax.Array | None
+    hidden: jax.Array
+    cache: KVCache | None = None
+
+
+class Block(nn.Module):
+    """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x)). Scan-compatible."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,
+        layer_cache: LayerCache | None,
+        positions: jax.Array,
+        mask: jax.Array,
+        index: jax.Array | None,
+    ) -> tuple[jax.Array, LayerCache | None]:
+        cfg = self.config
+        h, new_cache = Attention(cfg, name="attn")(
+            Norm(cfg, name="attn_norm")(x), positions, mask, layer_cache, index
+        )
+        x = x + h
+        x = x + Mlp(cfg, name="mlp")(Norm(cfg, name="mlp_norm")(x))
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        return x, new_cache
+
+
+def _stack(config: ModelConfig) -> nn.Module:
+    block = Block
+    if config.remat:
+        # Inside scan, CSE cannot merge the recomputation, so prevent_cse is not needed.
+        block = nn.remat(block, prevent_cse=False)
+    return nn.scan(
+        block,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+        length=config.num_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )(config, name="layers")
+
+
+class Transformer(nn.Module):
+    """Decoder-only LM covering GPT-2, Llama and Qwen2 (see `ModelConfig`)."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        tokens: jax.Array,
+        positions: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
+        cache: KVCache | None = None,
+        compute_logits: bool = True,
+    ) -> ModelOutput:
+        """Runs the model on `tokens`.
+
+        Args:
+          tokens: [B, T] int32.
+          positions: [B, T] int32. Default arange(T), or `cache.index + arange(T)`
+            in cache mode. With left padding use `max(cumsum(mask) - 1, 0)`.
+          segment_ids: [B, T] int32, 0 = padding; tokens attend causally within equal
+            nonzero ids. In cache mode a 0/1 validity mask of the new tokens.
+            Default all ones.
+          cache: a `KVCache`; the new tokens are written at slots
+            `cache.index .. cache.index + T - 1` and attend to every valid slot up
+            to their own.
+          compute_logits: if False, `logits` is None (a loss can use `hidden`).
+
+        Returns:
+          `ModelOutput(logits [B, T, V] float32, hidden [B, T, D], cache)`.
+        """
+        cfg = self.config
+        b, t = tokens.shape
+        if segment_ids is None:
+            segment_ids = jnp.ones((b, t), jnp.int32)
+        if positions is None:
+            start = 0 if cache is None else cache.index
+            positions = jnp.broadcast_to(start + jnp.arange(t, dtype=jnp.int32), (b, t))
+        embed = nn.Embed(
+            cfg.vocab_size,
+            cfg.hidden_size,
+            dtype=cfg.compute_dtype,
+            param_dtype=cfg.params_dtype,
+            embedding_init=normal_init(("vocab", "embed")),
+            name="embed",
+        )
+        x = embed(tokens)
+        if cfg.position_embedding == "learned":
+            x = x + nn.Embed(
+                cfg.max_position_embeddings,
+                cfg.hidden_size,
+                dtype=cfg.compute_dtype,
+                param_dtype=cfg.params_dtype,
+                embedding_init=normal_init((None, "embed")),
+                name="pos_embed",
+            )(positions)
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+        if cache is None:
+            mask, layer_caches, index = attention_mask(segment_ids), None, None
+            slot_mask = None
+        else:
+            _check_cache(cfg, cache, tokens.shape)
+            index = cache.index
+            slot_mask = jax.lax.dynamic_update_slice(cache.mask, segment_ids != 0, (0, index))
+            mask = cache_attention_mask(slot_mask, index, t)
+            layer_caches = (cache.keys, cache.values)
+        x, new_kv = _stack(cfg)(x, layer_caches, positions, mask, index)
+        hidden = Norm(cfg, name="final_norm")(x)
+
+        new_cache = None
+        if cache is not None:
+            new_cache = KVCache(keys=new_kv[0], values=new_kv[1], mask=slot_mask, index=index + t)
+        logits = None
+        if compute_logits:
+            if cfg.tie_word_embeddings:
+                head = embed.embedding.T
+            else:
+                head = self.param(
+                    "lm_head",
+                    normal_init(("embed", "vocab")),
+                    (cfg.hidden_size, cfg.vocab_size),
+                    cfg.params_dtype,
+                )
+            logits = project_logits(hidden, head, cfg)
+        return ModelOutput(logits=logits, hidden=hidden, cache=new_cache)
+
+
+def project_logits(hidden: jax.Array, head: jax.Array, config: ModelConfig) -> jax.Array:
+    """`hidden` [B, T, D] @ `head` [D, V] in compute dtype, accumulated in float32."""
+    dtype = config.compute_dtype
+    logits = jnp.einsum(
+        "btd,dv->btv", hidden.astype(dtype), head.astype(dtype), preferred_element_type=jnp.float32
+    )
+    return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+
+
+def _check_cache(config: ModelConfig, cache: KVCache, token_shape: tuple[int, int]) -> None:
+    want = (config.num_layers, token_shape[0], cache.keys.shape[2])
+    want += (config.num_kv_heads, config.head_dim)
+    if cache.keys.shape != want or cache.values.shape != want:
+        raise ValueError(
+            f"KVCache keys/values shape {cache.keys.shape}/{cache.values.shape} does not fit "
+            f"the model and batch: expected {want} (layers, batch, slots, kv_heads, head_dim)"
+        )
+    if token_shape[1] > cache.keys.shape[2]:
+        raise ValueError(
+            f"{token_shape[1]} new tokens exceed the cache's {cache.keys.shape[2]} slots"
+        )
+
+
+def init_params(config: ModelConfig, rng: jax.Array, *, boxed: bool = False):
+    """Random-init parameters as Hugging Face's `_init_weights` does.
+
+    Weights (kernels, embeddings, the untied head) ~ N(0, 0.02), norm scales 1,
+    biases 0: the distributions of the modules' own initialisers, drawn leaf by
+    leaf (`fold_in(rng, leaf_index)`) without tracing the forward pass, so the
+    jitted init is small; under `jax.jit(..., out_shardings=...)` each leaf is
+    drawn where it lives and, with threefry keys, equals the unsharded draw.
+
+    Args:
+      config: the model config.
+      rng: a PRNG key (any implementation).
+      boxed: keep `nn.Partitioned` boxes carrying logical axis names.
+
+    Returns:
+      The params pytree (the inside of `{'params': ...}`), dtype `config.param_dtype`.
+    """
+    return _jit_init(config, boxed, rng)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _jit_init(config: ModelConfig, boxed: bool, rng: jax.Array):
+    is_box = lambda x: isinstance(x, nn.Partitioned)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract_params(config), is_leaf=is_box)
+    values = []
+    for i, (path, box) in enumerate(leaves):
+        shape, dtype = box.value.shape, box.value.dtype
+        name = path[-1].key
+        if name == "scale":
+            value = jnp.ones(shape, dtype)
+        elif name == "bias":
+            value = jnp.zeros(shape, dtype)
+        else:
+            normal = jax.random.normal(jax.random.fold_in(rng, i), shape, jnp.float32)
+            value = (INIT_STDDEV * normal).astype(dtype)
+        values.append(box.replace_boxed(value) if boxed else value)
+    return jax.tree_util.tree_unflatten(treedef, values)
+
+
+def abstract_params(config: ModelConfig):
+    """Shapes and dtypes of the params, boxed with their logical axis names (no FLOPs)."""
+    init = lambda r: Transformer(config).init(r, jnp.zeros((1, 1), jnp.int32))["params"]
+    return jax.eval_shape(init, jax.random.key(0))
+
+
+def lm_head(params, config: ModelConfig) -> jax.Array:
+    """The output embedding [D, V]: the tied embedding transposed, or the untied head."""
+    if config.tie_word_embeddings:
+        return params["embed"]["embedding"].T
+    return params["lm_head"]

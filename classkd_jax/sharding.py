@@ -1,0 +1,184 @@
+"""Mesh and sharding rules: logical axis names -> mesh axes, decided in one place.
+
+Params and the model's main activations carry logical axis names ('batch',
+'length', 'embed', 'heads', 'kv_heads', 'head_dim', 'mlp', 'vocab', 'layers').
+A short rule table maps them to the mesh axes ('data', 'fsdp', 'tensor').
+Rules are applied in priority order like `flax.linen.logical_to_mesh_axes`: a
+rule takes effect only if its mesh axes are still free in that array, so
+'batch' -> ('data', 'fsdp') wins over 'embed' -> 'fsdp' in activations, while
+params (which have no 'batch') are sharded over 'fsdp' along 'embed'. Unlike
+flax, a logical name with no rule at all is an error (EasyLM's
+`match_partition_rules`), never a silent replication.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+MeshAxes = str | tuple[str, ...] | None
+Rules = Sequence[tuple[str, MeshAxes]]
+
+DEFAULT_RULES: tuple[tuple[str, MeshAxes], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+    ("layers", None),
+)
+
+
+def make_mesh(
+    data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[Any] | None = None
+) -> Mesh:
+    """A ('data', 'fsdp', 'tensor') mesh over `devices` (default: all devices).
+
+    One size may be -1: it takes the devices the others leave. Axis types are
+    `Auto` so `jax.jit` shardings and `with_sharding_constraint` behave as in GSPMD.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = [data, fsdp, tensor]
+    if sizes.count(-1) > 1:
+        raise ValueError(f"make_mesh(data={data}, fsdp={fsdp}, tensor={tensor}): at most one -1")
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if len(devices) % known:
+            raise ValueError(f"{len(devices)} devices do not split into a multiple of {known}")
+        sizes[sizes.index(-1)] = len(devices) // known
+    if math.prod(sizes) != len(devices):
+        raise ValueError(
+            f"make_mesh(data={sizes[0]}, fsdp={sizes[1]}, tensor={sizes[2]}) needs "
+            f"{math.prod(sizes)} devices, have {len(devices)}"
+        )
+    return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+
+
+def _as_tuple(axes: MeshAxes) -> tuple[str, ...]:
+    if axes is None:
+        return ()
+    return (axes,) if isinstance(axes, str) else tuple(axes)
+
+
+def logical_to_mesh(
+    names: Sequence[str | None],
+    rules: Rules = DEFAULT_RULES,
+    shape: Sequence[int] | None = None,
+    mesh: Mesh | None = None,
+) -> PartitionSpec:
+    """Maps logical axis names to a `PartitionSpec` of mesh axes.
+
+    Args:
+      names: one logical name (or None = replicated) per array dimension.
+      rules: (logical name, mesh axes) pairs in priority order.
+      shape: optional array shape; with `mesh`, a dimension the chosen mesh axes
+        do not divide is left unsharded (e.g. GPT-2's vocabulary of 50257).
+      mesh: the mesh, needed only for the divisibility check.
+
+    Raises:
+      ValueError: a logical name that no rule mentions.
+    """
+    known = {name for name, _ in rules}
+    unknown = [n for n in names if n is not None and n not in known]
+    if unknown:
+        raise ValueError(f"logical axis names {unknown} (of {tuple(names)}) match no sharding rule")
+    result: list[tuple[str, ...] | None] = [None] * len(names)
+    used: set[str] = set()
+    for rule_name, mesh_axes in rules:
+        if rule_name not in names:
+            continue
+        pos = list(names).index(rule_name)
+        axes = _as_tuple(mesh_axes)
+        if result[pos] is not None or used & set(axes):
+            continue
+        if shape is not None and mesh is not None:
+            missing = [a for a in axes if a not in mesh.shape]
+            if missing:
+                raise ValueError(
+                    f"rule {rule_name!r} -> {axes} names mesh axes {missing} that the mesh "
+                    f"{dict(mesh.shape)} lacks; build it with classkd_jax.sharding.make_mesh"
+                )
+            size = math.prod(mesh.shape[a] for a in axes)
+            if shape[pos] % size:
+                continue
+        result[pos] = axes
+        used |= set(axes)
+    spec = [None if not a else (a[0] if len(a) == 1 else a) for a in result]
+    return PartitionSpec(*spec)
+
+
+def param_shardings(abstract_params: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Any:
+    """`NamedSharding`s for params whose leaves carry logical names.
+
+    Args:
+      abstract_params: a pytree with `nn.Partitioned` leaves, e.g.
+        `classkd_jax.models.abstract_params(config)` (boxed `jax.eval_shape`).
+      mesh: the device mesh.
+      rules: the logical rules.
+
+    Returns:
+      The same tree structure with plain (unboxed) leaves replaced by `NamedSharding`s.
+
+    Raises:
+      ValueError: naming the param path of a leaf with no logical names, or a
+        logical name no rule matches.
+    """
+
+    def one(path, leaf):
+        where = jax.tree_util.keystr(path)
+        if not isinstance(leaf, nn.Partitioned):
+            raise ValueError(f"param {where} carries no logical axis names (nn.Partitioned)")
+        try:
+            spec = logical_to_mesh(leaf.names, rules, np.shape(leaf.value), mesh)
+        except ValueError as e:
+            raise ValueError(f"param {where}: {e}") from None
+        return NamedSharding(mesh, spec)
+
+    return jax.tree_util.tree_map_with_path(
+        one, abstract_params, is_leaf=lambda x: isinstance(x, nn.Partitioned)
+    )
+
+
+def logical_sharding(
+    names: Sequence[str | None],
+    mesh: Mesh,
+    rules: Rules = DEFAULT_RULES,
+    shape: Sequence[int] | None = None,
+) -> NamedSharding:
+    """The `NamedSharding` of an array (batch, activations) from its logical names."""
+    return NamedSharding(mesh, logical_to_mesh(names, rules, shape, mesh))
+
+
+def cache_shardings(cache: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Any:
+    """Shardings of a `KVCache` (or its `jax.eval_shape`), field by field."""
+    from classkd_jax.models.cache import CACHE_AXES
+
+    return type(cache)(
+        **{
+            field: logical_sharding(names, mesh, rules, np.shape(getattr(cache, field)))
+            for field, names in CACHE_AXES.items()
+        }
+    )
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Iterator[None]:
+    """Turns on the model's activation constraints (`nn.with_logical_constraint`).
+
+    Inside this context, jit-traced model calls constrain their activations to the
+    mesh by the same rules as the params. Without it they are no-ops.
+    """
+    flax_rules = tuple((name, axes) for name, axes in rules)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(flax_rules):
+        yield

@@ -1,0 +1,63 @@
+"""Shared test set-up: 8 fake CPU devices, set before JAX is imported anywhere."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+# --- Shared tiny models (models helper) -------------------------------------
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory):
+    """A 256-token BPE tokenizer dir (pad/bos/eos/unk = 0/1/2/3), HF format."""
+    from tests.tiny_hf import build_tokenizer
+
+    return build_tokenizer(tmp_path_factory.mktemp("tiny_tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_model_dir(tmp_path_factory, tiny_tokenizer_dir):
+    """A function `family -> Path` of a random tiny HF model dir (cached per family).
+
+    Families: 'gpt2', 'llama', 'qwen2' (and 'llama-rope-scaled', 'llama-biased'); each dir holds
+    config.json, model.safetensors and the tiny tokenizer.
+    """
+    from tests.tiny_hf import build_model
+
+    cache = {}
+
+    def get(family: str):
+        if family not in cache:
+            out = tmp_path_factory.mktemp(f"tiny_{family}")
+            build_model(family, out, tiny_tokenizer_dir)
+            cache[family] = out
+        return cache[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_hf_model_dir):
+    """A function `family -> (ModelConfig, params)`: `load_hf` of `tiny_hf_model_dir(family)`.
+
+    Loading needs no compile, so prefer it to `init_params` in tests.
+    """
+    from classkd_jax.models import load_hf
+
+    cache = {}
+
+    def get(family: str):
+        if family not in cache:
+            cache[family] = load_hf(tiny_hf_model_dir(family))
+        return cache[family]
+
+    return get
