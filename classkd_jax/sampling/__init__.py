@@ -1,0 +1,47 @@
+"""On-policy sampling: a jitted `lax.while_loop` decoder with an explicit KV cache.
+
+Public API:
+  SamplingConfig: static settings (greedy / temperature / top-k / top-p /
+    no_repeat_ngram_size / EOS ids / MiniLLM teacher mix).
+  Sampler: jits and shards `sample_loop`; one compile per (config, bucket, batch).
+  sample_loop: the traceable loop itself (prefill + while_loop).
+  SampleOutput, SamplingState: the result and the loop carry.
+  left_pad, bucket_length, default_buckets, check_left_padded: host-side prompt
+    bucketing.
+  ban_ngrams, top_k_filter, top_p_filter, warp: the logit processors.
+"""
+
+from classkd_jax.sampling.loop import SampleOutput, SamplingState, prompt_positions, sample_loop
+from classkd_jax.sampling.processors import (
+    SamplingConfig,
+    ban_ngrams,
+    top_k_filter,
+    top_p_filter,
+    warp,
+)
+from classkd_jax.sampling.sampler import (
+    Sampler,
+    bucket_length,
+    check_left_padded,
+    data_axes,
+    default_buckets,
+    left_pad,
+)
+
+__all__ = [
+    "SampleOutput",
+    "Sampler",
+    "SamplingConfig",
+    "SamplingState",
+    "ban_ngrams",
+    "bucket_length",
+    "check_left_padded",
+    "data_axes",
+    "default_buckets",
+    "left_pad",
+    "prompt_positions",
+    "sample_loop",
+    "top_k_filter",
+    "top_p_filter",
+    "warp",
+]

@@ -1,0 +1,116 @@
+"""`python -m classkd_jax.generate`: output, determinism and the errors for bad input."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from classkd_jax import generate
+from classkd_jax.generate import generate_completions, load_model_and_tokenizer, main
+
+PROMPTS = ["the quick brown fox", "Question: what is 12 plus 7? Answer:", "JAX"]
+
+
+def _write_prompts(path, prompts, extra=True):
+    with open(path, "w") as f:
+        for i, p in enumerate(prompts):
+            f.write(json.dumps({"prompt": p, "id": i} if extra else {"prompt": p}) + "\n")
+    return path
+
+
+def _read(path):
+    return [json.loads(line) for line in open(path)]
+
+
+@pytest.fixture(scope="module")
+def qwen_dir(tiny_hf_model_dir):
+    return tiny_hf_model_dir("qwen2")
+
+
+def test_cli_greedy_equals_transformers_generate(qwen_dir, tmp_path):
+    prompts = _write_prompts(tmp_path / "p.jsonl", PROMPTS)
+    out = tmp_path / "out" / "o.jsonl"
+    argv = ["--model", str(qwen_dir), "--prompts", str(prompts), "--out", str(out)]
+    # batch_size 2: two batches, the second with a padding row.
+    assert main([*argv, "--greedy", "--max_new_tokens", "12", "--batch_size", "2"]) == 0
+    records = _read(out)
+    assert [r["id"] for r in records] == [0, 1, 2] and [r["prompt"] for r in records] == PROMPTS
+
+    tok = AutoTokenizer.from_pretrained(str(qwen_dir), padding_side="left")
+    hf_model = AutoModelForCausalLM.from_pretrained(str(qwen_dir)).eval()
+    batch = tok(PROMPTS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        ids = hf_model.generate(**batch, do_sample=False, max_new_tokens=12)
+    want = tok.batch_decode(ids[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert [r["completion"] for r in records] == want
+    assert any(want), "non-empty completions"
+
+
+def test_sampling_is_deterministic_per_seed(qwen_dir, tmp_path):
+    model, tok = load_model_and_tokenizer(qwen_dir)
+    kw = dict(max_new_tokens=8, temperature=1.3, top_k=50, top_p=0.95, batch_size=4)
+    a = generate_completions(model, tok, PROMPTS, seed=3, **kw)
+    b = generate_completions(model, tok, PROMPTS, seed=3, **kw)
+    c = generate_completions(model, tok, PROMPTS, seed=4, **kw)
+    assert a == b and a != c
+
+
+def test_unknown_model_path_is_named(tmp_path):
+    missing = tmp_path / "no_such_model"
+    with pytest.raises(FileNotFoundError, match="no_such_model.*only Hugging Face directories"):
+        load_model_and_tokenizer(missing)
+    prompts = _write_prompts(tmp_path / "p.jsonl", PROMPTS)
+    with pytest.raises(FileNotFoundError, match="no_such_model"):
+        main(["--model", str(missing), "--prompts", str(prompts), "--out", str(tmp_path / "o")])
+
+
+def test_bad_prompts_files_and_flags(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{"text": "no prompt key"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: expected an object with a 'prompt'"):
+        generate.read_prompts(bad)
+    bad.write_text('{"prompt": "ok"}\n{not json\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: malformed JSON"):
+        generate.read_prompts(bad)
+    with pytest.raises(SystemExit):
+        generate.parse_args(
+            ["--model", "m", "--prompts", "p", "--out", "o", "--greedy"] + ["--top_k", "5"]
+        )
+    assert "--greedy cannot be combined with --top_k" in capsys.readouterr().err
+
+
+def test_bad_generation_inputs_are_named(qwen_dir):
+    model, tok = load_model_and_tokenizer(qwen_dir)
+    context = model[0].max_position_embeddings
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        generate_completions(model, tok, ["fine", ""], max_new_tokens=4)
+    with pytest.raises(ValueError, match=f"max_new_tokens={context} must be in"):
+        generate_completions(model, tok, ["fine"], max_new_tokens=context)
+    long_prompt = "the quick brown fox jumps over the lazy dog. " * 30
+    n_tokens = len(tok(long_prompt)["input_ids"])
+    assert n_tokens > context - 8
+    with pytest.raises(ValueError, match=f"prompt 0 has {n_tokens} tokens, more than"):
+        generate_completions(model, tok, [long_prompt], max_new_tokens=8)
+    with pytest.raises(ValueError, match="longer than the largest prompt bucket 4"):
+        generate_completions(
+            model, tok, ["the quick brown fox"], max_new_tokens=4, prompt_buckets=(4,)
+        )
+
+
+def test_over_long_prompts_are_left_truncated_with_a_warning(qwen_dir):
+    _, tok = load_model_and_tokenizer(qwen_dir)
+    full = tok("the quick brown fox jumps over the lazy dog.")["input_ids"]
+    with pytest.warns(UserWarning, match=r"left-truncated 1 prompt\(s\) to max_prompt_length=5"):
+        ids = generate._tokenize(
+            tok, ["the quick brown fox jumps over the lazy dog.", "JAX"], 100, 5
+        )
+    assert ids[0] == full[-5:] and ids[1] == tok("JAX")["input_ids"]
+
+
+def test_generation_config_eos_overrides_config_json(qwen_dir, tmp_path):
+    copy = shutil.copytree(qwen_dir, tmp_path / "m")
+    (copy / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 7]}))
+    model, _ = load_model_and_tokenizer(copy)
+    assert model[0].eos_token_ids == (2, 7)
