@@ -1,0 +1,250 @@
+r"""Evaluate a model on the protocol's benchmarks and write the comparison table.
+
+    python -m classkd_jax.evaluate --model PATH --data_dir DIR \
+        --benchmarks dolly,self_inst,vicuna,sinst,uinst --seeds 10,20,30,40,50 --out DIR
+
+PATH is a Hugging Face directory (config.json + *.safetensors + tokenizer).
+Generation follows `classkd_jax.evaluation.protocol.FINAL` (flags override
+it) through the jitted sampler over all devices; scoring is the
+Super-NaturalInstructions / MiniLLM ROUGE-L. Results are written per seed as
+they finish, and rerunning the same command resumes. `--out` receives
+table.md, scores.csv, results.json and predictions.csv (every per-example
+prediction); with `--compare RUN_DIR ...` (earlier `--out` directories, as
+`NAME=DIR` to rename) the table gets a row per run and comparison.png is drawn.
+`--compare` without `--model` only builds the comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from classkd_jax.evaluation import protocol as protocol_lib
+from classkd_jax.evaluation import report, runner
+
+logger = logging.getLogger("classkd_jax.evaluate")
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m classkd_jax.evaluate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", help="Hugging Face model directory to evaluate")
+    p.add_argument("--data_dir", help="root of the benchmark layout (see data/benchmarks.py)")
+    p.add_argument(
+        "--benchmarks",
+        default=",".join(protocol_lib.BENCHMARK_ORDER),
+        help="comma-separated benchmark keys (default: all five)",
+    )
+    p.add_argument("--seeds", type=_int_list, default=protocol_lib.FINAL.seeds)
+    p.add_argument("--out", required=True, help="output directory (reused to resume)")
+    p.add_argument("--name", help="row name in the table (default: the model dir's name)")
+    p.add_argument(
+        "--compare",
+        nargs="+",
+        default=[],
+        metavar="RUN",
+        help="earlier output dirs (or NAME=DIR) to put side by side",
+    )
+    g = p.add_argument_group("generation (defaults: the protocol's final evaluation)")
+    d = protocol_lib.FINAL
+    g.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
+    g.add_argument("--temperature", type=float, default=d.temperature)
+    g.add_argument("--top_k", type=int, default=d.top_k)
+    g.add_argument("--top_p", type=float, default=d.top_p)
+    g.add_argument("--no_repeat_ngram_size", type=int, default=d.no_repeat_ngram_size)
+    g.add_argument("--max_prompt_length", type=int, default=d.max_prompt_length)
+    g.add_argument("--max_new_tokens", type=int, default=d.max_new_tokens)
+    g.add_argument("--batch_size", type=int, default=d.batch_size)
+    g.add_argument("--chunk_size", type=int, default=d.chunk_size)
+    g.add_argument("--dtype", default=None, help="compute dtype: float32 (default) or bfloat16")
+    g.add_argument("--template", default=d.template, help="prompt template, or 'file'")
+    g.add_argument(
+        "--max_examples",
+        type=int,
+        default=None,
+        help="cap every benchmark at its first N examples (default: "
+        "the protocol's, i.e. Unnatural Instructions at 10,000)",
+    )
+    return p
+
+
+def protocol_from_args(args: argparse.Namespace) -> protocol_lib.EvalProtocol:
+    """The protocol with the command line's overrides."""
+    overrides = {
+        k: getattr(args, k)
+        for k in (
+            "greedy",
+            "temperature",
+            "top_k",
+            "top_p",
+            "no_repeat_ngram_size",
+            "max_prompt_length",
+            "max_new_tokens",
+            "batch_size",
+            "chunk_size",
+            "template",
+        )
+    }
+    overrides["seeds"] = tuple(args.seeds)
+    proto = dataclasses.replace(protocol_lib.FINAL, **overrides)
+    if args.max_examples is not None:
+        caps = tuple((b, args.max_examples) for b in _benchmarks(args))
+        proto = dataclasses.replace(proto, max_examples=caps)
+    return proto
+
+
+def _benchmarks(args: argparse.Namespace) -> list[str]:
+    names = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
+    if not names:
+        raise SystemExit("--benchmarks is empty")
+    return names
+
+
+def check_model_path(path: str) -> Path:
+    """Accepts a Hugging Face directory; anything else gets an error saying why."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"--model {path}: no such directory")
+    if p.is_dir() and (p / "config.json").is_file():
+        if not any(p.glob("*.safetensors")):
+            raise FileNotFoundError(
+                f"--model {path}: has config.json but no *.safetensors weights; save the "
+                "model with save_pretrained(..., safe_serialization=True) or models.save_hf"
+            )
+        return p
+    looks_like_ckpt = p.is_dir() and (
+        any(p.glob("*/_CHECKPOINT_METADATA"))
+        or any(p.glob("_CHECKPOINT_METADATA"))
+        or any(c.is_dir() and c.name.isdigit() for c in p.iterdir())
+    )
+    if looks_like_ckpt:
+        raise NotImplementedError(
+            f"--model {path} looks like a classkd-jax training checkpoint; evaluating "
+            "those directly is not supported yet: export it to a Hugging Face directory "
+            "with classkd_jax.models.save_hf and pass that directory"
+        )
+    raise ValueError(
+        f"--model {path} is not a Hugging Face model directory (no config.json); "
+        "expected config.json, *.safetensors and the tokenizer files"
+    )
+
+
+def load_benchmarks(args: argparse.Namespace, proto: protocol_lib.EvalProtocol) -> dict:
+    """Loads every test set first, so a missing file fails before the model loads."""
+    from classkd_jax.data.benchmarks import load_eval_set
+
+    if not args.data_dir:
+        raise SystemExit("--data_dir is required with --model")
+    return {
+        b: load_eval_set(
+            args.data_dir,
+            b,
+            "test",
+            template=proto.template,
+            max_examples=proto.max_examples_for(b),
+        )
+        for b in _benchmarks(args)
+    }
+
+
+def _parse_compare(items: Sequence[str]) -> dict[str, Path]:
+    runs = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        path = Path(path if sep else name)
+        name = name if sep else path.resolve().name
+        if name in runs:
+            raise SystemExit(f"--compare: two runs are named {name!r}; rename one as NAME=DIR")
+        runs[name] = path
+    return runs
+
+
+def evaluate_model(args: argparse.Namespace) -> tuple[str, runner.RunResults, dict]:
+    """Generates and scores; returns (run name, results, per-example predictions)."""
+    proto = protocol_from_args(args)
+    benches = load_benchmarks(args, proto)
+    model_dir = check_model_path(args.model)
+    # Imported only now: bad paths fail fast, without JAX start-up.
+    import jax
+
+    from classkd_jax.generate import load_model_and_tokenizer
+    from classkd_jax.sharding import make_mesh
+
+    name = args.name or model_dir.resolve().name
+    logger.info(
+        "devices: %d (%s); process %d of %d",
+        jax.device_count(),
+        jax.devices()[0].platform,
+        jax.process_index(),
+        jax.process_count(),
+    )
+    model, tokenizer = load_model_and_tokenizer(str(model_dir), dtype=args.dtype)
+    # The project's mesh over every device: the batch splits over the data axes.
+    mesh = make_mesh(data=-1)
+    generate_fn = runner.make_generate_fn(model, tokenizer, mesh=mesh)
+    model_name = str(model_dir.resolve()) + (f" (dtype={args.dtype})" if args.dtype else "")
+    results = runner.run_evaluation(
+        benches,
+        generate_fn,
+        proto,
+        args.out,
+        model_name=model_name,
+        is_writer=jax.process_index() == 0,
+    )
+    preds = {}
+    if jax.process_index() == 0:  # only the writer has every file on a non-shared disk
+        preds = {
+            b: {s: runner.load_predictions(args.out, b, s) for s in per}
+            for b, per in results.items()
+        }
+    return name, results, preds
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if not args.model and not args.compare:
+        raise SystemExit("give --model to evaluate, --compare RUN ... to compare, or both")
+    runs: dict[str, runner.RunResults] = {}
+    preds = {}
+    extra = {}
+    if args.model:
+        name, results, run_preds = evaluate_model(args)
+        runs[name], preds[name] = results, run_preds
+        extra = {
+            "model": str(Path(args.model).resolve()),
+            "protocol": protocol_from_args(args).to_dict(),
+        }
+    for name, path in _parse_compare(args.compare).items():
+        if name in runs:
+            raise SystemExit(f"two runs are named {name!r}; rename one with NAME=DIR")
+        runs[name] = runner.load_results(path)
+    if args.model:
+        import jax
+
+        if jax.process_index() != 0:
+            return 0
+    paths = report.write_reports(args.out, runs, preds, extra)
+    sys.stdout.write(paths["table"].read_text(encoding="utf-8"))
+    logger.info("wrote %s", ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
