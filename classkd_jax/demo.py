@@ -38,9 +38,6 @@ from classkd_jax.sharding import make_mesh
 _DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "demo.py")
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Demo config file.")
 
-# Rows of the synthetic task: prompts <= 64 tokens, prompt + response <= 96.
-_MAX_PROMPT, _MAX_LENGTH = 64, 96
-
 
 def model_config(role: Any, tokenizer: Any) -> ModelConfig:
     """A role's `ModelConfig`: its preset and overrides, vocabulary from the tokenizer."""
@@ -90,10 +87,10 @@ def train_role(name, config, cfg_train, train_data, mesh, rng, writer, *, log_ev
     return state
 
 
-def evaluate(models: dict, examples, tokenizer, mesh, cfg_eval) -> dict[str, dict]:
+def evaluate(models: dict, examples, tokenizer, mesh, cfg_eval, max_prompt_length: int):
     """Greedy test-set ROUGE-L and exact match of each `(ModelConfig, params)`."""
     protocol = eval_protocol.EvalProtocol(
-        max_prompt_length=_MAX_PROMPT,
+        max_prompt_length=max_prompt_length,
         max_new_tokens=cfg_eval.max_new_tokens,
         greedy=True,
         no_repeat_ngram_size=0,
@@ -155,8 +152,8 @@ def main(argv) -> None:
         task["train"],
         tokenizer,
         template=template,
-        max_prompt_length=_MAX_PROMPT,
-        max_length=_MAX_LENGTH,
+        max_prompt_length=config.data.max_prompt_length,
+        max_length=config.data.max_length,
     )
     test = [
         EvalExample(
@@ -175,7 +172,7 @@ def main(argv) -> None:
             kind="full",
             global_batch_size=config.data.batch_size,
             seed=config.data.seed,
-            length_buckets=(_MAX_LENGTH,),
+            length_buckets=(config.data.max_length,),
             pack=True,
         )
 
@@ -217,7 +214,7 @@ def main(argv) -> None:
             )
             models["student-sft"] = (student_cfg, sft.params)
 
-    results = evaluate(models, test, tokenizer, mesh, config.eval)
+    results = evaluate(models, test, tokenizer, mesh, config.eval, config.data.max_prompt_length)
     steps_by_model = {"teacher-sft": config.teacher_train.steps}
     steps_by_model.update({k: config.student_train.steps for k in models if k != "teacher-sft"})
     table = results_table(results, steps_by_model)
