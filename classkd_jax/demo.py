@@ -39,8 +39,12 @@ _DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / 
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Demo config file.")
 
 
-def model_config(role: Any, tokenizer: Any) -> ModelConfig:
-    """A role's `ModelConfig`: its preset and overrides, vocabulary from the tokenizer."""
+def model_config(role: Any, tokenizer: Any, context: int) -> ModelConfig:
+    """A role's `ModelConfig`: its preset and overrides, vocabulary from the tokenizer.
+
+    `context` (the longest prompt plus the generation budget, or the longest
+    training row) sets `max_position_embeddings`, which the sampler checks.
+    """
     return get_preset(
         role.preset,
         **dict(role.overrides),
@@ -48,6 +52,7 @@ def model_config(role: Any, tokenizer: Any) -> ModelConfig:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        max_position_embeddings=context,
     )
 
 
@@ -176,8 +181,11 @@ def main(argv) -> None:
             pack=True,
         )
 
-    teacher_cfg = model_config(config.teacher, tokenizer)
-    student_cfg = model_config(config.student, tokenizer)
+    context = max(
+        config.data.max_length, config.data.max_prompt_length + config.eval.max_new_tokens
+    )
+    teacher_cfg = model_config(config.teacher, tokenizer, context)
+    student_cfg = model_config(config.student, tokenizer, context)
     rng = jax.random.key(config.seed)
     with open(workdir / "metrics.jsonl", "w") as writer:
         common = dict(train_data=train_data, mesh=mesh, writer=writer, log_every=config.log_every)
@@ -214,13 +222,14 @@ def main(argv) -> None:
             )
             models["student-sft"] = (student_cfg, sft.params)
 
+    # Export first: the distilled student is kept whatever happens in evaluation.
+    save_hf(workdir / "student_hf", student_cfg, jax.device_get(student.params), tokenizer)
     results = evaluate(models, test, tokenizer, mesh, config.eval, config.data.max_prompt_length)
     steps_by_model = {"teacher-sft": config.teacher_train.steps}
     steps_by_model.update({k: config.student_train.steps for k in models if k != "teacher-sft"})
     table = results_table(results, steps_by_model)
     (workdir / "results.md").write_text(table)
     (workdir / "results.json").write_text(json.dumps(results, indent=2))
-    save_hf(workdir / "student_hf", student_cfg, jax.device_get(student.params), tokenizer)
     print(table)
     print(f"distilled student (Hugging Face format): {workdir / 'student_hf'}")
 
