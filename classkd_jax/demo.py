@@ -13,6 +13,7 @@ as a Hugging Face directory that `transformers` loads).
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 import time
 from typing import Any
@@ -69,7 +70,6 @@ def train_role(name, config, cfg_train, train_data, mesh, rng, writer, *, log_ev
     state = steps.init_state(config, optimizer, rng, mesh)
     step_fn = steps.make_train_step(config, optimizer, mesh, **step_kw)
     batches = train_data()
-    loss_sum = tokens = 0.0
     start = time.perf_counter()
     for i in range(1, cfg_train.steps + 1):
         batch = to_global(next(batches), steps.batch_sharding(mesh))
@@ -79,9 +79,8 @@ def train_role(name, config, cfg_train, train_data, mesh, rng, writer, *, log_ev
         state, metrics = step_fn(state, teacher_params, batch)
         if i % log_every == 0 or i == cfg_train.steps:
             m = jax.device_get(metrics)  # the only host sync: once per log step
-            loss_sum, tokens = float(m["loss_sum"]), float(m["tokens"])
-            loss = loss_sum / max(tokens, 1.0)
-            if loss != loss or loss in (float("inf"), float("-inf")):
+            loss = float(m["loss_sum"]) / max(float(m["tokens"]), 1.0)
+            if not math.isfinite(loss):
                 raise FloatingPointError(f"{name}: loss is {loss} at step {i}")
             rate = i / (time.perf_counter() - start)
             logging.info(

@@ -26,7 +26,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from classkd_jax import losses, sharding
-from classkd_jax.models import ModelConfig, Transformer, abstract_params
+from classkd_jax.models import ModelConfig, Transformer, abstract_params, init_params
 
 Batch = dict[str, jax.Array]
 LOSSES = ("sft", "kd")
@@ -115,7 +115,6 @@ def state_shardings(config: ModelConfig, optimizer, mesh: Mesh) -> TrainState:
 
 def init_state(config: ModelConfig, optimizer, rng: jax.Array, mesh: Mesh) -> TrainState:
     """A fresh state materialised directly in its shardings (no full copy on one device)."""
-    from classkd_jax.models import init_params
 
     def init(rng):
         params = init_params(config, rng)
