@@ -1,13 +1,22 @@
 """Tokens per second: our jitted sampler vs transformers' `generate` (PyTorch), same run.
 
-  python benchmarks/bench_sampler.py [--family llama|gpt2] [--batch 16] [--new 128]
+  python benchmarks/bench_sampler.py [--family llama|gpt2] [--widths 512] [--batch 16]
+                                     [--new 128] [--reps 3]
 
-Builds a random model (default 6 layers, width 512, vocab 32k) with transformers,
-saves it to a temp dir, loads the same weights with `classkd_jax.models.load_hf`,
-and times both on the same left-padded prompts (lengths 16..48, bucket 64), with
-no EOS so both produce exactly `--new` tokens per row. Our compile time is
-excluded from the rate and reported separately. Prints one line per measurement
-and a final JSON line. Both use every CPU core by default.
+For each width, builds a random model (default 6 layers, vocab 32k) with
+transformers, saves it to a temp dir, loads the same weights with
+`classkd_jax.models.load_hf`, and times both on the same left-padded prompts
+(lengths 16..48, bucket 64), with no EOS so both produce exactly `--new` tokens
+per row. The two sides alternate rep by rep (so both see the same machine
+load) and each keeps its best rep. Our compile time is excluded from the rate
+and reported separately.
+
+It also measures this machine's memory bandwidth (a jitted sum over 256 MiB)
+and prints the weight-streaming ceiling: a decode step reads every weight but
+the input embedding once, so no sampler can beat
+`batch / (weight_bytes / bandwidth)` tokens per second, whatever its overheads.
+Prints one line per measurement and a final JSON line. Both sides use every CPU
+core.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import tempfile
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
@@ -45,11 +55,12 @@ def hf_config(family: str, layers: int, width: int, vocab: int):
     )
 
 
-def time_hf(model, prompts, pad_id, new_tokens, do_sample, reps):
+def hf_generate_kwargs(prompts, pad_id, new_tokens, do_sample):
     width = max(len(p) for p in prompts)
     ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     kw = dict(
+        input_ids=ids,
         attention_mask=mask,
         do_sample=do_sample,
         max_new_tokens=new_tokens,
@@ -59,82 +70,120 @@ def time_hf(model, prompts, pad_id, new_tokens, do_sample, reps):
     )
     if do_sample:
         kw.update(temperature=1.0, top_k=0, top_p=1.0)
-    times, out = [], None
-    with torch.inference_mode():
-        model.generate(ids, **{**kw, "max_new_tokens": 4, "min_new_tokens": 4})  # warm-up
-        for _ in range(reps):
-            t = time.perf_counter()
-            out = model.generate(ids, **kw)
-            times.append(time.perf_counter() - t)
-    assert out.shape[1] == width + new_tokens
-    return times, out[:, width:].numpy()
+    return width, kw
 
 
-def time_ours(model, prompts, pad_id, new_tokens, greedy, reps):
-    config, params = model
-    tokens, mask, _ = left_pad(prompts, 64, pad_id)
-    sampler = Sampler(config)
-    cfg = SamplingConfig(max_new_tokens=new_tokens, greedy=greedy, pad_id=pad_id)
+def timed(fn):
     t = time.perf_counter()
-    out = jax.block_until_ready(sampler(params, tokens, mask, jax.random.key(0), cfg))
-    first = time.perf_counter() - t
-    times = []
-    for i in range(reps):
-        t = time.perf_counter()
-        out = jax.block_until_ready(sampler(params, tokens, mask, jax.random.key(i + 1), cfg))
-        times.append(time.perf_counter() - t)
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def measure(hf, ours, prompts, new_tokens, greedy, reps):
+    """Alternates transformers and our sampler `reps` times; returns both timings."""
+    width, kw = hf_generate_kwargs(prompts, 0, new_tokens, not greedy)
+    config, params = ours
+    tokens, mask, _ = left_pad(prompts, 64, 0)
+    sampler = Sampler(config)
+    cfg = SamplingConfig(max_new_tokens=new_tokens, greedy=greedy, pad_id=0)
+    run_ours = lambda i: jax.block_until_ready(
+        sampler(params, tokens, mask, jax.random.key(i), cfg)
+    )
+    with torch.inference_mode():
+        hf.generate(**{**kw, "max_new_tokens": 4, "min_new_tokens": 4})  # warm-up
+        first, _ = timed(lambda: run_ours(0))  # compile + one run
+        hf_times, our_times = [], []
+        for i in range(reps):
+            t, hf_out = timed(lambda: hf.generate(**kw))
+            hf_times.append(t)
+            t, out = timed(lambda i=i: run_ours(i + 1))
+            our_times.append(t)
+    assert hf_out.shape[1] == width + new_tokens
     assert int(out.num_steps) == new_tokens and np.asarray(out.mask).all()
-    return first - statistics.median(times), times, np.asarray(out.tokens)
+    compile_s = first - statistics.median(our_times)
+    return hf_times, our_times, compile_s, hf_out[:, width:].numpy(), np.asarray(out.tokens)
+
+
+def memory_bandwidth(reps: int = 5) -> float:
+    """Bytes per second of a jitted sum over a 256 MiB float32 array (all cores)."""
+    x = jnp.ones((64 * 1024 * 1024,), jnp.float32)
+    total = jax.jit(jnp.sum)
+    total(x).block_until_ready()
+    best = min(timed(lambda: total(x).block_until_ready())[0] for _ in range(reps))
+    return x.nbytes / best
+
+
+def streamed_weight_bytes(params) -> int:
+    """Bytes a decode step must read: every parameter except the input embedding
+    table, of which a step gathers only B rows (a tied embedding is read whole,
+    as the head)."""
+    total = sum(x.nbytes for x in jax.tree.leaves(params))
+    if "lm_head" in params:
+        total -= params["embed"]["embedding"].nbytes
+    return total
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--family", default="llama", choices=["llama", "gpt2"])
     p.add_argument("--layers", type=int, default=6)
-    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--widths", default="512", help="comma-separated model widths")
     p.add_argument("--vocab", type=int, default=32000)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--new", type=int, default=128)
     p.add_argument("--reps", type=int, default=3)
     args = p.parse_args()
 
-    torch.manual_seed(0)
-    hf = AutoModelForCausalLM.from_config(
-        hf_config(args.family, args.layers, args.width, args.vocab)
-    ).eval()
+    bandwidth = memory_bandwidth()
+    print(
+        f"devices={jax.devices()} torch_threads={torch.get_num_threads()} "
+        f"cpus={os.cpu_count()} family={args.family} layers={args.layers} "
+        f"vocab={args.vocab} batch={args.batch} new={args.new} "
+        f"memory_bandwidth={bandwidth / 1e9:.1f} GB/s"
+    )
+    results = {"memory_bandwidth_gb_s": round(bandwidth / 1e9, 2)}
     rng = np.random.default_rng(0)
     prompts = [
         rng.integers(3, args.vocab, rng.integers(16, 49)).tolist() for _ in range(args.batch)
     ]
-    with tempfile.TemporaryDirectory() as d:
-        hf.save_pretrained(d)
-        ours = load_hf(d)
-    print(
-        f"devices={jax.devices()} torch_threads={torch.get_num_threads()} "
-        f"cpus={os.cpu_count()} family={args.family} layers={args.layers} "
-        f"width={args.width} vocab={args.vocab} batch={args.batch} new={args.new}"
-    )
-    results = {}
-    for mode, greedy in (("greedy", True), ("sample", False)):
-        hf_times, hf_tokens = time_hf(hf, prompts, 0, args.new, not greedy, args.reps)
-        compile_s, our_times, our_tokens = time_ours(ours, prompts, 0, args.new, greedy, args.reps)
-        n = args.batch * args.new
-        hf_tps, our_tps = n / min(hf_times), n / min(our_times)
-        r = dict(
-            hf_tokens_per_s=round(hf_tps, 1),
-            ours_tokens_per_s=round(our_tps, 1),
-            ratio=round(our_tps / hf_tps, 2),
-            ours_compile_s=round(compile_s, 2),
-            hf_times_s=[round(x, 3) for x in hf_times],
-            ours_times_s=[round(x, 3) for x in our_times],
-        )
-        if greedy:  # same weights, float32: greedy outputs should (mostly) agree
-            r["greedy_token_agreement"] = round(float((hf_tokens == our_tokens).mean()), 4)
-        results[mode] = r
+    for width in (int(w) for w in args.widths.split(",")):
+        torch.manual_seed(0)
+        hf = AutoModelForCausalLM.from_config(
+            hf_config(args.family, args.layers, width, args.vocab)
+        ).eval()
+        with tempfile.TemporaryDirectory() as d:
+            hf.save_pretrained(d)
+            ours = load_hf(d)
+        weight_bytes = streamed_weight_bytes(ours[1])
+        ceiling = args.batch / (weight_bytes / bandwidth)
         print(
-            f"{mode}: transformers {hf_tps:.0f} tok/s, ours {our_tps:.0f} tok/s, "
-            f"ratio {our_tps / hf_tps:.2f}x (our compile {compile_s:.1f} s, excluded)"
+            f"width={width}: {weight_bytes / 2**20:.0f} MiB of weights read per decode step; "
+            f"weight-streaming ceiling {ceiling:.0f} tok/s"
         )
+        for mode, greedy in (("greedy", True), ("sample", False)):
+            hf_times, our_times, compile_s, hf_tokens, our_tokens = measure(
+                hf, ours, prompts, args.new, greedy, args.reps
+            )
+            n = args.batch * args.new
+            hf_tps, our_tps = n / min(hf_times), n / min(our_times)
+            r = dict(
+                hf_tokens_per_s=round(hf_tps, 1),
+                ours_tokens_per_s=round(our_tps, 1),
+                ratio=round(our_tps / hf_tps, 2),
+                ceiling_tokens_per_s=round(ceiling, 1),
+                ceiling_over_hf=round(ceiling / hf_tps, 2),
+                ours_compile_s=round(compile_s, 2),
+                hf_times_s=[round(x, 3) for x in hf_times],
+                ours_times_s=[round(x, 3) for x in our_times],
+            )
+            if greedy:  # same weights, float32: greedy outputs should (mostly) agree
+                r["greedy_token_agreement"] = round(float((hf_tokens == our_tokens).mean()), 4)
+            results[f"width{width}_{mode}"] = r
+            print(
+                f"width={width} {mode}: transformers {hf_tps:.0f} tok/s, ours {our_tps:.0f} "
+                f"tok/s, ratio {our_tps / hf_tps:.2f}x; the ceiling is "
+                f"{ceiling / hf_tps:.2f}x transformers (our compile {compile_s:.1f} s, excluded)"
+            )
     print(json.dumps(results))
 
 

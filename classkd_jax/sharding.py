@@ -161,15 +161,16 @@ def logical_sharding(
 
 
 def cache_shardings(cache: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Any:
-    """Shardings of a `KVCache` (or its `jax.eval_shape`), field by field."""
+    """Shardings of a `KVCache` (or its `jax.eval_shape`), field by field (per layer
+    for keys and values)."""
     from classkd_jax.models.cache import CACHE_AXES
 
-    return type(cache)(
-        **{
-            field: logical_sharding(names, mesh, rules, np.shape(getattr(cache, field)))
-            for field, names in CACHE_AXES.items()
-        }
-    )
+    def field_sharding(field: str, value: Any) -> Any:
+        names = CACHE_AXES[field]
+        return jax.tree.map(lambda a: logical_sharding(names, mesh, rules, np.shape(a)), value)
+
+    fields = {field: field_sharding(field, getattr(cache, field)) for field in CACHE_AXES}
+    return type(cache)(**fields)
 
 
 @contextlib.contextmanager

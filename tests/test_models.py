@@ -21,6 +21,9 @@ from classkd_jax.models import (
     init_cache,
     init_params,
     lm_head,
+    save_hf,
+    stack_layers,
+    unstack_layers,
 )
 
 FAMILIES = ["gpt2", "llama", "qwen2", "llama-rope-scaled", "llama-biased"]
@@ -76,9 +79,14 @@ def test_logits_match_transformers_with_padding(loaded, family):
     np.testing.assert_allclose(out.hidden @ head, out.logits, atol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2"])
-def test_prefill_then_decode_equals_full_forward(loaded, family):
+@pytest.mark.parametrize(
+    "family,scan_layers", [("gpt2", True), ("llama", True), ("qwen2", True), ("llama", False)]
+)
+def test_prefill_then_decode_equals_full_forward(loaded, family, scan_layers):
     config, params, _ = loaded(family)
+    if not scan_layers:  # the form the sampler decodes with
+        params = unstack_layers(params, config)
+        config = config.replace(scan_layers=False)
     model = Transformer(config)
     prompt, steps = 6, T - 6
     tokens, mask, positions = padded_batch(B, T, [0, 2, 5], seed=1)
@@ -104,6 +112,29 @@ def test_prefill_then_decode_equals_full_forward(loaded, family):
     assert int(cache.index) == prompt + steps
     np.testing.assert_array_equal(np.asarray(cache.mask[:, : prompt + steps]), valid)
     assert not np.asarray(cache.mask[:, prompt + steps :]).any()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_unrolled_layers_equal_the_scan_and_convert_both_ways(loaded, family, tmp_path):
+    config, params, _ = loaded(family)
+    unrolled = config.replace(scan_layers=False)
+    flat = unstack_layers(params, config)
+    # The unrolled model declares exactly the unstacked params, layer by layer.
+    declared = jax.eval_shape(lambda: init_params(unrolled, jax.random.key(0)))
+    assert jax.tree.structure(declared) == jax.tree.structure(flat)
+    assert jax.tree.map(lambda a: a.shape, declared) == jax.tree.map(lambda a: a.shape, flat)
+    assert {k for k in flat if k.startswith("layers")} == {"layers_0", "layers_1"}
+    tokens, mask, positions = padded_batch(B, T, [0, 4, 7])
+    want = forward(config, params, tokens, positions, mask).logits
+    got = forward(unrolled, flat, tokens, positions, mask).logits
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    jax.tree.map(np.testing.assert_array_equal, stack_layers(flat, config), params)
+    assert unstack_layers(flat, config) is flat and stack_layers(params, config) is params
+    # Either form exports the same Hugging Face tensors.
+    save_hf(tmp_path / "scan", config, params)
+    save_hf(tmp_path / "unrolled", unrolled, flat)
+    read = lambda d: (d / "model.safetensors").read_bytes()
+    assert read(tmp_path / "scan") == read(tmp_path / "unrolled")
 
 
 def test_packed_segments_equal_separate_sequences(loaded):

@@ -1,5 +1,6 @@
 """The logit processors against transformers' own processors (no model needed)."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -11,7 +12,15 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from classkd_jax.sampling import SamplingConfig, ban_ngrams, top_k_filter, top_p_filter, warp
+from classkd_jax.sampling import (
+    SamplingConfig,
+    argmax,
+    ban_ngrams,
+    categorical,
+    top_k_filter,
+    top_p_filter,
+    warp,
+)
 
 VOCAB = 6
 
@@ -103,3 +112,49 @@ def test_sampling_config_normalises_eos_and_is_hashable():
     b = SamplingConfig(max_new_tokens=4, eos_ids=(3, 5))
     assert a == b and hash(a) == hash(b) and a.eos_ids == (3, 5)
     assert SamplingConfig(max_new_tokens=4, eos_ids=7).eos_ids == (7,)
+
+
+def test_argmax_is_the_first_index_of_the_maximum():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 50)).astype(np.float32)
+    logits[1, [3, 17, 40]] = 9.0  # ties: the first wins, as jnp.argmax
+    logits[2, :] = -np.inf
+    logits[2, 7] = 0.0  # everything else banned
+    logits[3, :] = 1.0  # all tied
+    got = np.asarray(argmax(jnp.asarray(logits)))
+    np.testing.assert_array_equal(got, np.argmax(logits, axis=-1))
+    assert got[1] == 3 and got[2] == 7 and got[3] == 0 and got.dtype == np.int32
+
+
+def test_categorical_draws_the_softmax_distribution_and_never_a_banned_token():
+    from scipy import stats
+
+    vocab = 1000  # four blocks of the two-level inverse CDF, the last one partial
+    rng = np.random.default_rng(0)
+    logits = (2 * rng.normal(size=vocab)).astype(np.float32)
+    logits[rng.random(vocab) < 0.3] = -np.inf
+    logits[999] = 1.0  # the very last token is live
+    probs = np.exp(logits.astype(np.float64) - logits.max())
+    probs /= probs.sum()
+    draw = jax.jit(jax.vmap(lambda k: categorical(k, jnp.broadcast_to(logits, (500, vocab)))))
+    draws = np.asarray(draw(jax.random.split(jax.random.key(0), 200))).ravel()
+    counts = np.bincount(draws, minlength=vocab)
+    assert counts[np.isinf(logits)].sum() == 0
+
+    def pvalue(p):
+        expected = p * counts.sum()
+        keep = expected >= 5  # pool sparse cells, as a chi-square test needs
+        obs = np.append(counts[keep], counts[~keep].sum())
+        exp = np.append(expected[keep], expected[~keep].sum())
+        return stats.chisquare(obs, exp * obs.sum() / exp.sum()).pvalue
+
+    assert pvalue(probs) > 1e-3
+    sharper = probs**1.1 / (probs**1.1).sum()  # what a slightly wrong sampler draws
+    assert pvalue(sharper) < 1e-6
+    # Deterministic per key; a one-hot row draws its token; an all -inf row draws 0.
+    rows = np.full((3, vocab), -np.inf, np.float32)
+    rows[0, 700] = 0.0
+    rows[1] = logits
+    got = categorical(jax.random.key(5), jnp.asarray(rows))
+    assert got[0] == 700 and got[2] == 0 and got.dtype == jnp.int32
+    np.testing.assert_array_equal(got, categorical(jax.random.key(5), jnp.asarray(rows)))

@@ -71,13 +71,14 @@ def test_sharded_forward_and_decode_equal_single_device(tiny_model):
     p_sh = sharding.param_shardings(abstract_params(config), mesh)
     c_sh = sharding.cache_shardings(cache, mesh)
     t_sh = sharding.logical_sharding(("batch", "length"), mesh)
-    assert c_sh.keys.spec == P(None, ("data", "fsdp"), None, "tensor", None)
+    assert len(c_sh.keys) == config.num_layers
+    assert c_sh.keys[0].spec == P(("data", "fsdp"), "tensor", None, None)
     with sharding.activation_sharding(mesh):
         sharded = jax.jit(step, in_shardings=(p_sh, t_sh, c_sh), out_shardings=(None, None, c_sh))
         args = jax.device_put((params, tokens, cache), (p_sh, t_sh, c_sh))
         got_full, got_inc, got_cache = sharded(*args)
         # The model's activation constraints are live inside the context.
         assert "sharding_constraint" in sharded.lower(*args).as_text()
-    assert got_cache.keys.sharding.spec == c_sh.keys.spec
+    assert [k.sharding.spec for k in got_cache.keys] == [k.spec for k in c_sh.keys]
     np.testing.assert_allclose(got_full, want, atol=1e-5)
     np.testing.assert_allclose(got_inc, want, atol=1e-5)

@@ -2,7 +2,8 @@
 
 Public API (the model contract shared by the other modules):
   ModelConfig, Transformer, ModelOutput, KVCache, init_cache, init_params,
-  abstract_params, lm_head, load_hf, save_hf, load_tokenizer, get_preset.
+  abstract_params, lm_head, unstack_layers, stack_layers, load_hf, save_hf,
+  load_tokenizer, get_preset.
 """
 
 from classkd_jax.models.cache import KVCache, init_cache
@@ -15,6 +16,8 @@ from classkd_jax.models.transformer import (
     abstract_params,
     init_params,
     lm_head,
+    stack_layers,
+    unstack_layers,
 )
 
 __all__ = [
@@ -31,4 +34,6 @@ __all__ = [
     "load_hf",
     "load_tokenizer",
     "save_hf",
+    "stack_layers",
+    "unstack_layers",
 ]

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from classkd_jax.models.config import ModelConfig
 from classkd_jax.models.layers import Projection, apply_rope, rope_inv_freq
 
-LayerCache = tuple[jax.Array, jax.Array]  # keys, values: [B, S, H_kv, D_h] each
+LayerCache = tuple[jax.Array, jax.Array]  # keys, values: [B, H_kv, S, D_h] each
 
 
 def attention_mask(segment_ids: jax.Array) -> jax.Array:
@@ -53,19 +53,21 @@ def cache_attention_mask(slot_mask: jax.Array, index: jax.Array, num_new: int) -
 def dot_product_attention(
     q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, dtype: jnp.dtype
 ) -> jax.Array:
-    """Attention of `q` [B, T, H, D_h] over `k`, `v` [B, S, H_kv, D_h] with `mask` [B, T, S].
+    """Attention of `q` [B, T, H, D_h] over `k`, `v` [B, H_kv, S, D_h] with `mask` [B, T, S].
 
-    Query head h uses key head h // (H // H_kv), as Hugging Face's `repeat_kv`.
-    Fully masked rows (padding queries) give finite garbage, never NaN.
+    Keys and values are heads-major (the cache layout), so both dots batch over
+    (B, H_kv) with no transpose of the keys or values. Query head h uses key head
+    h // (H // H_kv), as Hugging Face's `repeat_kv`. Fully masked rows (padding
+    queries) give finite garbage, never NaN.
     """
     b, t, h, d = q.shape
-    kv = k.shape[2]
+    kv = k.shape[1]
     q = q.reshape(b, t, kv, h // kv, d)
-    logits = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    logits = jnp.einsum("btkgd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
     logits = logits * (1.0 / jnp.sqrt(jnp.float32(d)))
     logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(dtype))
+    out = jnp.einsum("bkgts,bksd->btkgd", probs, v.astype(dtype))
     return out.reshape(b, t, h, d)
 
 
@@ -89,7 +91,7 @@ class Attention(nn.Module):
           x: [B, T, D] compute dtype.
           positions: [B, T] int32, used by RoPE.
           mask: [B, T, T] bool, or [B, T, S] bool in cache mode.
-          layer_cache: this layer's (keys, values) [B, S, H_kv, D_h], or None.
+          layer_cache: this layer's (keys, values) [B, H_kv, S, D_h], or None.
           index: [] int32 slot of the first new token (cache mode only).
 
         Returns:
@@ -108,10 +110,12 @@ class Attention(nn.Module):
             inv_freq = rope_inv_freq(cfg)
             q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
+        # Heads-major keys/values [B, H_kv, T, D_h]: the cache layout.
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
         new_cache = None
         if layer_cache is not None:
             cache_k, cache_v = layer_cache
-            start = (0, index, 0, 0)
+            start = (0, 0, index, 0)
             k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), start)
             v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
             new_cache = (k, v)

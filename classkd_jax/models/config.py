@@ -41,6 +41,10 @@ class ModelConfig:
       eos_token_id: an int or a tuple of ints (Llama 3 has several).
       dtype: compute dtype name; `param_dtype`: storage dtype name of params.
       remat: rematerialise each block in the backward pass (`nn.remat`).
+      scan_layers: stack the blocks with `nn.scan` (params under 'layers' with a
+        leading 'layers' axis: one compiled block, what training wants). False
+        unrolls them (params under 'layers_0' .. 'layers_{L-1}'), which is what
+        cached decoding wants; `unstack_layers` / `stack_layers` convert.
     """
 
     vocab_size: int
@@ -69,6 +73,7 @@ class ModelConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: bool = False
+    scan_layers: bool = True
 
     def __post_init__(self):
         # Normalise fields people pass in looser forms, so equality/hash are stable.
@@ -159,7 +164,11 @@ class ModelConfig:
         # A field the family's HF config cannot express (e.g. a GPT-2 with RMSNorm)
         # would be silently dropped: refuse instead, naming it.
         back = ModelConfig.from_hf_config(
-            out, dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat
+            out,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            remat=self.remat,
+            scan_layers=self.scan_layers,
         )
         lost = [
             f.name

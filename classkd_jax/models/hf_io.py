@@ -20,6 +20,7 @@ from safetensors.numpy import save_file
 
 from classkd_jax.models import hf_weights
 from classkd_jax.models.config import ModelConfig
+from classkd_jax.models.transformer import stack_layers
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -155,8 +156,8 @@ def load_hf(
 
 
 def _hf_tensors(config: ModelConfig, params: dict) -> dict[str, np.ndarray]:
-    """Our params -> {HF tensor name: contiguous numpy array}."""
-    params = jax.tree.map(np.asarray, jax.device_get(params))
+    """Our params (scanned or unrolled) -> {HF tensor name: contiguous numpy array}."""
+    params = jax.tree.map(np.asarray, jax.device_get(stack_layers(params, config)))
     out: dict[str, np.ndarray] = {}
     for spec in hf_weights.specs_for(config):
         if spec.to_hf is None:

@@ -1,8 +1,13 @@
-"""The decoder-only transformer: embeddings, a scanned stack of blocks, final norm, LM head.
+"""The decoder-only transformer: embeddings, a stack of blocks, final norm, LM head.
 
 Blocks are stacked with `nn.scan` (one compiled block whatever the depth; params
-get a leading 'layers' axis), optionally rematerialised per block. The KV cache is
-an explicit input/output (`KVCache`), never a hidden mutable collection.
+get a leading 'layers' axis) or, with `scan_layers=False`, unrolled (params
+'layers_0' .. 'layers_{L-1}'); either way optionally rematerialised per block.
+Training wants the scan (compile time independent of depth); cached decoding
+wants the unrolled form, whose per-layer weights and caches are separate arrays
+that a `while_loop` body reads in place (`unstack_layers` converts the params).
+The KV cache is an explicit input/output (`KVCache`), never a hidden mutable
+collection.
 """
 
 from __future__ import annotations
@@ -64,19 +69,44 @@ class Block(nn.Module):
         return x, new_cache
 
 
-def _stack(config: ModelConfig) -> nn.Module:
-    block = Block
+def _block(config: ModelConfig) -> type[nn.Module]:
     if config.remat:
         # Inside scan, CSE cannot merge the recomputation, so prevent_cse is not needed.
-        block = nn.remat(block, prevent_cse=False)
-    return nn.scan(
-        block,
+        return nn.remat(Block, prevent_cse=not config.scan_layers)
+    return Block
+
+
+def _scanned_blocks(
+    config: ModelConfig, x, layer_caches, positions, mask, index
+) -> tuple[jax.Array, tuple | None]:
+    """Runs the blocks as one `nn.scan`; per-layer caches are stacked for it and split after."""
+    stack = nn.scan(
+        _block(config),
         variable_axes={"params": 0},
         split_rngs={"params": True},
         in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
         length=config.num_layers,
         metadata_params={nn.PARTITION_NAME: "layers"},
     )(config, name="layers")
+    stacked = None
+    if layer_caches is not None:
+        stacked = jax.tree.map(lambda *layers: jnp.stack(layers), *layer_caches)
+    x, new = stack(x, stacked, positions, mask, index)
+    if new is None:
+        return x, None
+    return x, tuple(jax.tree.map(lambda a, i=i: a[i], new) for i in range(config.num_layers))
+
+
+def _unrolled_blocks(
+    config: ModelConfig, x, layer_caches, positions, mask, index
+) -> tuple[jax.Array, tuple | None]:
+    """Runs the blocks one after another (params 'layers_{i}'), each on its own cache."""
+    new = []
+    for i in range(config.num_layers):
+        layer_cache = None if layer_caches is None else layer_caches[i]
+        x, c = _block(config)(config, name=f"layers_{i}")(x, layer_cache, positions, mask, index)
+        new.append(c)
+    return x, (None if layer_caches is None else tuple(new))
 
 
 class Transformer(nn.Module):
@@ -145,13 +175,15 @@ class Transformer(nn.Module):
             index = cache.index
             slot_mask = jax.lax.dynamic_update_slice(cache.mask, segment_ids != 0, (0, index))
             mask = cache_attention_mask(slot_mask, index, t)
-            layer_caches = (cache.keys, cache.values)
-        x, new_kv = _stack(cfg)(x, layer_caches, positions, mask, index)
+            layer_caches = tuple(zip(cache.keys, cache.values, strict=True))
+        blocks = _scanned_blocks if cfg.scan_layers else _unrolled_blocks
+        x, new_kv = blocks(cfg, x, layer_caches, positions, mask, index)
         hidden = Norm(cfg, name="final_norm")(x)
 
         new_cache = None
         if cache is not None:
-            new_cache = KVCache(keys=new_kv[0], values=new_kv[1], mask=slot_mask, index=index + t)
+            keys, values = (tuple(kv) for kv in zip(*new_kv, strict=True))
+            new_cache = KVCache(keys=keys, values=values, mask=slot_mask, index=index + t)
         logits = None
         if compute_logits:
             if cfg.tie_word_embeddings:
@@ -177,17 +209,20 @@ def project_logits(hidden: jax.Array, head: jax.Array, config: ModelConfig) -> j
 
 
 def _check_cache(config: ModelConfig, cache: KVCache, token_shape: tuple[int, int]) -> None:
-    want = (config.num_layers, token_shape[0], cache.keys.shape[2])
-    want += (config.num_kv_heads, config.head_dim)
-    if cache.keys.shape != want or cache.values.shape != want:
+    want = (token_shape[0], config.num_kv_heads, cache.max_length, config.head_dim)
+    shapes = {tuple(a.shape) for a in (*cache.keys, *cache.values)}
+    if cache.num_layers != config.num_layers or len(cache.values) != config.num_layers:
         raise ValueError(
-            f"KVCache keys/values shape {cache.keys.shape}/{cache.values.shape} does not fit "
-            f"the model and batch: expected {want} (layers, batch, slots, kv_heads, head_dim)"
+            f"KVCache has {cache.num_layers} key / {len(cache.values)} value layers; "
+            f"the model has num_layers={config.num_layers}"
         )
-    if token_shape[1] > cache.keys.shape[2]:
+    if shapes != {want}:
         raise ValueError(
-            f"{token_shape[1]} new tokens exceed the cache's {cache.keys.shape[2]} slots"
+            f"KVCache keys/values shapes {sorted(shapes)} do not fit the model and batch: "
+            f"expected {want} per layer (batch, kv_heads, slots, head_dim)"
         )
+    if token_shape[1] > cache.max_length:
+        raise ValueError(f"{token_shape[1]} new tokens exceed the cache's {cache.max_length} slots")
 
 
 def init_params(config: ModelConfig, rng: jax.Array, *, boxed: bool = False):
@@ -233,6 +268,36 @@ def abstract_params(config: ModelConfig):
     """Shapes and dtypes of the params, boxed with their logical axis names (no FLOPs)."""
     init = lambda r: Transformer(config).init(r, jnp.zeros((1, 1), jnp.int32))["params"]
     return jax.eval_shape(init, jax.random.key(0))
+
+
+def unstack_layers(params, config: ModelConfig):
+    """Scanned params ('layers' with a leading L axis) -> unrolled ('layers_0' ..).
+
+    The result is what `Transformer(config.replace(scan_layers=False))` takes.
+    Unrolled params pass through unchanged. Traceable: inside `jit`, do it once
+    outside a decode loop, so the loop body reads each layer's weights in place
+    rather than slicing the stacked arrays on every step.
+    """
+    if "layers" not in params:
+        return params
+    out = {k: v for k, v in params.items() if k != "layers"}
+    for i in range(config.num_layers):
+        out[f"layers_{i}"] = jax.tree.map(lambda a, i=i: a[i], params["layers"])
+    return out
+
+
+def stack_layers(params, config: ModelConfig):
+    """Unrolled params ('layers_0' ..) -> scanned ('layers', leading L axis); the
+    inverse of `unstack_layers`. Scanned params pass through unchanged."""
+    if "layers" in params:
+        return params
+    names = [f"layers_{i}" for i in range(config.num_layers)]
+    missing = [n for n in names if n not in params]
+    if missing:
+        raise ValueError(f"unrolled params lack {missing} for num_layers={config.num_layers}")
+    out = {k: v for k, v in params.items() if k not in names}
+    out["layers"] = jax.tree.map(lambda *a: jnp.stack(a), *(params[n] for n in names))
+    return out
 
 
 def lm_head(params, config: ModelConfig) -> jax.Array:

@@ -8,13 +8,23 @@ Public API:
   SampleOutput, SamplingState: the result and the loop carry.
   left_pad, bucket_length, default_buckets, check_left_padded: host-side prompt
     bucketing.
-  ban_ngrams, top_k_filter, top_p_filter, warp: the logit processors.
+  ban_ngrams, top_k_filter, top_p_filter, warp: the logit processors; argmax and
+    categorical: the greedy and the sampled pick.
+  Decoder: a model in the form the loop runs it (unrolled, head laid out).
 """
 
-from classkd_jax.sampling.loop import SampleOutput, SamplingState, prompt_positions, sample_loop
+from classkd_jax.sampling.loop import (
+    Decoder,
+    SampleOutput,
+    SamplingState,
+    prompt_positions,
+    sample_loop,
+)
 from classkd_jax.sampling.processors import (
     SamplingConfig,
+    argmax,
     ban_ngrams,
+    categorical,
     top_k_filter,
     top_p_filter,
     warp,
@@ -29,11 +39,14 @@ from classkd_jax.sampling.sampler import (
 )
 
 __all__ = [
+    "Decoder",
     "SampleOutput",
     "Sampler",
     "SamplingConfig",
     "SamplingState",
+    "argmax",
     "ban_ngrams",
+    "categorical",
     "bucket_length",
     "check_left_padded",
     "data_axes",

@@ -9,19 +9,36 @@ Face (`max(cumsum(mask) - 1, 0)` for the prompt, then counting on), so outputs
 match `transformers` `generate` on left-padded batches.
 
 Everything here is traced inside one jitted program (see `sampler.py`): no host
-round trip per token.
+round trip per token. The models run as a `Decoder`: unrolled
+(`scan_layers=False`), with params unstacked and the head laid out once, before
+the loop, so each decode step reads every layer's weights and KV cache in place.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax import struct
 
-from classkd_jax.models import KVCache, ModelConfig, Transformer, init_cache, lm_head
-from classkd_jax.sampling.processors import SamplingConfig, ban_ngrams, warp
+from classkd_jax.models import (
+    KVCache,
+    ModelConfig,
+    Transformer,
+    init_cache,
+    lm_head,
+    unstack_layers,
+)
+from classkd_jax.sampling.processors import (
+    SamplingConfig,
+    argmax,
+    ban_ngrams,
+    categorical,
+    warp,
+)
 
 
 @struct.dataclass
@@ -90,47 +107,76 @@ def prompt_positions(mask: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1, 0)
 
 
-def _prefill(
-    config: ModelConfig, params, tokens: jax.Array, mask: jax.Array, cache_len: int
-) -> tuple[jax.Array, KVCache]:
-    """Runs the prompt through the model, filling a fresh cache.
+@dataclasses.dataclass(frozen=True)
+class Decoder:
+    """A model in the form the loop runs it (built while tracing, never stored).
 
-    Args:
-      tokens: [B, P] int32 left-padded prompts; mask: [B, P] bool.
-      cache_len: static number of cache slots (P + N).
-
-    Returns:
-      ([B, V] float32 logits for the first new token, the filled KVCache).
+    Attributes:
+      config: the model's config with `scan_layers=False`.
+      params: unrolled params ('layers_0' ..): each layer's weights are their own
+        arrays, which a loop body reads in place (a scanned stack would slice
+        the stacked weights, i.e. copy them, on every step).
+      head: [V, D] the output embedding in compute dtype, vocabulary-major: the
+        fast operand layout for a [B, D] x [D, V] product on CPU (a tied
+        embedding already is; an untied head is transposed once per call).
     """
-    cache = init_cache(config, tokens.shape[0], cache_len)
-    out = Transformer(config).apply(
-        {"params": params},
-        tokens,
-        positions=prompt_positions(mask),
-        segment_ids=mask.astype(jnp.int32),
-        cache=cache,
-        compute_logits=False,
-    )
-    # Left padding puts every row's last prompt token at P - 1; only its logits
-    # are needed, so the [B, P, V] logits are never built.
-    # Same arithmetic as the model's own head: compute dtype, float32 accumulation.
-    dtype = config.compute_dtype
-    last = out.hidden[:, -1, :].astype(dtype)
-    head = lm_head(params, config).astype(dtype)
-    logits = jnp.dot(last, head, preferred_element_type=jnp.float32)
-    return logits, out.cache
 
+    config: ModelConfig
+    params: dict
+    head: jax.Array
 
-def _decode(config: ModelConfig, params, token, position, cache):
-    """One cached forward step. token, position: [B] int32 -> ([B, V] f32, cache)."""
-    out = Transformer(config).apply(
-        {"params": params},
-        token[:, None],
-        positions=position[:, None],
-        segment_ids=jnp.ones_like(token)[:, None],
-        cache=cache,
-    )
-    return out.logits[:, -1, :].astype(jnp.float32), out.cache
+    @classmethod
+    def of(cls, config: ModelConfig, params) -> Decoder:
+        """Unstacks scanned params and lays out the head (traceable, once per call)."""
+        params = unstack_layers(params, config)
+        head = lm_head(params, config).T.astype(config.compute_dtype)
+        return cls(config.replace(scan_layers=False), params, head)
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """[B, D] final hidden states -> [B, V] float32 logits (compute dtype,
+        float32 accumulation: the arithmetic of the model's own head)."""
+        hidden = hidden.astype(self.config.compute_dtype)
+        logits = jnp.einsum("bd,vd->bv", hidden, self.head, preferred_element_type=jnp.float32)
+        return nn.with_logical_constraint(logits, ("batch", "vocab"))
+
+    def prefill(
+        self, tokens: jax.Array, mask: jax.Array, cache_len: int
+    ) -> tuple[jax.Array, KVCache]:
+        """Runs the prompt through the model, filling a fresh cache.
+
+        Args:
+          tokens: [B, P] int32 left-padded prompts; mask: [B, P] bool.
+          cache_len: static number of cache slots (P + N).
+
+        Returns:
+          ([B, V] float32 logits for the first new token, the filled KVCache).
+        """
+        cache = init_cache(self.config, tokens.shape[0], cache_len)
+        out = Transformer(self.config).apply(
+            {"params": self.params},
+            tokens,
+            positions=prompt_positions(mask),
+            segment_ids=mask.astype(jnp.int32),
+            cache=cache,
+            compute_logits=False,
+        )
+        # Left padding puts every row's last prompt token at P - 1; only its
+        # logits are needed, so the [B, P, V] logits are never built.
+        return self.logits(out.hidden[:, -1, :]), out.cache
+
+    def step(
+        self, token: jax.Array, position: jax.Array, cache: KVCache
+    ) -> tuple[jax.Array, KVCache]:
+        """One cached forward step. token, position: [B] int32 -> ([B, V] f32, cache)."""
+        out = Transformer(self.config).apply(
+            {"params": self.params},
+            token[:, None],
+            positions=position[:, None],
+            segment_ids=jnp.ones_like(token)[:, None],
+            cache=cache,
+            compute_logits=False,
+        )
+        return self.logits(out.hidden[:, -1, :]), out.cache
 
 
 def _choose(state: SamplingState, cfg: SamplingConfig, prompt_len: int, rng: jax.Array):
@@ -152,10 +198,10 @@ def _choose(state: SamplingState, cfg: SamplingConfig, prompt_len: int, rng: jax
         alpha = cfg.teacher_mix
         policy_logp = jnp.logaddexp(jnp.log(alpha) + teacher_logp, jnp.log1p(-alpha) + student_logp)
     if cfg.greedy:
-        token = jnp.argmax(policy_logp, axis=-1)
+        token = argmax(policy_logp)
     else:
         key = jax.random.fold_in(rng, state.step)
-        token = jax.random.categorical(key, policy_logp, axis=-1)
+        token = categorical(key, policy_logp)
     token = token.astype(jnp.int32)
     pick = lambda logp: jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
     return token, pick(policy_logp), pick(student_logp)
@@ -226,6 +272,8 @@ def sample_loop(
             f"teacher-mixed sampling needs one vocabulary: teacher vocab_size="
             f"{teacher_config.vocab_size}, student vocab_size={config.vocab_size}"
         )
+    student = Decoder.of(config, params)
+    teacher = Decoder.of(teacher_config, teacher_params) if mixed else None
     prompt_mask = prompt_mask.astype(bool)
     if row_valid is None:
         row_valid = jnp.ones((batch,), bool)
@@ -238,13 +286,11 @@ def sample_loop(
             cache, cache_sharding(model_config, batch, cache_len)
         )
 
-    logits, cache = _prefill(config, params, prompt_tokens, prompt_mask, cache_len)
+    logits, cache = student.prefill(prompt_tokens, prompt_mask, cache_len)
     cache = constrain(config, cache)
     teacher_logits = teacher_cache = None
     if mixed:
-        teacher_logits, teacher_cache = _prefill(
-            teacher_config, teacher_params, prompt_tokens, prompt_mask, cache_len
-        )
+        teacher_logits, teacher_cache = teacher.prefill(prompt_tokens, prompt_mask, cache_len)
         teacher_cache = constrain(teacher_config, teacher_cache)
     pad_cols = ((0, 0), (0, n_new))
     state = SamplingState(
@@ -268,12 +314,10 @@ def sample_loop(
     def body(s: SamplingState) -> SamplingState:
         prev = jax.lax.dynamic_index_in_dim(s.tokens, prompt_len + s.step - 1, 1, keepdims=False)
         position = s.prompt_lengths + s.step - 1
-        logits, cache = _decode(config, params, prev, position, s.cache)
+        logits, cache = student.step(prev, position, s.cache)
         s = s.replace(logits=logits, cache=constrain(config, cache))
         if mixed:
-            t_logits, t_cache = _decode(
-                teacher_config, teacher_params, prev, position, s.teacher_cache
-            )
+            t_logits, t_cache = teacher.step(prev, position, s.teacher_cache)
             t_cache = constrain(teacher_config, t_cache)
             s = s.replace(teacher_logits=t_logits, teacher_cache=t_cache)
         return _record(s, cfg, prompt_len, _choose(s, cfg, prompt_len, rng))

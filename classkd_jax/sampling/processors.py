@@ -148,6 +148,54 @@ def top_p_filter(logits: jax.Array, p: float) -> jax.Array:
     return jnp.where(logits < threshold, NEG_INF, logits)
 
 
+def argmax(x: jax.Array) -> jax.Array:
+    """`jnp.argmax(x, axis=-1)` (the first index of the maximum) as a max and a
+    min reduction: [B, V] -> [B] int32. On CPU this is about twice as fast as
+    XLA's variadic (value, index) reduction, and it is the greedy step of every
+    decode. A row of NaNs gives V - 1."""
+    vocab = x.shape[-1]
+    top = jnp.max(x, axis=-1, keepdims=True)
+    ids = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+    return jnp.min(jnp.where(x == top, ids, vocab - 1), axis=-1)
+
+
+CDF_BLOCK = 256  # vocabulary block of `categorical`'s two-level inverse CDF
+
+
+def categorical(key: jax.Array, logits: jax.Array) -> jax.Array:
+    """Draws one token per row from softmax(`logits`): [B, V] -> [B] int32.
+
+    The same distribution as `jax.random.categorical`, drawn by inverse CDF in
+    two levels (a block of `CDF_BLOCK` tokens by the blocks' masses, then a
+    token inside it), so it takes two uniforms per row where the Gumbel trick
+    takes V uniforms and 2V logarithms: on CPU that is ~10 ms a step for
+    16 x 32k. The two levels keep every float32 cumulative sum short (at most
+    max(V / CDF_BLOCK, CDF_BLOCK) terms), so rounding moves the boundaries by
+    a relative ~1e-5 of a block's mass at worst. A token with probability 0
+    (-inf logit) is never drawn; a row of -inf draws token 0.
+    """
+    batch, vocab = logits.shape
+    blocks = -(-vocab // CDF_BLOCK)
+    padded = jnp.pad(logits, ((0, 0), (0, blocks * CDF_BLOCK - vocab)), constant_values=NEG_INF)
+    top = jnp.max(padded, axis=-1, keepdims=True)
+    probs = jnp.exp(padded - jnp.where(jnp.isfinite(top), top, 0.0))  # unnormalised
+    probs = probs.reshape(batch, blocks, CDF_BLOCK)
+    block_key, token_key = jax.random.split(key)
+
+    def draw(key, weights):  # weights [B, N] >= 0 -> [B] index of a nonzero weight
+        cdf = jnp.cumsum(weights, axis=-1)
+        u = jax.random.uniform(key, (batch, 1), jnp.float32) * cdf[:, -1:]
+        index = jnp.sum(cdf <= u, axis=-1)
+        # Rounding can put u at the very top: fall back to the last nonzero weight.
+        ids = jax.lax.broadcasted_iota(jnp.int32, weights.shape, 1)
+        last = jnp.max(jnp.where(weights > 0, ids, 0), axis=-1)
+        return jnp.minimum(index, last).astype(jnp.int32)
+
+    block = draw(block_key, probs.sum(axis=-1))
+    inside = jnp.take_along_axis(probs, block[:, None, None], axis=1)[:, 0]
+    return block * CDF_BLOCK + draw(token_key, inside)
+
+
 def warp(logits: jax.Array, cfg: SamplingConfig) -> jax.Array:
     """Temperature, then top-k, then top-p (Hugging Face's order); identity when
     greedy. logits: [B, V] float32 -> [B, V] float32."""
