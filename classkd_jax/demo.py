@@ -6,8 +6,11 @@ Reads top to bottom: config -> mesh -> data -> models and states -> jitted
 steps -> loops -> evaluation -> export. See `configs/demo.py` for what it
 shows and how long it takes. Writes to `workdir`: `config.json`,
 `metrics.jsonl` (training curves), `results.json` and `results.md` (test
-ROUGE-L / exact match of each model) and `student_hf/` (the distilled student
-as a Hugging Face directory that `transformers` loads).
+ROUGE-L / exact match of each model), `student_hf/` (the distilled student
+as a Hugging Face directory that `transformers` loads) and `checkpoints/` (every
+trained model by role, `teacher`, `student` and `sft_student`, as a
+`classkd_jax.checkpoint` that `python -m classkd_jax.generate --model` reads).
+A rerun in the same workdir replaces these once its own models are trained.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import shutil
 import time
 from typing import Any
 
@@ -22,7 +26,7 @@ import jax
 from absl import app, logging
 from ml_collections import config_flags
 
-from classkd_jax import steps
+from classkd_jax import checkpoint, steps
 from classkd_jax.data import (
     BatchIterator,
     EvalExample,
@@ -114,6 +118,22 @@ def evaluate(models: dict, examples, tokenizer, mesh, cfg_eval, max_prompt_lengt
             metrics["n"],
         )
     return results
+
+
+ROLES = {"teacher-sft": "teacher", "student-kd": "student", "student-sft": "sft_student"}
+
+
+def save_models(directory: pathlib.Path, step: int, models: dict) -> None:
+    """Writes the trained models as one checkpoint step, by role (replacing an
+    earlier run's checkpoints only now that this run's models exist)."""
+    if directory.exists():
+        shutil.rmtree(directory)
+    meta = {
+        "models": {ROLES[name]: checkpoint.model_meta(cfg) for name, (cfg, _) in models.items()},
+        "tokenizer": str(synthetic.synthetic_tokenizer_path()),
+    }
+    items = {f"{ROLES[name]}_params": params for name, (_, params) in models.items()}
+    checkpoint.save_checkpoint(directory, step, items, meta)
 
 
 def results_table(results: dict[str, dict], steps_by_model: dict[str, int]) -> str:
@@ -221,8 +241,9 @@ def main(argv) -> None:
             )
             models["student-sft"] = (student_cfg, sft.params)
 
-    # Export first: the distilled student is kept whatever happens in evaluation.
+    # Export first: the trained models are kept whatever happens in evaluation.
     save_hf(workdir / "student_hf", student_cfg, jax.device_get(student.params), tokenizer)
+    save_models(workdir / "checkpoints", config.student_train.steps, models)
     results = evaluate(models, test, tokenizer, mesh, config.eval, config.data.max_prompt_length)
     steps_by_model = {"teacher-sft": config.teacher_train.steps}
     steps_by_model.update({k: config.student_train.steps for k in models if k != "teacher-sft"})
@@ -231,6 +252,7 @@ def main(argv) -> None:
     (workdir / "results.json").write_text(json.dumps(results, indent=2))
     print(table)
     print(f"distilled student (Hugging Face format): {workdir / 'student_hf'}")
+    print(f"all trained models (classkd-jax checkpoint, by role): {workdir / 'checkpoints'}")
 
 
 if __name__ == "__main__":

@@ -44,7 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", help="Hugging Face model directory to evaluate")
+    p.add_argument(
+        "--model", help="Hugging Face model directory or classkd-jax checkpoint to evaluate"
+    )
+    p.add_argument("--role", default="student", help="which model of a checkpoint (student)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
     p.add_argument("--data_dir", help="root of the benchmark layout (see data/benchmarks.py)")
     p.add_argument(
         "--benchmarks",
@@ -117,7 +121,8 @@ def _benchmarks(args: argparse.Namespace) -> list[str]:
 
 
 def check_model_path(path: str) -> Path:
-    """Accepts a Hugging Face directory; anything else gets an error saying why."""
+    """Accepts a Hugging Face directory or a checkpoint; anything else gets an error
+    saying why."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"--model {path}: no such directory")
@@ -128,20 +133,19 @@ def check_model_path(path: str) -> Path:
                 "model with save_pretrained(..., safe_serialization=True) or models.save_hf"
             )
         return p
-    looks_like_ckpt = p.is_dir() and (
-        any(p.glob("*/_CHECKPOINT_METADATA"))
-        or any(p.glob("_CHECKPOINT_METADATA"))
-        or any(c.is_dir() and c.name.isdigit() for c in p.iterdir())
-    )
-    if looks_like_ckpt:
-        raise NotImplementedError(
-            f"--model {path} looks like a classkd-jax training checkpoint; evaluating "
-            "those directly is not supported yet: export it to a Hugging Face directory "
-            "with classkd_jax.models.save_hf and pass that directory"
+    # A classkd-jax checkpoint (classkd_jax.checkpoint): a root of <step>/ dirs or
+    # one step's dir. Checked by layout only, so a bad path fails before JAX starts.
+    if p.is_dir() and ((p / "meta").is_dir() or any(p.glob("[0-9]*/meta"))):
+        return p
+    if p.is_dir() and any(c.is_dir() and c.name.isdigit() for c in p.iterdir()):
+        raise FileNotFoundError(
+            f"--model {path} looks like a classkd-jax checkpoint root but holds no complete "
+            "step (no <step>/meta); an interrupted save leaves only a temporary directory"
         )
     raise ValueError(
         f"--model {path} is not a Hugging Face model directory (no config.json); "
-        "expected config.json, *.safetensors and the tokenizer files"
+        "expected config.json, *.safetensors and the tokenizer files, or a classkd-jax "
+        "checkpoint (<step>/meta)"
     )
 
 
@@ -194,7 +198,9 @@ def evaluate_model(args: argparse.Namespace) -> tuple[str, runner.RunResults, di
         jax.process_index(),
         jax.process_count(),
     )
-    model, tokenizer = load_model_and_tokenizer(str(model_dir), dtype=args.dtype)
+    model, tokenizer = load_model_and_tokenizer(
+        str(model_dir), dtype=args.dtype, role=args.role, tokenizer=args.tokenizer
+    )
     # The project's mesh over every device: the batch splits over the data axes.
     mesh = make_mesh(data=-1)
     generate_fn = runner.make_generate_fn(model, tokenizer, mesh=mesh)

@@ -3,8 +3,11 @@
   python -m classkd_jax.generate --model PATH --prompts prompts.jsonl --out out.jsonl \\
       [--greedy | --temperature T --top_p P --top_k K] [--max_new_tokens N] [--seed S]
 
-PATH is a Hugging Face model directory (config.json + *.safetensors + tokenizer);
-classkd-jax training checkpoints are not loadable yet. `prompts.jsonl` holds one
+PATH is a Hugging Face model directory (config.json + *.safetensors + tokenizer)
+or a classkd-jax checkpoint (`classkd_jax.checkpoint`: a checkpoint root, whose
+latest step is read, or one step's directory; `--role` picks the model, default
+'student'; its tokenizer is the one the checkpoint names, or `--tokenizer`).
+`prompts.jsonl` holds one
 JSON object per line with a `prompt` string; `out.jsonl` gets the same objects
 plus a `completion` string. Prompts are tokenized by the directory's tokenizer
 with its default special tokens, completions decoded with special tokens
@@ -48,26 +51,47 @@ logger = logging.getLogger(__name__)
 Model = tuple[ModelConfig, Any]
 
 
-def load_model_and_tokenizer(path: str | Path, *, dtype: str | None = None) -> tuple[Model, Any]:
-    """Loads a Hugging Face directory as `((config, params), tokenizer)`.
+def load_model_and_tokenizer(
+    path: str | Path,
+    *,
+    dtype: str | None = None,
+    role: str = "student",
+    tokenizer: str | Path | None = None,
+) -> tuple[Model, Any]:
+    """Loads a Hugging Face directory or a checkpoint as `((config, params), tokenizer)`.
 
-    The EOS ids come from the directory's generation_config.json when it has
-    them (as transformers' `generate` does; Llama 3 lists several there), else
-    from config.json.
+    For a Hugging Face directory the EOS ids come from its generation_config.json
+    when it has them (as transformers' `generate` does; Llama 3 lists several
+    there), else from config.json.
 
     Args:
-      path: a local Hugging Face model directory.
+      path: a local Hugging Face model directory, or a classkd-jax checkpoint
+        (root or step directory).
       dtype: compute dtype ('float32' default, or 'bfloat16').
+      role: for a checkpoint, which model to load ('student', 'teacher', ...).
+      tokenizer: a tokenizer directory to use instead of the model's own (for a
+        checkpoint: instead of the one its metadata names).
 
     Raises:
-      FileNotFoundError: naming `path` when it is not such a directory.
+      FileNotFoundError: naming `path` when it is neither, or naming the
+        tokenizer a checkpoint points at when that is gone.
     """
+    from classkd_jax import checkpoint
+
     path = Path(path).expanduser()
+    if checkpoint.is_checkpoint(path):
+        config, params, meta = checkpoint.load_model(path, role, dtype=dtype)
+        tokenizer = tokenizer or meta.get("tokenizer")
+        if tokenizer is None or not Path(tokenizer).expanduser().is_dir():
+            raise FileNotFoundError(
+                f"checkpoint {str(path)!r} names tokenizer {tokenizer!r}, which is not a "
+                "directory here; pass --tokenizer DIR"
+            )
+        return (config, params), load_tokenizer(Path(tokenizer).expanduser())
     if not (path.is_dir() and (path / "config.json").is_file()):
         raise FileNotFoundError(
-            f"model path {str(path)!r} is not a Hugging Face model directory (no config.json "
-            "there); only Hugging Face directories are supported for now, classkd-jax training "
-            "checkpoints cannot be loaded by this tool yet"
+            f"model path {str(path)!r} is neither a Hugging Face model directory (no "
+            "config.json there) nor a classkd-jax checkpoint (no <step>/meta there)"
         )
     config, params = load_hf(path, dtype=dtype)
     generation_file = path / "generation_config.json"
@@ -75,7 +99,7 @@ def load_model_and_tokenizer(path: str | Path, *, dtype: str | None = None) -> t
         eos = json.loads(generation_file.read_text()).get("eos_token_id")
         if eos is not None:
             config = config.replace(eos_token_id=eos)
-    return (config, params), load_tokenizer(path)
+    return (config, params), load_tokenizer(tokenizer or path)
 
 
 def _tokenize(
@@ -232,7 +256,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="python -m classkd_jax.generate",
         description="Complete the prompts of a JSONL file with a model (jitted JAX sampler).",
     )
-    p.add_argument("--model", required=True, help="a Hugging Face model directory")
+    p.add_argument(
+        "--model", required=True, help="a Hugging Face model directory or a classkd-jax checkpoint"
+    )
+    p.add_argument("--role", default="student", help="which model of a checkpoint (student)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
     p.add_argument("--prompts", required=True, help="JSONL, one object with a 'prompt' per line")
     p.add_argument("--out", required=True, help="JSONL written: the objects plus 'completion'")
     p.add_argument("--greedy", action="store_true", help="argmax decoding")
@@ -259,7 +287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s")
     logger.setLevel(logging.INFO)  # ours only: JAX's INFO start-up lines are noise here
     records = read_prompts(args.prompts)
-    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
+    model, tokenizer = load_model_and_tokenizer(
+        args.model, dtype=args.dtype, role=args.role, tokenizer=args.tokenizer
+    )
     mesh = None
     if jax.device_count() > 1:
         mesh = make_mesh(data=-1)

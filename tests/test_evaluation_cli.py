@@ -50,8 +50,10 @@ def test_model_path_errors(tmp_path):
         evaluate.check_model_path(str(tmp_path / "nope"))
     ckpt = tmp_path / "ckpt"
     (ckpt / "100").mkdir(parents=True)
-    with pytest.raises(NotImplementedError, match="training checkpoint.*save_hf"):
+    with pytest.raises(FileNotFoundError, match="checkpoint root but holds no complete step"):
         evaluate.check_model_path(str(ckpt))
+    (ckpt / "100" / "meta").mkdir()
+    assert evaluate.check_model_path(str(ckpt)) == ckpt
     with pytest.raises(ValueError, match="no config.json"):
         evaluate.check_model_path(str(tmp_path))
     hf = tmp_path / "hf"

@@ -57,9 +57,38 @@ def test_sampling_is_deterministic_per_seed(qwen_dir, tmp_path):
     assert a == b and a != c
 
 
+def test_a_checkpoint_generates_what_its_model_directory_generates(qwen_dir, tmp_path):
+    from classkd_jax import checkpoint
+    from classkd_jax.models import load_hf
+
+    config, params = load_hf(qwen_dir)
+    meta = {"models": {"teacher": checkpoint.model_meta(config)}, "tokenizer": str(qwen_dir)}
+    checkpoint.save_checkpoint(tmp_path / "ckpt", 7, {"teacher_params": params}, meta)
+    prompts = _write_prompts(tmp_path / "p.jsonl", PROMPTS)
+    outs = {}
+    for name, model in [
+        ("hf", qwen_dir),
+        ("root", tmp_path / "ckpt"),
+        ("step", tmp_path / "ckpt" / "7"),
+    ]:
+        outs[name] = tmp_path / f"{name}.jsonl"
+        argv = ["--model", str(model), "--prompts", str(prompts), "--out", str(outs[name])]
+        argv += ["--greedy", "--max_new_tokens", "6", "--batch_size", "4"]
+        assert main([*argv, "--role", "teacher"]) == 0
+    assert _read(outs["root"]) == _read(outs["hf"]) == _read(outs["step"])
+    with pytest.raises(KeyError, match=r"no model 'student'; it has \['teacher'\]"):
+        load_model_and_tokenizer(tmp_path / "ckpt")
+    meta["tokenizer"] = str(tmp_path / "gone")
+    checkpoint.save_checkpoint(tmp_path / "ckpt", 8, {"teacher_params": params}, meta)
+    with pytest.raises(FileNotFoundError, match="names tokenizer.*gone.*--tokenizer"):
+        load_model_and_tokenizer(tmp_path / "ckpt", role="teacher")
+    _, tok = load_model_and_tokenizer(tmp_path / "ckpt", role="teacher", tokenizer=qwen_dir)
+    assert tok.encode("JAX")
+
+
 def test_unknown_model_path_is_named(tmp_path):
     missing = tmp_path / "no_such_model"
-    with pytest.raises(FileNotFoundError, match="no_such_model.*only Hugging Face directories"):
+    with pytest.raises(FileNotFoundError, match="no_such_model.*neither a Hugging Face"):
         load_model_and_tokenizer(missing)
     prompts = _write_prompts(tmp_path / "p.jsonl", PROMPTS)
     with pytest.raises(FileNotFoundError, match="no_such_model"):

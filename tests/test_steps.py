@@ -101,7 +101,8 @@ def test_unknown_loss_and_divergence_are_named():
 
 @pytest.mark.slow
 def test_quick_start_job_runs_end_to_end(tmp_path):
-    """`python -m classkd_jax.demo` (tiny size): trains, evaluates, exports a HF student."""
+    """`python -m classkd_jax.demo` (tiny size): trains, evaluates, exports a HF student
+    and a checkpoint of every trained model."""
     workdir = tmp_path / "demo"
     proc = subprocess.run(
         [
@@ -125,3 +126,13 @@ def test_quick_start_job_runs_end_to_end(tmp_path):
     assert {c["role"] for c in curves} == set(results)
     assert (workdir / "student_hf" / "config.json").exists()
     assert "| student-kd |" in proc.stdout
+    # The checkpoint holds every trained model by role; its student is the exported one.
+    from classkd_jax import checkpoint
+    from classkd_jax.models import load_hf
+
+    ckpt = workdir / "checkpoints"
+    assert set(checkpoint.read_meta(ckpt)["models"]) == {"teacher", "student", "sft_student"}
+    config, params, _ = checkpoint.load_model(ckpt, "student")
+    hf_config, hf_params = load_hf(workdir / "student_hf")
+    assert config.hidden_size == hf_config.hidden_size
+    jax.tree.map(np.testing.assert_array_equal, params, hf_params)
