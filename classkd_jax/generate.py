@@ -18,6 +18,11 @@ of two up to the context) that fits the batch's longest prompt. A prompt longer
 than the context allows is an error unless `max_prompt_length` is given, in
 which case longer prompts are LEFT-truncated (the end of a prompt, where an
 instruction template puts "### Response:", is kept) with a warning.
+
+On several hosts, start one process per host with the same arguments plus the
+`classkd_jax.distributed` flags (`--distributed`, or `--coordinator_address`,
+`--num_processes`, `--process_id`): the batch is split over every host's
+devices and process 0 writes `out.jsonl`.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from classkd_jax import distributed
 from classkd_jax.models import ModelConfig, load_hf, load_tokenizer
 from classkd_jax.sampling import (
     Sampler,
@@ -43,7 +49,7 @@ from classkd_jax.sampling import (
     default_buckets,
     left_pad,
 )
-from classkd_jax.sharding import make_mesh
+from classkd_jax.sharding import fetch, make_mesh
 
 logger = logging.getLogger(__name__)
 
@@ -174,9 +180,11 @@ def generate_completions(
         the mesh's data shards.
       max_prompt_length: left-truncate longer prompts (with a warning); also
         the largest prompt bucket. None: over-long prompts are an error.
-      mesh: run sharded on this mesh (one process): batch over its data
-        axes, params placed by `classkd_jax.sharding.DEFAULT_RULES`; None:
-        the default device.
+      mesh: run sharded on this mesh: batch over its data axes, params
+        placed by `classkd_jax.sharding.DEFAULT_RULES`; None: the default
+        device. A mesh may span several processes (`jax.distributed`): then
+        every process calls this with the same prompts and params and gets
+        every completion back.
       prompt_buckets: static prompt lengths to pad to; default powers of two
         from 16 up to the limit.
 
@@ -220,7 +228,7 @@ def generate_completions(
         length = bucket_length(max(len(t) for t in chunk), buckets)
         tokens, mask, row_valid = left_pad(chunk, length, pad_id, batch_size)
         out = sampler(params, tokens, mask, jax.random.fold_in(key, i), cfg, row_valid=row_valid)
-        out_tokens, out_mask = jax.device_get((out.tokens, out.mask))
+        out_tokens, out_mask = fetch((out.tokens, out.mask))
         for row in range(len(chunk)):
             ids = np.asarray(out_tokens[row][out_mask[row]]).tolist()
             completions.append(tokenizer.decode(ids, skip_special_tokens=True))
@@ -275,6 +283,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--max_prompt_length", type=int, default=None, help="left-truncate longer prompts"
     )
     p.add_argument("--dtype", default=None, help="compute dtype: float32 (default) or bfloat16")
+    distributed.add_flags(p)
     args = p.parse_args(argv)
     sampling_flags = [f for f in ("temperature", "top_p", "top_k") if getattr(args, f) is not None]
     if args.greedy and sampling_flags:
@@ -284,6 +293,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    distributed.initialize(args)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s")
     logger.setLevel(logging.INFO)  # ours only: JAX's INFO start-up lines are noise here
     records = read_prompts(args.prompts)
@@ -315,6 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_prompt_length=args.max_prompt_length,
         mesh=mesh,
     )
+    if jax.process_index() != 0:  # every process holds every completion; one writes
+        return 0
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", encoding="utf-8") as f:

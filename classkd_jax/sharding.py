@@ -173,6 +173,53 @@ def cache_shardings(cache: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Any
     return type(cache)(**fields)
 
 
+def put(tree: Any, shardings: Any) -> Any:
+    """`jax.device_put(tree, shardings)` that also works on a mesh spanning processes.
+
+    On one process it is exactly `jax.device_put`. When the shardings span
+    several processes, a leaf that is a global array is resharded, and any
+    other leaf (numpy, or a jax array on this process) must hold the SAME full
+    value on every process (e.g. params every host loaded from the same
+    checkpoint): each process places the shards its devices own.
+
+    Args:
+      tree: a pytree of arrays.
+      shardings: a pytree of `Sharding`s matching `tree`, or a prefix of it.
+    """
+    is_sharding = lambda s: isinstance(s, jax.sharding.Sharding)
+    if all(s.is_fully_addressable for s in jax.tree.leaves(shardings, is_leaf=is_sharding)):
+        return jax.device_put(tree, shardings)
+
+    def place(x, sharding):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return jax.device_put(x, sharding)  # a global array: reshard
+        if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+            data = place(jax.random.key_data(x), sharding)  # typed keys: place their bits
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        host = np.asarray(jax.device_get(x))
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(
+        lambda s, sub: jax.tree.map(lambda x: place(x, s), sub),
+        shardings,
+        tree,
+        is_leaf=is_sharding,
+    )
+
+
+def fetch(tree: Any) -> Any:
+    """`jax.device_get` that also gathers arrays sharded over several processes:
+    every process gets the full numpy values."""
+    from jax.experimental import multihost_utils
+
+    def get(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(jax.device_get(x))
+
+    return jax.tree.map(get, tree)
+
+
 @contextlib.contextmanager
 def activation_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Iterator[None]:
     """Turns on the model's activation constraints (`nn.with_logical_constraint`).

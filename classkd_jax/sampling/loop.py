@@ -119,6 +119,11 @@ class Decoder:
       head: [V, D] the output embedding in compute dtype, vocabulary-major: the
         fast operand layout for a [B, D] x [D, V] product on CPU (a tied
         embedding already is; an untied head is transposed once per call).
+
+    The price: while a sampling call runs, the layer weights (and an untied
+    head) exist twice, the caller's stacked arrays and this unrolled copy
+    (sharded like them). For a large model on a memory-tight accelerator that
+    is the cost to weigh against the faster decode steps.
     """
 
     config: ModelConfig

@@ -262,9 +262,13 @@ class Sampler:
             return program(params, teacher_params, tokens, mask, row_valid, rng)
         # A no-op when params already have these shardings (the training placement);
         # otherwise it moves them, where jit would refuse committed mismatches.
-        params = jax.device_put(params, self._param_shardings)
+        # On a mesh spanning processes, host-local inputs must be the same everywhere.
+        rows = NamedSharding(self.mesh, P(data_axes(self.mesh, self.rules) or None))
+        tokens, mask, row_valid = sharding.put((tokens, mask, jnp.asarray(row_valid)), rows)
+        rng = sharding.put(rng, NamedSharding(self.mesh, P()))
+        params = sharding.put(params, self._param_shardings)
         if teacher_params is not None and self._teacher_param_shardings is not None:
-            teacher_params = jax.device_put(teacher_params, self._teacher_param_shardings)
+            teacher_params = sharding.put(teacher_params, self._teacher_param_shardings)
         # Traced under the mesh and rules, the model's activation constraints apply.
         with sharding.activation_sharding(self.mesh, self.rules):
             return program(params, teacher_params, tokens, mask, row_valid, rng)
