@@ -31,6 +31,8 @@ META = "meta"
 
 
 def _manager(directory: str | os.PathLike, *, create: bool) -> ocp.CheckpointManager:
+    """A synchronous manager; it creates `directory` only when `create` (reading and
+    probing write nothing: tests/test_checkpoint.py checks)."""
     options = ocp.CheckpointManagerOptions(create=create, enable_async_checkpointing=False)
     return ocp.CheckpointManager(Path(directory).absolute(), options=options)
 

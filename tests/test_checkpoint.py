@@ -96,3 +96,18 @@ def test_model_meta_round_trips_every_preset_field():
         assert checkpoint.model_from_meta(checkpoint.model_meta(config)) == config
     with pytest.raises(ValueError, match=r"unknown fields \['hidden'\]"):
         checkpoint.model_from_meta({**checkpoint.model_meta(config), "hidden": 1})
+
+
+def test_probing_and_reading_write_nothing(tmp_path):
+    hf_like = tmp_path / "hf"
+    hf_like.mkdir()
+    (hf_like / "config.json").write_text("{}")
+    assert not checkpoint.is_checkpoint(hf_like) and checkpoint.latest_step(hf_like) is None
+    assert [p.name for p in hf_like.iterdir()] == ["config.json"]
+    params, _ = _state(0)
+    checkpoint.save_checkpoint(tmp_path / "ckpt", 1, {"student_params": params}, {})
+    before = sorted((p, p.stat().st_mtime_ns) for p in (tmp_path / "ckpt").rglob("*"))
+    checkpoint.restore_checkpoint(tmp_path / "ckpt", {"student_params": _like(params)})
+    assert checkpoint.is_checkpoint(tmp_path / "ckpt")
+    assert checkpoint.read_meta(tmp_path / "ckpt") == {}
+    assert sorted((p, p.stat().st_mtime_ns) for p in (tmp_path / "ckpt").rglob("*")) == before

@@ -8,8 +8,6 @@ the global batches with a single-process iterator over the same data.
 
 import json
 import os
-import socket
-import subprocess
 import sys
 
 import numpy as np
@@ -84,37 +82,15 @@ def _worker(process_id: int, port: int, out: str) -> None:
         json.dump(result, f)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.multiprocess
 def test_two_processes_cover_the_data_exactly_once(tmp_path):
-    port = _free_port()
+    from tests.multiprocess import free_port, run_processes  # this file is also the worker
+
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     outs = [tmp_path / f"out{i}.json" for i in range(2)]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, __file__, str(i), str(port), str(outs[i])],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    logs = []
-    for p in procs:
-        try:
-            logs.append(p.communicate(timeout=120)[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail("multi-process workers timed out")
-    for p, log in zip(procs, logs, strict=True):
-        assert p.returncode == 0, log[-3000:]
+    commands = [[sys.executable, __file__, str(i), str(port), str(outs[i])] for i in range(2)]
+    run_processes(commands, env, timeout=120)
     for out in outs:
         result = json.loads(out.read_text())
         assert result["devices"] == 8

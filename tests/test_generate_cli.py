@@ -150,40 +150,22 @@ def test_two_processes_generate_what_one_process_does(qwen_dir, tmp_path):
     """Two JAX processes on 127.0.0.1 (2 CPU devices each) split every batch over
     their 4 devices; process 0 writes the same file one process writes."""
     import os
-    import socket
-    import subprocess
     import sys
+
+    from tests.multiprocess import free_port, run_processes
 
     prompts = _write_prompts(tmp_path / "p.jsonl", PROMPTS * 3)  # 9: two batches of 8
     argv = ["--model", str(qwen_dir), "--prompts", str(prompts), "--max_new_tokens", "6"]
     argv += ["--batch_size", "8", "--temperature", "1.0", "--top_k", "20", "--seed", "3"]
     assert main([*argv, "--out", str(tmp_path / "one.jsonl")]) == 0  # 8 devices, 1 process
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    dist = ["--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2"]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "classkd_jax.generate", *argv, *dist, "--process_id", str(i)]
-            + ["--out", str(tmp_path / "two.jsonl")],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    try:
-        logs = [p.communicate(timeout=240)[0] for p in procs]
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        pytest.fail("multi-process generate timed out")
-    for p, log in zip(procs, logs, strict=True):
-        assert p.returncode == 0, log[-3000:]
+    argv += ["--coordinator_address", f"127.0.0.1:{free_port()}", "--num_processes", "2"]
+    argv += ["--out", str(tmp_path / "two.jsonl")]
+    cli = [sys.executable, "-m", "classkd_jax.generate", *argv]
+    logs = run_processes([[*cli, "--process_id", str(i)] for i in range(2)], env, timeout=240)
     assert "4 device(s)" in logs[0]
+    assert "wrote 9 completions" in logs[0] and "wrote" not in logs[1]  # process 0 writes
     assert _read(tmp_path / "two.jsonl") == _read(tmp_path / "one.jsonl")
     assert len({r["completion"] for r in _read(tmp_path / "one.jsonl")}) > 3  # sampled
 

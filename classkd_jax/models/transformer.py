@@ -79,7 +79,9 @@ def _block(config: ModelConfig) -> type[nn.Module]:
 def _scanned_blocks(
     config: ModelConfig, x, layer_caches, positions, mask, index
 ) -> tuple[jax.Array, tuple | None]:
-    """Runs the blocks as one `nn.scan`; per-layer caches are stacked for it and split after."""
+    """Runs the blocks as one `nn.scan`. Per-layer caches are stacked for it and
+    split after, i.e. copied on every call: correct, but cached decoding belongs
+    to the unrolled form (`scan_layers=False`)."""
     stack = nn.scan(
         _block(config),
         variable_axes={"params": 0},
