@@ -71,7 +71,8 @@ class Block(nn.Module):
 
 def _block(config: ModelConfig) -> type[nn.Module]:
     if config.remat:
-        # Inside scan, CSE cannot merge the recomputation, so prevent_cse is not needed.
+        # Inside scan, CSE cannot merge the recomputation, so prevent_cse is only
+        # needed for unrolled blocks.
         return nn.remat(Block, prevent_cse=not config.scan_layers)
     return Block
 
