@@ -98,9 +98,18 @@ def latest_step(directory: str | os.PathLike) -> int | None:
 
 
 def is_checkpoint(path: str | os.PathLike) -> bool:
-    """True for a checkpoint root with at least one step, or a step directory."""
+    """True for a checkpoint root with at least one complete step, or a step directory.
+
+    By layout alone (a `<step>/meta` directory; Orbax renames a step into place
+    only once it is complete), so probing any directory is cheap and reads no
+    checkpoint machinery.
+    """
     path = Path(path).expanduser()
-    return (path / META).is_dir() or bool(all_steps(path))
+    if path.name.isdigit() and (path / META).is_dir():
+        return True
+    return path.is_dir() and any(
+        c.name.isdigit() and (c / META).is_dir() for c in path.iterdir() if c.is_dir()
+    )
 
 
 def read_meta(path: str | os.PathLike, step: int | None = None) -> dict:

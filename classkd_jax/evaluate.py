@@ -133,9 +133,9 @@ def check_model_path(path: str) -> Path:
                 "model with save_pretrained(..., safe_serialization=True) or models.save_hf"
             )
         return p
-    # A classkd-jax checkpoint (classkd_jax.checkpoint): a root of <step>/ dirs or
-    # one step's dir. Checked by layout only, so a bad path fails before JAX starts.
-    if p.is_dir() and ((p / "meta").is_dir() or any(p.glob("[0-9]*/meta"))):
+    from classkd_jax.checkpoint import is_checkpoint
+
+    if is_checkpoint(p):
         return p
     if p.is_dir() and any(c.is_dir() and c.name.isdigit() for c in p.iterdir()):
         raise FileNotFoundError(

@@ -147,6 +147,9 @@ class Sampler:
                 teacher_param_shardings = sharding.param_shardings(
                     abstract_params(teacher_config), mesh, rules
                 )
+            # Prompts and outputs split by rows over the data axes; the key is replicated.
+            self._rows = NamedSharding(mesh, P(data_axes(mesh, self.rules) or None))
+            self._replicated = NamedSharding(mesh, P())
         self._param_shardings = param_shardings
         self._teacher_param_shardings = teacher_param_shardings
         self._programs: dict = {}
@@ -185,8 +188,7 @@ class Sampler:
         if self.mesh is None:
             program = jax.jit(run)
         else:
-            replicated = NamedSharding(self.mesh, P())
-            rows = NamedSharding(self.mesh, P(data_axes(self.mesh, self.rules) or None))
+            replicated, rows = self._replicated, self._rows
             student = self._param_shardings
             teacher = self._teacher_param_shardings or replicated
             out = SampleOutput(
@@ -260,12 +262,11 @@ class Sampler:
         program = self._program(cfg)
         if self.mesh is None:
             return program(params, teacher_params, tokens, mask, row_valid, rng)
-        # A no-op when params already have these shardings (the training placement);
-        # otherwise it moves them, where jit would refuse committed mismatches.
-        # On a mesh spanning processes, host-local inputs must be the same everywhere.
-        rows = NamedSharding(self.mesh, P(data_axes(self.mesh, self.rules) or None))
-        tokens, mask, row_valid = sharding.put((tokens, mask, jnp.asarray(row_valid)), rows)
-        rng = sharding.put(rng, NamedSharding(self.mesh, P()))
+        # A no-op for inputs already placed so (params in the training placement);
+        # otherwise it moves them, where jit would refuse committed mismatches. On a
+        # mesh spanning processes, host-local inputs must be the same everywhere.
+        tokens, mask, row_valid = sharding.put((tokens, mask, row_valid), self._rows)
+        rng = sharding.put(rng, self._replicated)
         params = sharding.put(params, self._param_shardings)
         if teacher_params is not None and self._teacher_param_shardings is not None:
             teacher_params = sharding.put(teacher_params, self._teacher_param_shardings)
