@@ -15,6 +15,11 @@ It also measures this machine's memory bandwidth (a jitted sum over 256 MiB)
 and prints the weight-streaming ceiling: a decode step reads every weight but
 the input embedding once, so no sampler can beat
 `batch / (weight_bytes / bandwidth)` tokens per second, whatever its overheads.
+And it times the step's weight products alone (every layer kernel and the head,
+on `--batch` rows, as one dependent chain in a jitted loop, with the layer
+kernels as the model holds them and transposed; the same chain in PyTorch for
+comparison): no XLA sampler of this model on this machine can beat
+`batch / products_time` tokens per second either (the products-only ceiling).
 Prints one line per measurement and a final JSON line. Both sides use every CPU
 core.
 """
@@ -34,7 +39,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
-from classkd_jax.models import load_hf
+from classkd_jax.models import lm_head, load_hf, unstack_layers
 from classkd_jax.sampling import Sampler, SamplingConfig, left_pad
 
 
@@ -123,6 +128,78 @@ def streamed_weight_bytes(params) -> int:
     return total
 
 
+def step_products(params, config):
+    """The weight products of one decode step, as (K, N) kernels in the sampler's
+    own layouts: every layer kernel [in..., out...] flattened to [K, N] (in-major,
+    as the model holds it), and the LM head [V, D] (vocabulary-major, as
+    `sampling.Decoder` lays it out)."""
+    layers = unstack_layers(params, config)
+    kernels = []
+    for i in range(config.num_layers):
+        for path, w in jax.tree_util.tree_leaves_with_path(layers[f"layers_{i}"]):
+            if jax.tree_util.keystr(path).endswith("['kernel']"):
+                # q/k/v: [D, H, Dh]; o: [H, Dh, D]; mlp: [D, F] / [F, D].
+                k = w.shape[0] if w.shape[0] == config.hidden_size else w.size // w.shape[-1]
+                kernels.append(w.reshape(k, -1))
+    return kernels, jnp.asarray(lm_head(params, config).T)
+
+
+def products_only_seconds(
+    params, config, batch: int, layout: str = "in", steps: int = 64, reps: int = 3
+) -> float:
+    """Seconds per decode step that XLA takes for the step's weight products
+    alone, on `batch` rows: a jitted loop of `steps` steps, each a dependent chain
+    through every product (nothing else: no attention, norms or sampling).
+
+    layout: "in" keeps the layer kernels [K, N] as the model holds them; "out"
+    transposes them to [N, K] (the head is [V, D] either way). The faster of
+    the two bounds an XLA sampler of this model on this machine from above.
+    """
+    kernels, head = step_products(params, config)
+    if layout == "out":
+        kernels = [jnp.asarray(w.T) for w in kernels]
+    width = max(max(w.shape) for w in kernels + [head])
+    k_axis = 0 if layout == "in" else 1
+
+    def run(ks, h, x):
+        def one_step(_, s):
+            # Each product's input depends on the previous product's output (via
+            # the scalar s), so none is skipped or reordered; the add fuses into
+            # the product's kernel.
+            for w in ks:
+                xw = x[:, : w.shape[k_axis]] + s
+                s = 1e-9 * jnp.max(xw @ w if layout == "in" else jnp.einsum("bk,nk->bn", xw, w))
+            return 1e-9 * jnp.max(jnp.einsum("bd,vd->bv", x[:, : h.shape[1]] + s, h))
+
+        return jax.lax.fori_loop(0, steps, one_step, jnp.zeros((), x.dtype))
+
+    run = jax.jit(run)
+    x = jnp.ones((batch, width), jnp.float32)
+    run(kernels, head, x).block_until_ready()
+    best = min(timed(lambda: run(kernels, head, x).block_until_ready())[0] for _ in range(reps))
+    return best / steps
+
+
+def torch_products_only_seconds(params, config, batch: int, steps: int = 16) -> float:
+    """The same chain of products in PyTorch (`F.linear` on [N, K] weights, the
+    layout of transformers' `nn.Linear`), for comparison."""
+    kernels, head = step_products(params, config)
+    weights = [torch.from_numpy(np.asarray(w).T.copy()) for w in kernels]
+    weights.append(torch.from_numpy(np.array(head)))
+    width = max(w.shape[1] for w in weights)
+
+    def run():
+        x, s = torch.ones(batch, width), torch.zeros(())
+        for _ in range(steps):
+            for w in weights:
+                s = 1e-9 * torch.nn.functional.linear(x[:, : w.shape[1]] + s, w).amax()
+        return s
+
+    with torch.inference_mode():
+        run()
+        return min(timed(run)[0] for _ in range(3)) / steps
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--family", default="llama", choices=["llama", "gpt2"])
@@ -156,9 +233,17 @@ def main():
             ours = load_hf(d)
         weight_bytes = streamed_weight_bytes(ours[1])
         ceiling = args.batch / (weight_bytes / bandwidth)
+        products_in = products_only_seconds(ours[1], ours[0], args.batch, "in")
+        products_out = products_only_seconds(ours[1], ours[0], args.batch, "out")
+        products_s = min(products_in, products_out)
+        products_ceiling = args.batch / products_s
+        torch_products_s = torch_products_only_seconds(ours[1], ours[0], args.batch)
         print(
             f"width={width}: {weight_bytes / 2**20:.0f} MiB of weights read per decode step; "
-            f"weight-streaming ceiling {ceiling:.0f} tok/s"
+            f"weight-streaming ceiling {ceiling:.0f} tok/s; XLA's weight products alone take "
+            f"{products_in * 1e3:.1f} ms a step with the model's kernel layout, "
+            f"{products_out * 1e3:.1f} ms transposed (PyTorch's: {torch_products_s * 1e3:.1f} "
+            f"ms): products-only ceiling {products_ceiling:.0f} tok/s"
         )
         for mode, greedy in (("greedy", True), ("sample", False)):
             hf_times, our_times, compile_s, hf_tokens, our_tokens = measure(
@@ -172,6 +257,13 @@ def main():
                 ratio=round(our_tps / hf_tps, 2),
                 ceiling_tokens_per_s=round(ceiling, 1),
                 ceiling_over_hf=round(ceiling / hf_tps, 2),
+                products_ms_per_step=round(products_in * 1e3, 2),
+                products_transposed_ms_per_step=round(products_out * 1e3, 2),
+                torch_products_ms_per_step=round(torch_products_s * 1e3, 2),
+                hf_ms_per_step=round(min(hf_times) / args.new * 1e3, 2),
+                ours_ms_per_step=round(min(our_times) / args.new * 1e3, 2),
+                products_ceiling_tokens_per_s=round(products_ceiling, 1),
+                products_ceiling_over_hf=round(products_ceiling / hf_tps, 2),
                 ours_compile_s=round(compile_s, 2),
                 hf_times_s=[round(x, 3) for x in hf_times],
                 ours_times_s=[round(x, 3) for x in our_times],
@@ -181,8 +273,9 @@ def main():
             results[f"width{width}_{mode}"] = r
             print(
                 f"width={width} {mode}: transformers {hf_tps:.0f} tok/s, ours {our_tps:.0f} "
-                f"tok/s, ratio {our_tps / hf_tps:.2f}x; the ceiling is "
-                f"{ceiling / hf_tps:.2f}x transformers (our compile {compile_s:.1f} s, excluded)"
+                f"tok/s, ratio {our_tps / hf_tps:.2f}x; the ceilings are "
+                f"{ceiling / hf_tps:.2f}x (weight streaming) and {products_ceiling / hf_tps:.2f}x "
+                f"(products only) transformers (our compile {compile_s:.1f} s, excluded)"
             )
     print(json.dumps(results))
 

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from classkd_jax.models import ModelConfig, Transformer, init_params
+from classkd_jax.models import ModelConfig, Transformer, init_params, unstack_layers
 from classkd_jax.sampling import (
+    Decoder,
     Sampler,
     SamplingConfig,
     left_pad,
@@ -116,6 +117,20 @@ def test_greedy_loop_equals_python_loop_with_early_eos(model, greedy_run):
     assert any(not np.asarray(out.mask[b]).all() for b in range(len(PROMPTS))), "EOS fired"
     assert not np.asarray(out.mask[len(PROMPTS) :]).any(), "batch-padding rows stay empty"
     assert int(out.num_steps) == longest
+
+
+def test_a_model_held_unrolled_samples_the_same_in_place(model, greedy_run):
+    """A model held unrolled (`scan_layers=False`) is decoded from its own
+    arrays, with no second copy of the layer weights, and samples the same."""
+    config, params = model
+    _, cfg, (tokens, mask, row_valid), out = greedy_run
+    unrolled, flat = config.replace(scan_layers=False), unstack_layers(params, config)
+    decoder = Decoder.of(unrolled, flat)
+    assert decoder.params is flat and decoder.config == unrolled
+    got = Sampler(unrolled)(flat, tokens, mask, jax.random.key(0), cfg, row_valid=row_valid)
+    np.testing.assert_array_equal(got.tokens, out.tokens)
+    np.testing.assert_array_equal(got.mask, out.mask)
+    np.testing.assert_allclose(got.logprobs, out.logprobs, atol=1e-6)
 
 
 def test_compile_counter_one_trace_per_bucket(model, greedy_run):

@@ -123,7 +123,9 @@ class Decoder:
     The price: while a sampling call runs, the layer weights (and an untied
     head) exist twice, the caller's stacked arrays and this unrolled copy
     (sharded like them). For a large model on a memory-tight accelerator that
-    is the cost to weigh against the faster decode steps.
+    is the cost to weigh against the faster decode steps. A model held unrolled
+    (`scan_layers=False` config and params, e.g. a frozen teacher that is never
+    trained) is decoded from its own arrays: only an untied head is copied.
     """
 
     config: ModelConfig
