@@ -156,10 +156,10 @@ def products_only_seconds(
     the two bounds an XLA sampler of this model on this machine from above.
     """
     kernels, head = step_products(params, config)
+    width = max(w.shape[0] for w in kernels)  # the widest contraction (D or F)
+    spec = {"in": "bk,kn->bn", "out": "bk,nk->bn"}[layout]
     if layout == "out":
         kernels = [jnp.asarray(w.T) for w in kernels]
-    width = max(max(w.shape) for w in kernels + [head])
-    k_axis = 0 if layout == "in" else 1
 
     def run(ks, h, x):
         def one_step(_, s):
@@ -167,8 +167,8 @@ def products_only_seconds(
             # the scalar s), so none is skipped or reordered; the add fuses into
             # the product's kernel.
             for w in ks:
-                xw = x[:, : w.shape[k_axis]] + s
-                s = 1e-9 * jnp.max(xw @ w if layout == "in" else jnp.einsum("bk,nk->bn", xw, w))
+                k = w.shape[0] if layout == "in" else w.shape[1]
+                s = 1e-9 * jnp.max(jnp.einsum(spec, x[:, :k] + s, w))
             return 1e-9 * jnp.max(jnp.einsum("bd,vd->bv", x[:, : h.shape[1]] + s, h))
 
         return jax.lax.fori_loop(0, steps, one_step, jnp.zeros((), x.dtype))
