@@ -8,6 +8,10 @@ leaves are overridden by flags (`--config.student.lr=1e-5`).
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import ml_collections
@@ -64,3 +68,24 @@ def parse_arg(arg: str | None, lazy: bool = False, **spec: Any) -> ml_collection
         except ValueError as e:
             raise ValueError(f"config argument {key}={value!r}: {e}") from None
     return result
+
+
+def import_sibling(config_file: str, name: str) -> ModuleType:
+    """Imports `configs/<name>.py` next to `config_file` (a config's `__file__`).
+
+    Config files are loaded by path (`--config configs/gkd.py`), not as a
+    package, so the shared pieces (`_base.py`, `data.py`) are imported by
+    path too; the module is cached under `classkd_jax_configs.<name>`.
+    """
+    path = Path(config_file).resolve().with_name(f"{name}.py")
+    key = f"classkd_jax_configs.{name}"
+    module = sys.modules.get(key)
+    if module is not None and Path(module.__file__).resolve() == path:
+        return module
+    if not path.is_file():
+        raise FileNotFoundError(f"config helper {path} not found (imported by {config_file})")
+    spec = importlib.util.spec_from_file_location(key, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[key] = module
+    spec.loader.exec_module(module)
+    return module

@@ -12,6 +12,24 @@ table.md, scores.csv, results.json and predictions.csv (every per-example
 prediction); with `--compare RUN_DIR ...` (earlier `--out` directories, as
 `NAME=DIR` to rename) the table gets a row per run and comparison.png is drawn.
 `--compare` without `--model` only builds the comparison.
+
+The protocol's lengths (prompts up to 256 tokens, 256 new tokens) need a
+context of 512. For a model with a smaller context (max_position_embeddings)
+the lengths NOT given on the command line are capped, with a one-line warning
+on stderr; the capped values are the ones the run records (manifest.json,
+results.json) and resumes with:
+  - neither flag given: max_new_tokens becomes min(256, max(context - 256,
+    context // 2)) and max_prompt_length the rest of the context (for the
+    protocol's 256/256 and any context below 512: half the context each, e.g.
+    64 + 64 for a 128-token model);
+  - only --max_new_tokens N given: max_prompt_length = context - N;
+  - only --max_prompt_length P given: max_new_tokens = context - P.
+Explicit values that do not fit (N >= context, P >= context, or both given
+with P + N > context) are an error naming the flag to lower and the context.
+
+Bad input (a missing path, a malformed benchmark line, a length that does not
+fit) is one line on stderr, `python -m classkd_jax.evaluate: error: ...`, and
+exit status 2; `CLASSKD_DEBUG=1` shows the traceback.
 """
 
 from __future__ import annotations
@@ -23,10 +41,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from classkd_jax import cli
 from classkd_jax.evaluation import protocol as protocol_lib
 from classkd_jax.evaluation import report, runner
 
+PROG = "python -m classkd_jax.evaluate"
 logger = logging.getLogger("classkd_jax.evaluate")
+# Flags whose protocol default is capped to a small model's context when not given.
+_LENGTH_FLAGS = ("max_prompt_length", "max_new_tokens")
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -40,7 +62,7 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m classkd_jax.evaluate",
+        prog=PROG,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -72,8 +94,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top_k", type=int, default=d.top_k)
     g.add_argument("--top_p", type=float, default=d.top_p)
     g.add_argument("--no_repeat_ngram_size", type=int, default=d.no_repeat_ngram_size)
-    g.add_argument("--max_prompt_length", type=int, default=d.max_prompt_length)
-    g.add_argument("--max_new_tokens", type=int, default=d.max_new_tokens)
+    # default None: "not given", so that a small model's context can cap the default.
+    g.add_argument(
+        "--max_prompt_length",
+        type=int,
+        default=None,
+        help=f"prompt tokens kept, left-truncated (default {d.max_prompt_length}, "
+        "capped to the model's context)",
+    )
+    g.add_argument(
+        "--max_new_tokens",
+        type=int,
+        default=None,
+        help=f"generation budget (default {d.max_new_tokens}, capped to the model's context)",
+    )
     g.add_argument("--batch_size", type=int, default=d.batch_size)
     g.add_argument("--chunk_size", type=int, default=d.chunk_size)
     g.add_argument("--dtype", default=None, help="compute dtype: float32 (default) or bfloat16")
@@ -89,9 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def protocol_from_args(args: argparse.Namespace) -> protocol_lib.EvalProtocol:
-    """The protocol with the command line's overrides."""
+    """The protocol with the command line's overrides (before any context cap)."""
     overrides = {
-        k: getattr(args, k)
+        k: getattr(args, k) if getattr(args, k) is not None else getattr(protocol_lib.FINAL, k)
         for k in (
             "greedy",
             "temperature",
@@ -116,7 +150,7 @@ def protocol_from_args(args: argparse.Namespace) -> protocol_lib.EvalProtocol:
 def _benchmarks(args: argparse.Namespace) -> list[str]:
     names = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
     if not names:
-        raise SystemExit("--benchmarks is empty")
+        raise cli.UserError("--benchmarks is empty")
     return names
 
 
@@ -154,7 +188,12 @@ def load_benchmarks(args: argparse.Namespace, proto: protocol_lib.EvalProtocol) 
     from classkd_jax.data.benchmarks import load_eval_set
 
     if not args.data_dir:
-        raise SystemExit("--data_dir is required with --model")
+        raise cli.UserError("--data_dir is required with --model")
+    if not Path(args.data_dir).is_dir():
+        raise FileNotFoundError(
+            f"--data_dir {args.data_dir}: no such directory (expected the benchmark layout "
+            "of classkd_jax/data/benchmarks.py, e.g. DIR/dolly/valid.jsonl)"
+        )
     return {
         b: load_eval_set(
             args.data_dir,
@@ -174,13 +213,80 @@ def _parse_compare(items: Sequence[str]) -> dict[str, Path]:
         path = Path(path if sep else name)
         name = name if sep else path.resolve().name
         if name in runs:
-            raise SystemExit(f"--compare: two runs are named {name!r}; rename one as NAME=DIR")
+            raise cli.UserError(f"--compare: two runs are named {name!r}; rename one as NAME=DIR")
         runs[name] = path
     return runs
 
 
-def evaluate_model(args: argparse.Namespace) -> tuple[str, runner.RunResults, dict]:
-    """Generates and scores; returns (run name, results, per-example predictions)."""
+def fit_context(
+    proto: protocol_lib.EvalProtocol,
+    context: int,
+    explicit: Sequence[str] = (),
+) -> tuple[protocol_lib.EvalProtocol, str | None]:
+    """Caps the protocol's prompt and generation lengths to a model's context.
+
+    Args:
+      proto: the protocol with the command line's values.
+      context: the model's max_position_embeddings.
+      explicit: which of 'max_prompt_length', 'max_new_tokens' the user gave;
+        only the others may be changed (the rule is in the module docstring).
+
+    Returns:
+      (the protocol that fits, a one-line warning saying what was capped, or
+      None when nothing was).
+
+    Raises:
+      cli.UserError: naming the flag to lower when explicit values do not fit.
+    """
+    prompt, new = proto.max_prompt_length, proto.max_new_tokens
+    if prompt + new <= context:
+        return proto, None
+    where = f"the model's context of {context} tokens (max_position_embeddings)"
+    if "max_new_tokens" in explicit and new >= context:
+        raise cli.UserError(
+            f"--max_new_tokens {new} does not fit {where}, prompt included; lower "
+            f"--max_new_tokens to at most {context - 1}"
+        )
+    if "max_prompt_length" in explicit and prompt >= context:
+        raise cli.UserError(
+            f"--max_prompt_length {prompt} leaves no room for new tokens in {where}; lower "
+            f"--max_prompt_length to at most {context - 1}"
+        )
+    if "max_new_tokens" in explicit and "max_prompt_length" in explicit:
+        raise cli.UserError(
+            f"--max_prompt_length {prompt} + --max_new_tokens {new} = {prompt + new} tokens "
+            f"exceed {where}; lower --max_new_tokens or --max_prompt_length"
+        )
+    if context < 2:
+        raise cli.UserError(f"{where} cannot hold a prompt token and a new token")
+    if "max_new_tokens" in explicit:
+        capped = dict(max_prompt_length=context - new)
+    elif "max_prompt_length" in explicit:
+        capped = dict(max_new_tokens=context - prompt)
+    else:
+        new_capped = min(new, max(context - prompt, context // 2))
+        capped = dict(max_new_tokens=new_capped, max_prompt_length=context - new_capped)
+    capped = {k: v for k, v in capped.items() if v != getattr(proto, k)}
+    fitted = dataclasses.replace(proto, **capped)
+    given = " + ".join(
+        f"{k} {getattr(proto, k)}" + (f" (--{k})" if k in explicit else " (protocol default)")
+        for k in _LENGTH_FLAGS
+    )
+    message = (
+        f"{given} exceed {where}; capped "
+        + ", ".join(f"{k} to {v}" for k, v in capped.items())
+        + " (set explicitly with "
+        + " / ".join(f"--{k}" for k in _LENGTH_FLAGS if k not in explicit)
+        + ")"
+    )
+    return fitted, message
+
+
+def evaluate_model(
+    args: argparse.Namespace,
+) -> tuple[str, runner.RunResults, dict, protocol_lib.EvalProtocol]:
+    """Generates and scores; returns (run name, results, per-example predictions,
+    the protocol it ran: the command line's, capped to the model's context)."""
     proto = protocol_from_args(args)
     benches = load_benchmarks(args, proto)
     model_dir = check_model_path(args.model)
@@ -201,6 +307,10 @@ def evaluate_model(args: argparse.Namespace) -> tuple[str, runner.RunResults, di
     model, tokenizer = load_model_and_tokenizer(
         str(model_dir), dtype=args.dtype, role=args.role, tokenizer=args.tokenizer
     )
+    explicit = [k for k in _LENGTH_FLAGS if getattr(args, k) is not None]
+    proto, warning = fit_context(proto, model[0].max_position_embeddings, explicit)
+    if warning and jax.process_index() == 0:
+        print(f"{PROG}: warning: {warning}", file=sys.stderr, flush=True)
     # The project's mesh over every device: the batch splits over the data axes.
     mesh = make_mesh(data=-1)
     generate_fn = runner.make_generate_fn(model, tokenizer, mesh=mesh)
@@ -219,27 +329,24 @@ def evaluate_model(args: argparse.Namespace) -> tuple[str, runner.RunResults, di
             b: {s: runner.load_predictions(args.out, b, s) for s in per}
             for b, per in results.items()
         }
-    return name, results, preds
+    return name, results, preds, proto
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if not args.model and not args.compare:
-        raise SystemExit("give --model to evaluate, --compare RUN ... to compare, or both")
+        raise cli.UserError("give --model to evaluate, --compare RUN ... to compare, or both")
     runs: dict[str, runner.RunResults] = {}
     preds = {}
     extra = {}
     if args.model:
-        name, results, run_preds = evaluate_model(args)
+        name, results, run_preds, proto = evaluate_model(args)
         runs[name], preds[name] = results, run_preds
-        extra = {
-            "model": str(Path(args.model).resolve()),
-            "protocol": protocol_from_args(args).to_dict(),
-        }
+        extra = {"model": str(Path(args.model).resolve()), "protocol": proto.to_dict()}
     for name, path in _parse_compare(args.compare).items():
         if name in runs:
-            raise SystemExit(f"two runs are named {name!r}; rename one with NAME=DIR")
+            raise cli.UserError(f"two runs are named {name!r}; rename one with NAME=DIR")
         runs[name] = runner.load_results(path)
     if args.model:
         import jax
@@ -253,4 +360,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, prog=PROG))

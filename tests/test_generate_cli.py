@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from classkd_jax import generate
 from classkd_jax.generate import generate_completions, load_model_and_tokenizer, main
+from classkd_jax.sampling import completions
 
 PROMPTS = ["the quick brown fox", "Question: what is 12 plus 7? Answer:", "JAX"]
 
@@ -132,7 +133,7 @@ def test_over_long_prompts_are_left_truncated_with_a_warning(qwen_dir):
     _, tok = load_model_and_tokenizer(qwen_dir)
     full = tok("the quick brown fox jumps over the lazy dog.")["input_ids"]
     with pytest.warns(UserWarning, match=r"left-truncated 1 prompt\(s\) to max_prompt_length=5"):
-        ids = generate._tokenize(
+        ids = completions._tokenize(
             tok, ["the quick brown fox jumps over the lazy dog.", "JAX"], 100, 5
         )
     assert ids[0] == full[-5:] and ids[1] == tok("JAX")["input_ids"]

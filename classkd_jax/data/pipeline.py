@@ -75,6 +75,12 @@ def load_split(cfg, split: str, stats: sources.SourceStats | None = None) -> lis
         examples = _load_path(cfg, cfg.path, cfg.get("train_split", "train"), stats)
         if not cfg.dev_path:  # the first dev_num examples are dev, as in MiniLLM
             dev, train = sources.split_head(examples, cfg.dev_num)
+            if split == "train" and not train:
+                raise sources.DataError(
+                    f"{cfg.path} has {len(examples)} examples and the first data.dev_num="
+                    f"{cfg.dev_num} of them are the dev split, which leaves none to train on; "
+                    "lower data.dev_num or give data.dev_path"
+                )
             examples = dev if split == "dev" else train
     _log.info(stats.summary(f"{cfg.source}:{cfg.path}[{split}]"))
     return examples
@@ -83,8 +89,16 @@ def load_split(cfg, split: str, stats: sources.SourceStats | None = None) -> lis
 def tokenize_split(cfg, tokenizer: Any, split: str) -> tokenize.TokenizedData:
     """Loads and tokenises `split` with the config's template and limits."""
     source_stats = sources.SourceStats()
-    data = tokenize.tokenize_examples(
-        load_split(cfg, split, source_stats),
+    data = tokenize_examples_for(cfg, tokenizer, load_split(cfg, split, source_stats))
+    data.stats.empty_response_dropped = source_stats.empty_response
+    _log.info("%s/%s: %s", cfg.source, split, data.stats.summary())
+    return data
+
+
+def tokenize_examples_for(cfg, tokenizer: Any, examples) -> tokenize.TokenizedData:
+    """Tokenises `examples` with the config's template and limits."""
+    return tokenize.tokenize_examples(
+        examples,
         tokenizer,
         template=cfg.template,
         max_prompt_length=cfg.max_prompt_length,
@@ -92,9 +106,6 @@ def tokenize_split(cfg, tokenizer: Any, split: str) -> tokenize.TokenizedData:
         add_bos=cfg.add_bos,
         long_prompts=cfg.long_prompts,
     )
-    data.stats.empty_response_dropped = source_stats.empty_response
-    _log.info("%s/%s: %s", cfg.source, split, data.stats.summary())
-    return data
 
 
 def make_iterator(

@@ -3,7 +3,7 @@
 The generate function is injected: anything with the signature of
 `GenerateFn` works, so the training loop's periodic validation and tests can
 pass their own, and the CLI passes `make_generate_fn(model, tokenizer)`, a
-thin wrapper over the jitted sampler `classkd_jax.generate.generate_completions`.
+thin wrapper over the jitted sampler `classkd_jax.sampling.generate_completions`.
 
 Layout of an output directory (`out/`):
   manifest.json                       model, protocol, benchmarks (checked on resume)
@@ -57,8 +57,9 @@ def chunk_seed(seed: int, chunk_index: int) -> int:
 
 
 def make_generate_fn(model: Any, tokenizer: Any, *, mesh: Any = None) -> GenerateFn:
-    """Binds a model and tokenizer to the jitted sampler (imported lazily)."""
-    from classkd_jax.generate import generate_completions
+    """Binds a model and tokenizer to the jitted sampler (imported lazily: no JAX
+    start-up until a model is evaluated)."""
+    from classkd_jax.sampling import generate_completions
 
     def generate_fn(prompts: list[str], *, seed: int, **kwargs: Any) -> list[str]:
         return generate_completions(model, tokenizer, prompts, seed=seed, mesh=mesh, **kwargs)

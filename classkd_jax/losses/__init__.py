@@ -50,6 +50,7 @@ from classkd_jax.losses.sequence import (
     on_policy_kd,
     token_log_probs,
 )
+from classkd_jax.losses.token_loss import dense_token_loss, token_loss
 
 __all__ = [
     "DEFAULT_MISFEEDBACK_VARIANT",
@@ -62,6 +63,7 @@ __all__ = [
     "classmate_loss",
     "cross_entropy",
     "cross_entropy_per_token",
+    "dense_token_loss",
     "distillation_loss",
     "forward_kl",
     "forward_kl_per_token",
@@ -92,6 +94,7 @@ __all__ = [
     "skew_reverse_kl",
     "skew_reverse_kl_per_token",
     "token_log_probs",
+    "token_loss",
     "total_variation",
     "total_variation_per_token",
 ]

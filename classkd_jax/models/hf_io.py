@@ -47,6 +47,12 @@ def _resolve(path_or_name: str | os.PathLike) -> Path:
         ) from e
 
 
+def resolve_hf_dir(path_or_name: str | os.PathLike) -> Path:
+    """The local directory of a Hugging Face model: `path` itself, or the hub
+    snapshot of a repo id (config, weights and tokenizer files only)."""
+    return _resolve(path_or_name)
+
+
 def _tensor_files(path: Path) -> dict[str, Path]:
     """Maps each tensor name to its safetensors file (via the index when sharded)."""
     index = path / INDEX_FILE

@@ -11,8 +11,16 @@ Public API:
   ban_ngrams, top_k_filter, top_p_filter, warp: the logit processors; argmax and
     categorical: the greedy and the sampled pick.
   Decoder: a model in the form the loop runs it (unrolled, head laid out).
+  complete_token_ids, generate_completions: batch completion of token-id or
+    string prompts in input order (bucketed, sharded, seeded per batch);
+    PromptTooLongError: a prompt that does not fit the context.
 """
 
+from classkd_jax.sampling.completions import (
+    PromptTooLongError,
+    complete_token_ids,
+    generate_completions,
+)
 from classkd_jax.sampling.loop import (
     Decoder,
     SampleOutput,
@@ -40,6 +48,7 @@ from classkd_jax.sampling.sampler import (
 
 __all__ = [
     "Decoder",
+    "PromptTooLongError",
     "SampleOutput",
     "Sampler",
     "SamplingConfig",
@@ -49,8 +58,10 @@ __all__ = [
     "categorical",
     "bucket_length",
     "check_left_padded",
+    "complete_token_ids",
     "data_axes",
     "default_buckets",
+    "generate_completions",
     "left_pad",
     "prompt_positions",
     "sample_loop",

@@ -1,0 +1,116 @@
+"""One entry point for a masked per-token loss over several models: dense or fused-chunked.
+
+    total, count, aux = token_loss(token_fn, hiddens, heads, mask, extras,
+                                   impl="chunked", chunk_size=1024, vocab_size=V)
+
+Train steps write their objective once, as a `token_fn` over per-model logits
+rows, and choose the path by config: 'dense' forms each model's `[B, T, V]`
+logits (fine for small vocabularies), 'chunked' never does
+(:func:`classkd_jax.losses.chunked_token_loss`). Both give the same values and
+gradients (tests/test_losses_chunked.py, tests/test_train_steps.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from classkd_jax.losses.chunked import TokenFn, chunked_token_loss, shared_vocab_size
+
+Array = jax.Array
+IMPLS = ("dense", "chunked")
+
+__all__ = ["IMPLS", "dense_token_loss", "token_loss"]
+
+
+def dense_token_loss(
+    token_fn: TokenFn,
+    hiddens: Sequence[Array],
+    heads: Sequence[Array],
+    mask: Array,
+    extras: Any = None,
+    *,
+    vocab_size: int | None = None,
+    trainable: Sequence[bool] | None = None,
+) -> tuple[Array, Array, dict[str, Array]]:
+    """:func:`chunked_token_loss` computed on full logits (same arguments and results).
+
+    Each model's logits `hidden @ head` (compute dtype, float32 accumulation,
+    real vocabulary) are formed whole, `token_fn` runs on the `[B * T, V]` rows,
+    and autodiff does the rest; frozen models (`trainable` False) are under
+    `stop_gradient`.
+    """
+    hiddens, heads = tuple(hiddens), tuple(heads)
+    trainable = tuple(trainable) if trainable is not None else (True,) + (False,) * (len(heads) - 1)
+    vocab = shared_vocab_size([w.shape[1] for w in heads], vocab_size=vocab_size)
+    rows = mask.size
+
+    def logits(h, w, train):
+        out = jnp.einsum("btd,dv->btv", h.astype(w.dtype), w, preferred_element_type=jnp.float32)[
+            ..., :vocab
+        ]
+        out = out.reshape(rows, vocab)
+        return out if train else jax.lax.stop_gradient(out)
+
+    all_logits = tuple(logits(h, w, t) for h, w, t in zip(hiddens, heads, trainable, strict=True))
+    flat = jax.tree.map(
+        lambda x: jax.lax.stop_gradient(jnp.asarray(x).reshape((rows,) + jnp.shape(x)[2:])),
+        extras,
+    )
+    out = token_fn(all_logits, flat)
+    per_token, aux = out if isinstance(out, tuple) else (out, {})
+    keep = mask.reshape(rows) != 0
+    total = jnp.sum(jnp.where(keep, per_token, 0.0))
+    aux = {k: jax.lax.stop_gradient(jnp.sum(jnp.where(keep, v, 0.0))) for k, v in aux.items()}
+    return total, jnp.sum(keep, dtype=jnp.float32), aux
+
+
+def token_loss(
+    token_fn: TokenFn,
+    hiddens: Sequence[Array],
+    heads: Sequence[Array],
+    mask: Array,
+    extras: Any = None,
+    *,
+    impl: str = "chunked",
+    vocab_size: int | None = None,
+    trainable: Sequence[bool] | None = None,
+    chunk_size: int = 1024,
+) -> tuple[Array, Array, dict[str, Array]]:
+    """Masked sum of `token_fn` over the models' logits, by the path `impl`.
+
+    Args:
+      token_fn: `(logits, extras_rows) -> per_token` or `(per_token, aux)`;
+        `logits` is a tuple of `[N, V]` float32 (one per model, real vocabulary),
+        `extras_rows` the matching `[N, ...]` rows of `extras`.
+      hiddens: per model `[B, T, D_i]` final hidden states.
+      heads: per model `[D_i, V_i]` output embeddings, in compute dtype.
+      mask: `[B, T]` 0/1 scored positions.
+      extras: pytree of `[B, T, ...]` per-token inputs (targets, weights).
+      impl: 'dense' or 'chunked'.
+      vocab_size: the shared real vocabulary (`len(tokenizer)`).
+      trainable: per model whether it gets gradients (default: the first only).
+      chunk_size: tokens per chunk on the chunked path.
+
+    Returns:
+      `(loss_sum, count, aux_sums)` float32 scalars (see `chunked_token_loss`).
+    """
+    if impl == "dense":
+        return dense_token_loss(
+            token_fn, hiddens, heads, mask, extras, vocab_size=vocab_size, trainable=trainable
+        )
+    if impl == "chunked":
+        return chunked_token_loss(
+            token_fn,
+            hiddens,
+            heads,
+            mask,
+            extras,
+            vocab_size=vocab_size,
+            chunk_size=chunk_size,
+            trainable=trainable,
+        )
+    raise ValueError(f"loss impl={impl!r}; expected one of {IMPLS}")

@@ -1,0 +1,109 @@
+r"""Train a student: SFT, word-level KD, GKD or ClassKD in one jitted, sharded step.
+
+    python -m classkd_jax.train --config configs/<method>.py[:variant] --workdir DIR \
+        [--config.key=value ...]
+
+Methods: configs/sft.py, kd.py, gkd.py, classkd.py (their docstrings say what
+each does and how to launch it; `:size=tiny` runs in seconds on a CPU).
+A rerun of the same command on the same DIR resumes from the latest
+checkpoint; SIGTERM or Ctrl-C saves one and exits (status 143 / 130).
+
+What lands in DIR:
+  config.json        the resolved config (steps included)
+  metrics.jsonl      one JSON object per logged step (and per validation)
+  tensorboard/       the same scalars as TensorBoard events
+  train.log          library logs (JAX, Orbax, transformers) and any traceback
+  checkpoints/<N>/   the last `checkpoint_keep` steps: student, classmate,
+                     optimizer states, counters, data positions
+  best/<N>/          the best step by `best_metric` (models only)
+  validation/        greedy dev completions of each validation
+  student_hf/        the final student as a Hugging Face directory (+ tokenizer)
+
+Reads top to bottom: flags -> config -> mesh -> tokenizer, models planned
+(checked before anything loads) -> data -> states -> jitted step, sampler,
+validation -> loop -> export.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+PROG = "python -m classkd_jax.train"
+
+
+def parse_flags(argv: Sequence[str]):
+    """(config, workdir) from the command line; every mistake is a `UserError`."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    from classkd_jax.cli import UserError
+
+    fv = flags.FlagValues()
+    holder = config_flags.DEFINE_config_file(
+        "config",
+        None,
+        "a configs/<method>.py file",
+        flag_values=fv,
+        lock_config=True,
+        sys_argv=[PROG, *argv],  # where it looks for --config.key overrides
+    )
+    workdir = flags.DEFINE_string("workdir", None, "the run's directory", flag_values=fv)
+    path = _config_path(argv)
+    if path is None:
+        raise UserError("--config is required, e.g. --config configs/classkd.py:size=tiny")
+    if not Path(path).is_file():
+        raise UserError(f"--config {path}: no such config file")
+    try:
+        fv([PROG, *argv])
+    except AttributeError as e:  # a key the locked config does not have
+        raise UserError(f"config has no key {_unknown_key(e)}") from None
+    except flags.Error as e:
+        raise UserError(_flag_error(e)) from None
+    if not workdir.value:
+        raise UserError("--workdir is required (the run's directory)")
+    return holder.value, Path(workdir.value)
+
+
+def _config_path(argv: Sequence[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1].split(":", 1)[0]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1].split(":", 1)[0]
+    return None
+
+
+def _unknown_key(error: AttributeError) -> str:
+    text = str(error).replace("\\n", "\n").strip("'\"")
+    lines = [line.strip().strip("'\"") for line in text.splitlines() if line.strip()]
+    return "; ".join(lines)
+
+
+def _flag_error(error: Exception) -> str:
+    text = str(error)
+    if "Traceback" in text:  # the config file's own error, inside absl's message
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        head = text.split(":", 1)[0]
+        message = re.sub(r"^\w+Error: ", "", last.strip())
+        return f"{head}: {message}"
+    return " ".join(text.split())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from classkd_jax.training import logs
+
+    logs.quiet_libraries()
+    config, workdir = parse_flags(argv)
+    from classkd_jax.training.run import train
+
+    return train(config, workdir)
+
+
+if __name__ == "__main__":
+    from classkd_jax import cli
+
+    sys.exit(cli.run(main, prog=PROG))

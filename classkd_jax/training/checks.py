@@ -1,0 +1,197 @@
+"""Config values checked before anything is loaded: each error names the key and the range.
+
+Also the two things derived from the config in one place: the total number
+of steps (`steps`, or `epochs` of the training rows) and the context length
+the models need (`context_length`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from classkd_jax import losses
+from classkd_jax.cli import UserError
+from classkd_jax.training.optim import SCHEDULES
+
+METHODS = ("sft", "kd", "gkd", "classkd")
+DTYPES = ("float32", "bfloat16", "float16")
+# Keys a rerun in the same workdir may change (the rest must match config.json).
+RESUMABLE_CHANGES = (
+    "steps",
+    "epochs",
+    "log_every",
+    "eval_every",
+    "checkpoint_every",
+    "checkpoint_keep",
+    "progress",
+    "peak_tflops",
+)
+
+
+def _require(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise UserError(f"config key {key}={value!r} is out of range: expected {expected}")
+
+
+def _choice(key: str, value: Any, choices) -> None:
+    _require(value in choices, key, value, f"one of {tuple(choices)}")
+
+
+def _unit(key: str, value: float, *, open_left=False, open_right=False) -> None:
+    lo = value > 0 if open_left else value >= 0
+    hi = value < 1 if open_right else value <= 1
+    interval = f"{'(' if open_left else '['}0, 1{')' if open_right else ']'}"
+    _require(lo and hi, key, value, f"a number in {interval}")
+
+
+def _role(c, role: str, trainable: bool) -> None:
+    block = c[role]
+    _choice(f"{role}.dtype", block.dtype, DTYPES)
+    _choice(f"{role}.param_dtype", block.param_dtype, DTYPES)
+    if not trainable:
+        return
+    _require(block.lr > 0, f"{role}.lr", block.lr, "> 0")
+    _choice(f"{role}.schedule", block.schedule, SCHEDULES)
+    _require(block.warmup_steps >= 0, f"{role}.warmup_steps", block.warmup_steps, ">= 0")
+    _require(block.clip >= 0, f"{role}.clip", block.clip, ">= 0 (0 = off)")
+    _require(block.weight_decay >= 0, f"{role}.weight_decay", block.weight_decay, ">= 0")
+    _unit(f"{role}.final_lr_ratio", block.final_lr_ratio)
+    _unit(f"{role}.b1", block.b1, open_right=True)
+    _unit(f"{role}.b2", block.b2, open_right=True)
+
+
+def validate(c) -> None:
+    """Raises `UserError` naming the first config value out of range."""
+    _choice("method", c.method, METHODS)
+    _require(c.steps >= 0, "steps", c.steps, ">= 0")
+    _require(c.steps > 0 or c.epochs > 0, "steps", c.steps, "> 0 (or steps=0 with epochs > 0)")
+    _require(c.epochs >= 0, "epochs", c.epochs, ">= 0")
+    _require(c.grad_accum >= 1, "grad_accum", c.grad_accum, ">= 1")
+    for key in ("log_every", "checkpoint_every", "checkpoint_keep"):
+        _require(c[key] >= 1, key, c[key], ">= 1")
+    _require(c.eval_every >= 0, "eval_every", c.eval_every, ">= 0 (0 = no validation)")
+    _choice("best_metric", c.best_metric, ("dev_rougeL", "dev_loss"))
+    for axis in ("data", "fsdp", "tensor"):
+        value = c.mesh[axis]
+        _require(value == -1 or value >= 1, f"mesh.{axis}", value, ">= 1, or -1 (the rest)")
+    _require(c.peak_tflops >= 0, "peak_tflops", c.peak_tflops, ">= 0 (0 = from the table)")
+    _role(c, "student", True)
+    if c.method != "sft":
+        _role(c, "teacher", False)
+    if c.method == "classkd":
+        _role(c, "classmate", True)
+        _classkd(c)
+    _choice("loss.impl", c.loss.impl, ("auto", "dense", "chunked"))
+    _require(c.loss.chunk_size >= 1, "loss.chunk_size", c.loss.chunk_size, ">= 1")
+    _sampling(c)
+    divergences = tuple(losses.DIVERGENCES)
+    _choice("kd.divergence", c.kd.divergence, divergences)
+    _unit("kd.ce_weight", c.kd.ce_weight)
+    _require(c.kd.temperature > 0, "kd.temperature", c.kd.temperature, "> 0")
+    _unit("gkd.lmbda", c.gkd.lmbda)
+    _unit("gkd.beta", c.gkd.beta)
+    _require(c.gkd.temperature > 0, "gkd.temperature", c.gkd.temperature, "> 0")
+    _require(c.eval.num_examples >= 0, "eval.num_examples", c.eval.num_examples, ">= 0")
+    _require(c.eval.max_new_tokens >= 1, "eval.max_new_tokens", c.eval.max_new_tokens, ">= 1")
+    _require(c.eval.batch_size >= 1, "eval.batch_size", c.eval.batch_size, ">= 1")
+    _require(c.data.batch_size >= 1, "data.batch_size", c.data.batch_size, ">= 1")
+
+
+def _sampling(c) -> None:
+    s = c.sampling
+    _require(s.max_new_tokens >= 1, "sampling.max_new_tokens", s.max_new_tokens, ">= 1")
+    _require(s.temperature > 0, "sampling.temperature", s.temperature, "> 0")
+    _require(0 < s.top_p <= 1, "sampling.top_p", s.top_p, "a number in (0, 1]")
+    _require(s.top_k >= 0, "sampling.top_k", s.top_k, ">= 0 (0 = off)")
+    _require(s.batch_size >= 0, "sampling.batch_size", s.batch_size, ">= 0 (0 = data.batch_size)")
+
+
+def _classkd(c) -> None:
+    k, m, cm = c.classkd, c.misfeedback, c.classmate
+    divergences = tuple(losses.DIVERGENCES)
+    _choice("classkd.off_policy_divergence", k.off_policy_divergence, divergences)
+    _choice("classkd.on_policy_divergence", k.on_policy_divergence, divergences)
+    _choice("classmate.divergence", cm.divergence, divergences)
+    _unit("classkd.lmbda", k.lmbda)
+    _require(k.temperature > 0, "classkd.temperature", k.temperature, "> 0")
+    for key in ("off_policy_weight", "on_policy_weight"):
+        _require(k[key] >= 0, f"classkd.{key}", k[key], ">= 0")
+    _choice("misfeedback.variant", m.variant, losses.MISFEEDBACK_VARIANTS)
+    _require(m.weight >= 0, "misfeedback.weight", m.weight, ">= 0")
+    _require(m.start_step >= 0, "misfeedback.start_step", m.start_step, ">= 0")
+    _require(m.warmup_steps >= 0, "misfeedback.warmup_steps", m.warmup_steps, ">= 0")
+    _unit("misfeedback.alpha", m.alpha, open_left=True, open_right=True)
+    _require(m.margin >= 0, "misfeedback.margin", m.margin, ">= 0")
+    _require(m.beta > 0, "misfeedback.beta", m.beta, "> 0")
+    _require(cm.start_step >= 0, "classmate.start_step", cm.start_step, ">= 0")
+    _require(cm.update_every >= 1, "classmate.update_every", cm.update_every, ">= 1")
+    _require(cm.stop_step >= 0, "classmate.stop_step", cm.stop_step, ">= 0 (0 = never)")
+    _unit("classmate.gap_ema", cm.gap_ema, open_right=True)
+
+
+def uses_sampling(c) -> bool:
+    """Whether the method samples from a model during training."""
+    if c.method == "gkd":
+        return c.gkd.lmbda > 0 or c.gkd.seq_kd
+    return c.method == "classkd" and c.classkd.lmbda > 0
+
+
+def context_length(c) -> tuple[int, str]:
+    """(tokens of context the models need, which keys set it)."""
+    d = c.data
+    need = [(int(d.max_length), "data.max_length")]
+    if uses_sampling(c):
+        need.append(
+            (
+                int(d.max_prompt_length) + int(c.sampling.max_new_tokens),
+                "data.max_prompt_length + sampling.max_new_tokens",
+            )
+        )
+    if c.eval_every > 0 and c.eval.num_examples > 0:
+        need.append(
+            (
+                int(d.max_prompt_length) + int(c.eval.max_new_tokens),
+                "data.max_prompt_length + eval.max_new_tokens",
+            )
+        )
+    return max(need)
+
+
+def total_steps(c, batches_per_epoch: int) -> int:
+    """`steps`, or `ceil(epochs * batches_per_epoch)` when `steps` is 0."""
+    if c.steps > 0:
+        return int(c.steps)
+    return max(math.ceil(float(c.epochs) * batches_per_epoch), 1)
+
+
+def check_resume(workdir: Path, resolved: dict) -> None:
+    """A rerun in `workdir` must use the config it started with (but for the
+    keys in `RESUMABLE_CHANGES`); the error names the first key that differs."""
+    path = workdir / "config.json"
+    if not path.exists():
+        return
+    old = _flatten(json.loads(path.read_text()))
+    new = _flatten(resolved)
+    for key in sorted(set(old) | set(new)):
+        if key.split(".")[0] in RESUMABLE_CHANGES:
+            continue
+        if old.get(key) != new.get(key):
+            raise UserError(
+                f"{workdir} holds a run started with {key}={old.get(key)!r}, this command has "
+                f"{key}={new.get(key)!r}: rerun with the same config to resume, or use a new "
+                "--workdir"
+            )
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

@@ -1,0 +1,187 @@
+"""The training loop: steps, logging, validation, checkpoints, preemption.
+
+    outcome = run_loop(run, state, start_step, meta)
+
+At each step t (0-based; `done = t + 1` steps are then complete): build the
+batch (`BatchPlan`, sampling where the method asks), run the jitted step,
+keep its metrics on device; every `log_every` steps summarise and write
+them; every `eval_every` steps validate (and keep the best by
+`best_metric`); every `checkpoint_every` steps, at the end, and when a
+SIGTERM or SIGINT arrived, save. A signal only sets a flag (`StopSignal`):
+the step in flight finishes, the checkpoint is written, the loop returns
+'stopped', and the same command resumes from there. Metrics are checked for
+NaN/inf before every save, so the last checkpoint is always a good one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from classkd_jax import checkpoint as checkpoint_lib
+from classkd_jax.cli import UserError
+from classkd_jax.training.checkpoints import RunCheckpoints
+from classkd_jax.training.data import TrainData
+from classkd_jax.training.reporting import NonFiniteLoss, Reporter, Window
+from classkd_jax.training.rollout import BatchPlan, step_key
+from classkd_jax.training.state import RunState
+from classkd_jax.training.validation import Validator
+
+
+class StopSignal:
+    """Turns SIGTERM / SIGINT into a request to stop after the current step.
+
+    A second signal of either kind stops at once (KeyboardInterrupt).
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> StopSignal:
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None:
+            self.uninstall()
+            raise KeyboardInterrupt
+        self.received = signum
+
+    @property
+    def requested(self) -> bool:
+        return self.received is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.received).name if self.received else ""
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything the loop uses, built by `classkd_jax.train`."""
+
+    config: Any
+    workdir: Path
+    total_steps: int
+    step_fn: Any
+    frozen: dict
+    plan: BatchPlan
+    data: TrainData
+    validator: Validator | None
+    checkpoints: RunCheckpoints
+    reporter: Reporter
+    stop: StopSignal
+    root_key: jax.Array
+    meta: dict  # the static part of every checkpoint's metadata (models, tokenizer)
+    devices: int
+    peak_tflops: float | None
+    is_writer: bool
+
+
+def _better(name: str, value: float, best: dict | None) -> bool:
+    if best is None:
+        return True
+    return value > best["value"] if name == "dev_rougeL" else value < best["value"]
+
+
+def _validate(run: Run, state: RunState, step: int, best: dict | None):
+    """Validates; returns (pending, best): pending is `step` when stopped part-way."""
+    result = run.validator.run(
+        state.student.params,
+        run.frozen.get("teacher"),
+        step,
+        run.workdir,
+        run.is_writer,
+        lambda: run.stop.requested,
+    )
+    if result is None:
+        return step, best
+    run.reporter.log({"step": step, **result})
+    name = run.config.best_metric
+    if name in result and _better(name, result[name], best):
+        best = {"metric": name, "value": float(result[name]), "step": step}
+        run.checkpoints.save_best(step, state, {**run.meta, "best": best})
+    return None, best
+
+
+def _save(run: Run, window: Window, state: RunState, step: int, best, pending) -> None:
+    window.check()  # never write a state whose step produced a NaN
+    meta = {
+        **run.meta,
+        "data": run.data.state(),
+        "best": best,
+        "pending_eval": pending,
+        "total_steps": run.total_steps,
+    }
+    run.checkpoints.save(step, state, meta)
+
+
+def _last_good(run: Run) -> str:
+    step = run.checkpoints.latest_step()
+    if step is None:
+        return "no checkpoint was written yet"
+    return f"the last good checkpoint is {run.checkpoints.directory / str(step)}"
+
+
+def run_loop(run: Run, state: RunState, start: int, meta: dict) -> tuple[RunState, str]:
+    """Trains from step `start` to `run.total_steps`; returns (state, 'done' | 'stopped')."""
+    c = run.config
+    best, pending = meta.get("best"), meta.get("pending_eval")
+    window = Window()
+    if pending is not None and run.validator is not None:
+        pending, best = _validate(run, state, int(pending), best)
+        if pending is not None:
+            return state, "stopped"
+    try:
+        for step in range(start, run.total_steps):
+            if run.stop.requested:
+                break
+            batch, host = run.plan.batch(step, state, run.frozen)
+            state, metrics = run.step_fn(
+                state, run.frozen, batch, step_key(run.root_key, step, "step")
+            )
+            done = step + 1
+            window.add(done, metrics, host)
+            run.reporter.step()
+            if done % c.log_every == 0 or done == run.total_steps:
+                record = window.summarize(done, devices=run.devices, peak_tflops=run.peak_tflops)
+                run.reporter.log(record)
+            evaluate = run.validator is not None and (
+                done % c.eval_every == 0 or done == run.total_steps
+            )
+            if evaluate:
+                window.check()
+                pending, best = _validate(run, state, done, best)
+            last = done == run.total_steps
+            if done % c.checkpoint_every == 0 or last or run.stop.requested:
+                _save(run, window, state, done, best, pending)
+    except NonFiniteLoss as e:
+        raise UserError(f"training stopped: {e}; {_last_good(run)}") from None
+    return state, ("stopped" if run.stop.requested else "done")
+
+
+def exported_step(path: Path) -> int | None:
+    """The step a `student_hf` export was made from (its marker file), or None."""
+    marker = Path(path) / "EXPORTED_FROM.json"
+    if not marker.is_file():
+        return None
+    import json
+
+    return int(json.loads(marker.read_text())["step"])
+
+
+def read_meta(workdir: Path) -> dict:
+    return checkpoint_lib.read_meta(Path(workdir) / "checkpoints")

@@ -1,0 +1,200 @@
+"""Each method's objective as per-token functions over models' logits rows.
+
+A `Part` is one batch a role's loss reads and the per-token loss on it:
+`token_fn(logits, extras) -> (per_token, aux)`, with `logits` the tuple of
+`[N, V]` float32 rows of the trained model first and then the frozen models
+in `Part.others`, `extras` per-token inputs (`targets`, a dynamic weight).
+The step forms the rows densely or chunk by chunk
+(`classkd_jax.losses.token_loss`) and divides each part's sum by its token
+count, so a role's loss is `sum over parts of sum(per_token) / count`: token
+means of each part, exact across micro-batches, devices and hosts. `aux`
+values are logged as token means and carry no gradient.
+
+Methods (p = teacher, q = student, c = classmate; `configs/*.py` docstrings
+say what each config key means):
+  sft:      off: CE(q)
+  kd:       off: (1 - ce_weight) * D(p, q) + ce_weight * CE(q)
+  gkd:      off: JSD_beta(p, q)           (dataset, teacher samples, or the
+                                           student's samples: the batch decides)
+  classkd:  off: off_weight * D_off(p, q);  on: on_weight * D_on(p, q) + w * M(q, c)
+  classmate (classkd): off: D(p, c)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from classkd_jax import losses
+
+TokenFn = Callable[[tuple[jax.Array, ...], Mapping[str, jax.Array]], Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """One batch of a role's objective.
+
+    Attributes:
+      batch: the key of the step's batch it reads ('off' or 'on').
+      others: frozen roles whose logits `token_fn` gets after the trained
+        model's, in order ('teacher', 'classmate').
+      token_fn: see the module docstring.
+      extras: per-token extras it needs: 'targets' (next tokens), 'weight'
+        (the dynamic misfeedback weight, broadcast per token).
+    """
+
+    batch: str
+    others: tuple[str, ...]
+    token_fn: TokenFn
+    extras: tuple[str, ...] = ()
+
+
+def _divergence(name: str, temperature: float, **kwargs) -> Callable:
+    fn = losses.get_divergence(name)
+    return lambda q, p: fn(q, p, temperature=temperature, **kwargs)
+
+
+def _ce(q: jax.Array, targets: jax.Array) -> jax.Array:
+    return losses.cross_entropy_per_token(q, targets)
+
+
+def sft_parts(config) -> tuple[Part, ...]:
+    def token_fn(logits, ex):
+        ce = _ce(logits[0], ex["targets"])
+        return ce, {"ce": ce}
+
+    return (Part("off", (), token_fn, ("targets",)),)
+
+
+def kd_parts(config) -> tuple[Part, ...]:
+    k = config.kd
+    div = _divergence(k.divergence, k.temperature)
+    ce_weight = float(k.ce_weight)
+
+    def token_fn(logits, ex):
+        q, p = logits
+        kd = div(q, p)
+        if ce_weight == 0:
+            return kd, {"kd": kd}
+        ce = _ce(q, ex["targets"])
+        return (1 - ce_weight) * kd + ce_weight * ce, {"kd": kd, "ce": ce}
+
+    return (Part("off", ("teacher",), token_fn, ("targets",) if ce_weight else ()),)
+
+
+def gkd_parts(config) -> tuple[Part, ...]:
+    g = config.gkd
+    jsd = _divergence("generalized_jsd", g.temperature, beta=float(g.beta))
+
+    def token_fn(logits, ex):
+        value = jsd(*logits)
+        return value, {"jsd": value}
+
+    return (Part("off", ("teacher",), token_fn),)
+
+
+def _forward_kl(q, p):
+    return losses.forward_kl_per_token(q, p)
+
+
+def classkd_parts(config, *, on_policy: bool) -> tuple[Part, ...]:
+    """The student's parts; `on_policy` adds the samples' part (static per compile)."""
+    k, m = config.classkd, config.misfeedback
+    off_div = _divergence(k.off_policy_divergence, k.temperature)
+    off_w = float(k.off_policy_weight)
+
+    def off_fn(logits, ex):
+        q, p = logits
+        off = off_div(q, p)
+        return off_w * off, {"off_kd": off, "student_fkl": _forward_kl(q, p)}
+
+    parts = [Part("off", ("teacher",), off_fn)]
+    if not on_policy:
+        return tuple(parts)
+    on_div = _divergence(k.on_policy_divergence, k.temperature)
+    on_w = float(k.on_policy_weight)
+    with_misfeedback = float(m.weight) != 0
+    mis_kw = dict(
+        temperature=float(k.temperature),
+        variant=m.variant,
+        alpha=float(m.alpha),
+        margin=float(m.margin),
+        beta=float(m.beta),
+    )
+
+    def on_fn(logits, ex):
+        q, p = logits[:2]
+        on = on_div(q, p)
+        if not with_misfeedback:
+            return on_w * on, {"on_kd": on}
+        targets = ex["targets"] if m.variant == "sigmoid" else None
+        mis = losses.misfeedback_per_token(q, logits[2], targets=targets, **mis_kw)
+        return on_w * on + ex["weight"] * mis, {"on_kd": on, "misfeedback": mis}
+
+    # With weight 0 the classmate is not even an input: no path to the student.
+    others = ("teacher", "classmate") if with_misfeedback else ("teacher",)
+    extras = ("weight",) + (("targets",) if m.variant == "sigmoid" else ())
+    parts.append(Part("on", others, on_fn, extras if with_misfeedback else ()))
+    return tuple(parts)
+
+
+def classmate_parts(config) -> tuple[Part, ...]:
+    div = _divergence(config.classmate.divergence, config.classkd.temperature)
+
+    def token_fn(logits, ex):
+        c, p = logits
+        value = div(c, p)
+        return value, {"classmate_kd": value, "classmate_fkl": _forward_kl(c, p)}
+
+    return (Part("off", ("teacher",), token_fn),)
+
+
+def student_parts(config, *, on_policy: bool = False) -> tuple[Part, ...]:
+    """The student's objective for `config.method`."""
+    method = config.method
+    if method == "sft":
+        return sft_parts(config)
+    if method == "kd":
+        return kd_parts(config)
+    if method == "gkd":
+        return gkd_parts(config)
+    if method == "classkd":
+        return classkd_parts(config, on_policy=on_policy)
+    raise ValueError(f"method={method!r} has no student objective")
+
+
+def misfeedback_weight(config, step: int) -> float:
+    """w(step): 0 before `misfeedback.start_step`, then a linear ramp to `weight`
+    over `warmup_steps` (a step function when it is 0). `step` is 0-based."""
+    m = config.misfeedback
+    since = step - int(m.start_step)
+    if since < 0:
+        return 0.0
+    warmup = int(m.warmup_steps)
+    ramp = min((since + 1) / warmup, 1.0) if warmup > 0 else 1.0
+    return float(m.weight) * ramp
+
+
+def classmate_scheduled(config, step: int) -> bool:
+    """Whether the classmate's schedule lets it update at 0-based `step` (the gap
+    control decides in the step): from `start_step`, every `update_every`-th
+    step, before `stop_step` (0 = never stops)."""
+    cm = config.classmate
+    since = step - int(cm.start_step)
+    if since < 0 or since % int(cm.update_every):
+        return False
+    return not (int(cm.stop_step) > 0 and step >= int(cm.stop_step))
+
+
+def control(config, step: int) -> dict[str, np.ndarray]:
+    """The step's schedule values, computed on the host and passed to the step as
+    replicated scalars, so that sweeping them does not recompile (ClassKD only)."""
+    return {
+        "misfeedback_weight": np.float32(misfeedback_weight(config, step)),
+        "classmate_update": np.bool_(classmate_scheduled(config, step)),
+        "min_gap": np.float32(config.classmate.min_gap),
+    }

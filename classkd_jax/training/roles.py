@@ -1,0 +1,279 @@
+"""The run's models by role: where each one's weights come from, checked before anything loads.
+
+A role's config block (`configs/_base.py`, `_model`) names a source:
+  path ''                        the preset (`preset`, `shape`) with random init,
+                                 its vocabulary the tokenizer's (an empty
+                                 `classmate.path`: the student's initial weights);
+  a Hugging Face directory       config.json + *.safetensors (or a hub repo id on
+                                 machines that reach the hub);
+  a classkd-jax checkpoint       root or step directory; `checkpoint_role` picks
+                                 the model in it (a run's trained model is 'student').
+`plan_roles` reads only configs (no weights) and checks what would fail
+later: missing paths, a teacher whose tokenizer differs from the student's
+(padded heads over one tokenizer are fine), a head narrower than the
+tokenizer, a context too short for the configured lengths. `load_params`
+then materialises each role directly in its shardings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from classkd_jax import checkpoint, sharding
+from classkd_jax.cli import UserError
+from classkd_jax.data import synthetic_tokenizer_path
+from classkd_jax.models import ModelConfig, abstract_params, get_preset, load_hf, load_tokenizer
+from classkd_jax.models.hf_io import resolve_hf_dir
+from classkd_jax.models.layers import INIT_STDDEV
+from classkd_jax.training.state import params_shardings
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+@dataclasses.dataclass(frozen=True)
+class RoleSource:
+    """Where a role's weights come from (no weights read yet).
+
+    Attributes:
+      role: 'teacher', 'student' or 'classmate'.
+      kind: 'random', 'hf', 'checkpoint' or 'student_init' (the classmate's default).
+      path: the directory ('' for random init).
+      config: the model config the role will have.
+      tokenizer_dir: the tokenizer that came with the weights, if any.
+      checkpoint_role: the model's role inside a classkd-jax checkpoint.
+    """
+
+    role: str
+    kind: str
+    path: str
+    config: ModelConfig
+    tokenizer_dir: str | None = None
+    checkpoint_role: str = ""
+
+    def describe(self) -> str:
+        where = {"random": "random init", "student_init": "the student's initial weights"}
+        return where.get(self.kind, self.path)
+
+
+def _key(role: str, field: str) -> str:
+    return f"{role}.{field}"
+
+
+def _has_tokenizer(path: Path) -> bool:
+    return any((path / f).is_file() for f in TOKENIZER_FILES)
+
+
+def _is_hub_name(path: str) -> bool:
+    return (
+        bool(path)
+        and not Path(path).expanduser().exists()
+        and path.count("/") <= 1
+        and not (path.startswith((".", "/", "~")))
+    )
+
+
+def resolve_tokenizer(config) -> tuple[Any, str]:
+    """(tokenizer, where it came from): `tokenizer` if set, else the student's
+    directory's (HF dir or the checkpoint's), else the shipped synthetic one."""
+    if config.tokenizer:
+        path = Path(config.tokenizer).expanduser()
+        if not path.is_dir() and not _is_hub_name(config.tokenizer):
+            raise UserError(f"tokenizer={config.tokenizer}: no such tokenizer directory")
+        return load_tokenizer(config.tokenizer), str(config.tokenizer)
+    student = config.student.path
+    if student:
+        path = Path(student).expanduser()
+        if checkpoint.is_checkpoint(path):
+            meta = checkpoint.read_meta(path)
+            tok = meta.get("tokenizer")
+            if not tok or not Path(tok).is_dir():
+                raise UserError(
+                    f"student.path={student} is a checkpoint whose tokenizer {tok!r} is not "
+                    "a directory here; pass --config.tokenizer=DIR"
+                )
+            return load_tokenizer(tok), tok
+        if path.is_dir():
+            if not _has_tokenizer(path):
+                raise UserError(
+                    f"student.path={student} has no tokenizer files ({', '.join(TOKENIZER_FILES)}"
+                    "); pass --config.tokenizer=DIR"
+                )
+            return load_tokenizer(path), str(path)
+        if _is_hub_name(student):
+            return load_tokenizer(student), student
+    path = synthetic_tokenizer_path()
+    return load_tokenizer(path), str(path)
+
+
+def _random_config(role_cfg, tokenizer, context: int) -> ModelConfig:
+    shape = {k: v for k, v in role_cfg.shape.items() if v is not None}
+    shape.setdefault("max_position_embeddings", context)
+    try:
+        return get_preset(
+            role_cfg.preset,
+            **shape,
+            vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            dtype=role_cfg.dtype,
+            param_dtype=role_cfg.param_dtype,
+            remat=role_cfg.remat,
+        )
+    except (ValueError, TypeError) as e:
+        raise UserError(f"preset {role_cfg.preset!r} with shape overrides {shape}: {e}") from None
+
+
+def _hf_config(path: Path) -> ModelConfig:
+    config = ModelConfig.from_hf_config(json.loads((path / "config.json").read_text()))
+    generation = path / "generation_config.json"
+    if generation.is_file():  # as transformers' generate: EOS ids from here first
+        eos = json.loads(generation.read_text()).get("eos_token_id")
+        if eos is not None:
+            config = config.replace(eos_token_id=eos)
+    return config
+
+
+def _source(role: str, role_cfg, tokenizer, context: int) -> RoleSource:
+    path_str = role_cfg.path
+    if not path_str:
+        return RoleSource(role, "random", "", _random_config(role_cfg, tokenizer, context))
+    path = Path(path_str).expanduser()
+    dtypes = dict(dtype=role_cfg.dtype, param_dtype=role_cfg.param_dtype, remat=role_cfg.remat)
+    if checkpoint.is_checkpoint(path):
+        meta = checkpoint.read_meta(path)
+        models = meta.get("models", {})
+        which = role_cfg.checkpoint_role
+        if which not in models:
+            raise UserError(
+                f"{_key(role, 'path')}={path_str} has no model {which!r} "
+                f"({_key(role, 'checkpoint_role')}); it has {sorted(models)}"
+            )
+        config = checkpoint.model_from_meta(models[which]).replace(**dtypes)
+        return RoleSource(role, "checkpoint", str(path), config, meta.get("tokenizer"), which)
+    if path.is_dir() or _is_hub_name(path_str):
+        try:
+            local = resolve_hf_dir(path_str)
+        except FileNotFoundError as e:
+            raise UserError(f"{_key(role, 'path')}={path_str}: {e}") from None
+        config = _hf_config(local).replace(**dtypes)
+        tok = str(local) if _has_tokenizer(local) else None
+        return RoleSource(role, "hf", str(local), config, tok)
+    raise UserError(
+        f"{_key(role, 'path')}={path_str}: no such directory (expected a Hugging Face model "
+        "directory, a hub repo id, or a classkd-jax checkpoint)"
+    )
+
+
+def _same_tokenizer(a: Any, b: Any) -> bool:
+    return len(a) == len(b) and a.get_vocab() == b.get_vocab()
+
+
+def _check_vocab(source: RoleSource, tokenizer, tokenizer_where: str) -> None:
+    size = len(tokenizer)
+    if (
+        source.tokenizer_dir
+        and Path(source.tokenizer_dir).resolve() != Path(tokenizer_where).resolve()
+    ):
+        own = load_tokenizer(source.tokenizer_dir)
+        if not _same_tokenizer(own, tokenizer):
+            raise UserError(
+                f"the {source.role}'s tokenizer ({source.tokenizer_dir}, {len(own)} tokens) is not "
+                f"the student's ({tokenizer_where}, {size} tokens): token-level distillation "
+                "needs one shared vocabulary"
+            )
+    if source.config.vocab_size < size:
+        raise UserError(
+            f"the {source.role} ({source.describe()}) has an output head of "
+            f"{source.config.vocab_size} tokens, fewer than the tokenizer's {size} "
+            f"({tokenizer_where}): it was built for another tokenizer"
+        )
+
+
+def _check_context(source: RoleSource, context: int, why: str) -> None:
+    if source.config.max_position_embeddings < context:
+        raise UserError(
+            f"the {source.role} ({source.describe()}) has a context of "
+            f"{source.config.max_position_embeddings} tokens, less than the {context} the run "
+            f"needs ({why}); lower those lengths"
+        )
+
+
+def plan_roles(config, tokenizer, tokenizer_where: str, context: int, why: str) -> dict:
+    """{role: RoleSource} for the roles `config.method` uses, checked (see module docstring)."""
+    roles = ["student"]
+    if config.method != "sft":
+        roles.insert(0, "teacher")
+    if config.method == "classkd":
+        roles.append("classmate")
+    sources = {}
+    for role in roles:
+        role_cfg = config[role]
+        if role == "classmate" and not role_cfg.path:
+            student = sources["student"]
+            cm_config = student.config.replace(
+                dtype=role_cfg.dtype, param_dtype=role_cfg.param_dtype, remat=role_cfg.remat
+            )
+            sources[role] = RoleSource(role, "student_init", student.path, cm_config)
+            continue
+        sources[role] = _source(role, role_cfg, tokenizer, context)
+    for source in sources.values():
+        _check_vocab(source, tokenizer, tokenizer_where)
+        _check_context(source, context, why)
+    return sources
+
+
+def host_init(config: ModelConfig, seed: Sequence[int]) -> Any:
+    """Random-init params drawn on the host: N(0, 0.02) weights, unit norm scales,
+    zero biases (the distributions of `classkd_jax.models.init_params`).
+
+    numpy rather than a jitted init: no compile (a jitted threefry init of even
+    a tiny model compiles for seconds on CPU), and the values depend only on
+    `seed`, not on the mesh the params are then placed on.
+    """
+    rng = np.random.default_rng(list(seed))
+    dtype = np.dtype(config.params_dtype)
+
+    def draw(path, leaf):
+        name = getattr(path[-1], "key", "")
+        if name == "scale":
+            return np.ones(leaf.shape, dtype)
+        if name == "bias":
+            return np.zeros(leaf.shape, dtype)
+        return (INIT_STDDEV * rng.standard_normal(leaf.shape, np.float32)).astype(dtype)
+
+    abstract = nn.meta.unbox(abstract_params(config))
+    return jax.tree_util.tree_map_with_path(draw, abstract)
+
+
+def load_params(source: RoleSource, mesh, seed: Sequence[int]) -> Any:
+    """The role's params, placed in the training shardings (no full copy on one device)."""
+    shardings = params_shardings(source.config, mesh)
+    if source.kind == "random":
+        return sharding.put(host_init(source.config, seed), shardings)
+    if source.kind == "hf":
+        _, params = load_hf(
+            source.path,
+            dtype=source.config.dtype,
+            param_dtype=source.config.param_dtype,
+            shardings=shardings,
+        )
+        return params
+    if source.kind == "checkpoint":
+        _, params, _ = checkpoint.load_model(
+            source.path, source.checkpoint_role, shardings=shardings
+        )
+        return jax.tree.map(lambda x: x.astype(source.config.params_dtype), params)
+    raise ValueError(f"cannot load {source.kind!r} weights directly")
+
+
+def count_params(params: Any) -> int:
+    return sum(int(x.size) for x in jax.tree.leaves(params))

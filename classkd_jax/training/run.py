@@ -1,0 +1,279 @@
+"""One training run, top to bottom: what `python -m classkd_jax.train` does.
+
+    train(config, workdir) -> exit status
+
+config -> mesh -> tokenizer and the roles' sources (checked before any weight
+loads) -> data -> steps -> config.json -> states (fresh or restored) -> the
+jitted step, the sampler plan, the validator -> the loop -> the export of the
+student to `workdir/student_hf`. `classkd_jax/train.py` lists what lands in
+the workdir.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from classkd_jax import checkpoint, cli, sharding
+from classkd_jax.models import save_hf
+from classkd_jax.sampling import data_axes
+from classkd_jax.training import checks, logs, optim, roles
+from classkd_jax.training import data as data_lib
+from classkd_jax.training import flops as flops_lib
+from classkd_jax.training.checkpoints import RunCheckpoints
+from classkd_jax.training.loop import Run, StopSignal, exported_step, run_loop
+from classkd_jax.training.reporting import Reporter
+from classkd_jax.training.rollout import BatchPlan
+from classkd_jax.training.state import (
+    abstract_run_state,
+    init_run_state,
+    params_shardings,
+    run_state_shardings,
+)
+from classkd_jax.training.step import Models, Role, StepBuilder
+from classkd_jax.training.validation import Validator
+
+EXIT_STOPPED = {"SIGTERM": 143, "SIGINT": 130}
+
+
+def make_mesh(config) -> jax.sharding.Mesh:
+    m = config.mesh
+    try:
+        return sharding.make_mesh(data=m.data, fsdp=m.fsdp, tensor=m.tensor)
+    except ValueError as e:
+        raise cli.UserError(
+            f"mesh.data={m.data}, mesh.fsdp={m.fsdp}, mesh.tensor={m.tensor} does not fit the "
+            f"{jax.device_count()} devices: {e}"
+        ) from None
+
+
+def check_batch_sizes(config, mesh) -> int:
+    """The sampling batch size; both batch sizes must split over the data shards."""
+    shards = math.prod(mesh.shape[a] for a in data_axes(mesh))
+    sampling = int(config.sampling.batch_size) or int(config.data.batch_size)
+    for key, value in (
+        ("data.batch_size", config.data.batch_size),
+        ("sampling.batch_size", sampling),
+    ):
+        if value % shards or value % jax.process_count():
+            raise cli.UserError(
+                f"{key}={value} does not split over the mesh's {shards} data shards "
+                f"(mesh {dict(mesh.shape)}) and {jax.process_count()} process(es)"
+            )
+    rows = config.data.batch_size // shards
+    if config.grad_accum > 1 and rows % config.grad_accum:
+        raise cli.UserError(
+            f"grad_accum={config.grad_accum} does not divide the {rows} rows per data shard "
+            "(data.batch_size / data shards)"
+        )
+    return sampling
+
+
+def resolve(config, total: int) -> dict:
+    """The config as written to config.json: `steps` resolved."""
+    with config.unlocked():
+        config.steps = total
+    return json.loads(config.to_json_best_effort())
+
+
+def build_models(config, sources: dict, total: int, vocab: int) -> Models:
+    def trained(name):
+        optimizer, schedule = optim.make_optimizer(config[name], _role_steps(config, name, total))
+        return Role(sources[name].config, optimizer, schedule)
+
+    teacher = Role(sources["teacher"].config) if "teacher" in sources else None
+    classmate = trained("classmate") if "classmate" in sources else None
+    return Models(trained("student"), teacher, classmate, vocab_size=vocab)
+
+
+def _role_steps(config, name: str, total: int) -> int:
+    """The horizon of a role's schedule in its own optimizer steps."""
+    if name != "classmate":
+        return total
+    cm = config.classmate
+    stop = int(cm.stop_step) or total
+    span = max(min(stop, total) - int(cm.start_step), 1)
+    return max(-(-span // int(cm.update_every)), 1)
+
+
+def initial_state(config, models: Models, sources: dict, mesh):
+    """A fresh `RunState`: the student (and classmate) from their sources."""
+    seed = int(config.seed)
+    student = roles.load_params(sources["student"], mesh, (seed, 2))
+    classmate = None
+    if models.classmate is not None:
+        src = sources["classmate"]
+        cm_params = (
+            student if src.kind == "student_init" else roles.load_params(src, mesh, (seed, 3))
+        )
+        if src.kind == "student_init":  # the student's weights in the classmate's dtype
+            cm_params = jax.tree.map(lambda x: x.astype(src.config.params_dtype), cm_params)
+        classmate = (models.classmate.config, models.classmate.optimizer, cm_params)
+    return init_run_state(
+        mesh, (models.student.config, models.student.optimizer, student), classmate
+    )
+
+
+def header(config, workdir, sources, params_count, mesh, total, sampling_batch) -> str:
+    lines = [f"classkd_jax.train: {config.method} for {total} steps -> {workdir}"]
+    for name, src in sources.items():
+        cfg = src.config
+        lines.append(
+            f"  {name:9s} {cfg.family} {cfg.num_layers}L d={cfg.hidden_size} "
+            f"({params_count.get(name, 0) / 1e6:.2f}M params, {cfg.dtype}) from {src.describe()}"
+        )
+    lines.append(
+        f"  mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} "
+        f"device(s), process {jax.process_index()}/{jax.process_count()}; batch "
+        f"{config.data.batch_size} rows"
+        + (
+            f", {sampling_batch} prompts sampled per on-policy step"
+            if checks.uses_sampling(config)
+            else ""
+        )
+    )
+    return "\n".join(lines)
+
+
+def export_student(run_dir: Path, state, models: Models, tokenizer, step: int) -> Path:
+    """Writes the student to `run_dir/student_hf` (every process gathers, process 0 writes)."""
+    params = sharding.fetch(state.student.params)
+    out = run_dir / "student_hf"
+    if jax.process_index() == 0:
+        save_hf(out, models.student.config, params, tokenizer)
+        (out / "EXPORTED_FROM.json").write_text(json.dumps({"step": step}) + "\n")
+    return out
+
+
+def train(config, workdir: Path) -> int:
+    """Runs (or resumes) the training `config` describes in `workdir`; returns the exit status."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    cli.set_log_file(workdir / "train.log")
+    with logs.to_file(workdir / "train.log"):
+        return _train(config, workdir)
+
+
+def _train(config, workdir: Path) -> int:
+    checks.validate(config)
+    mesh = make_mesh(config)
+    sampling_batch = check_batch_sizes(config, mesh)
+    tokenizer, tokenizer_where = roles.resolve_tokenizer(config)
+    context, why = checks.context_length(config)
+    sources = roles.plan_roles(config, tokenizer, tokenizer_where, context, why)
+    data = data_lib.build(
+        config, tokenizer, sampling_batch=sampling_batch, needs_prompts=checks.uses_sampling(config)
+    )
+    total = checks.total_steps(config, data.off.batches_in_epoch(0))
+    resolved = resolve(config, total)
+    checks.check_resume(workdir, resolved)
+    is_writer = jax.process_index() == 0
+    if is_writer:
+        (workdir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+
+    models = build_models(config, sources, total, len(tokenizer))
+    rng = jax.random.key(int(config.seed))
+    frozen, counts = {}, {}
+    if models.teacher is not None:
+        teacher_seed = (int(config.seed), 1)
+        frozen["teacher"] = roles.load_params(sources["teacher"], mesh, teacher_seed)
+        counts["teacher"] = roles.count_params(frozen["teacher"])
+    checkpoints = RunCheckpoints(workdir, int(config.checkpoint_keep))
+    start, meta = 0, {}
+    student_opt = (models.student.config, models.student.optimizer)
+    classmate_opt = (
+        None if models.classmate is None else (models.classmate.config, models.classmate.optimizer)
+    )
+    if checkpoints.latest_step() is not None:
+        abstract = abstract_run_state(mesh, student_opt, classmate_opt)
+        state, meta = checkpoints.restore(abstract)
+        start = int(checkpoints.latest_step())
+        data.restore(meta["data"])
+    else:
+        state = initial_state(config, models, sources, mesh)
+    counts["student"] = roles.count_params(state.student.params)
+    if state.classmate is not None:
+        counts["classmate"] = roles.count_params(state.classmate.params)
+
+    builder = StepBuilder(config, models, mesh)
+    state_sh = run_state_shardings(mesh, student_opt, classmate_opt)
+    frozen_sh = {k: params_shardings(models.teacher.config, mesh) for k in frozen}
+    step_fn = builder.jit(state_sh, frozen_sh)
+    plan = BatchPlan(config, data, models, mesh, builder.rows, tokenizer, rng)
+    validator = None
+    if config.eval_every > 0:
+        validator = Validator(config, data, tokenizer, models, mesh, builder.path)
+    reporter = Reporter(
+        workdir,
+        start_step=start,
+        total_steps=total,
+        is_writer=is_writer,
+        progress=bool(config.progress),
+    )
+    reporter.message(header(config, workdir, sources, counts, mesh, total, sampling_batch))
+    if start:
+        reporter.message(f"  resuming from step {start} ({checkpoints.directory / str(start)})")
+    run_meta = {
+        "models": {"student": checkpoint.model_meta(models.student.config)},
+        "tokenizer": tokenizer_where,
+        "method": config.method,
+    }
+    if models.classmate is not None:
+        run_meta["models"]["classmate"] = checkpoint.model_meta(models.classmate.config)
+    stop = StopSignal().install()
+    run = Run(
+        config=config,
+        workdir=workdir,
+        total_steps=total,
+        step_fn=step_fn,
+        frozen=frozen,
+        plan=plan,
+        data=data,
+        validator=validator,
+        checkpoints=checkpoints,
+        reporter=reporter,
+        stop=stop,
+        root_key=rng,
+        meta=run_meta,
+        devices=jax.device_count(),
+        peak_tflops=flops_lib.peak_tflops(jax.devices()[0].device_kind, config.peak_tflops),
+        is_writer=is_writer,
+    )
+    try:
+        state, outcome = run_loop(run, state, start, meta)
+    finally:
+        stop.uninstall()
+        checkpoints.close()
+        reporter.close()
+    if outcome == "stopped":
+        step = checkpoints.latest_step()
+        reporter.message(
+            f"stopped by {stop.name} at step {step}; checkpoint {checkpoints.directory / str(step)}"
+            "; rerun the same command to resume"
+        )
+        return EXIT_STOPPED.get(stop.name, 1)
+    out = workdir / "student_hf"
+    if exported_step(out) != total:
+        out = export_student(workdir, state, models, tokenizer, total)
+    _summary(reporter, workdir, out)
+    return 0
+
+
+def _summary(reporter: Reporter, workdir: Path, out: Path) -> None:
+    if jax.process_index() != 0:
+        return
+    last: dict[str, Any] = {}
+    dev: dict[str, Any] = {}
+    path = workdir / "metrics.jsonl"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            (dev if "dev_loss" in record else last).update(record)
+    parts = [f"loss {last['loss']:.4f}"] if "loss" in last else []
+    parts += [f"{k} {v:.4f}" for k, v in dev.items() if k.startswith("dev_")]
+    print(f"done: {', '.join(parts)}; student exported to {out}", file=sys.stderr)

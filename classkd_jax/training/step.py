@@ -1,0 +1,472 @@
+"""The jitted, sharded train step of every method: `step(state, frozen, batch, rng)`.
+
+    step = build_train_step(config, models, mesh)
+    state, metrics = step(state, {"teacher": teacher_params}, batch, rng)
+
+`state` is a `RunState` (donated), `frozen` the teacher's params (never
+donated), `batch` a dict of row-sharded arrays:
+  'off': a packed prompt+response batch from the data pipeline (`tokens`,
+         `positions`, `segment_ids`, `targets`, `loss_mask`, all `[B, T]`);
+  'on':  the student's samples as the sampler returns them (`prompt_tokens`,
+         `prompt_mask` `[B, P]`, `tokens`, `mask` `[B, N]`), turned into a
+         scored batch inside the step (`scored_batch`): the same layout, the
+         response mask shifted with the labels.
+Which keys are present is the batch's structure, so each combination is its
+own compiled program (GKD trains on either; ClassKD on 'off' plus, on
+on-policy steps, 'on').
+
+Inside one program: the teacher's forward on every batch the objective
+reads, the student's forward and backward, and for ClassKD the classmate's
+forward on the samples (misfeedback, no gradient) and its own update from
+the teacher on the 'off' batch, taken only when its schedule and the gap
+control allow (`lax.cond`; the forward that measures the gap runs every step).
+No model forms `[B, T, V]` logits on the chunked path (`loss.impl`). With
+`grad_accum = A` the rows are split into A interleaved micro-batches (each
+device keeps its rows) and gradients are summed over a `lax.scan`; every
+part's loss is divided by its token count over the whole batch, so the
+result equals the unsplit step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from classkd_jax import losses, sharding
+from classkd_jax.models import ModelConfig, Transformer, lm_head
+from classkd_jax.sampling import data_axes
+from classkd_jax.training import flops as flops_lib
+from classkd_jax.training import objectives
+from classkd_jax.training.objectives import Part
+from classkd_jax.training.state import RunState, TrainState
+
+Batch = dict[str, jax.Array]
+SCORED_KEYS = ("tokens", "positions", "segment_ids", "targets", "loss_mask")
+SAMPLE_KEYS = ("prompt_tokens", "prompt_mask", "tokens", "mask")
+
+
+@dataclasses.dataclass(frozen=True)
+class Role:
+    """What a step needs to know of a model: its config and, when trained, its optimizer."""
+
+    config: ModelConfig
+    optimizer: optax.GradientTransformation | None = None
+    schedule: optax.Schedule | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Models:
+    """The run's roles (teacher None for SFT; classmate None but for ClassKD)."""
+
+    student: Role
+    teacher: Role | None = None
+    classmate: Role | None = None
+    vocab_size: int | None = None  # the shared real vocabulary (len(tokenizer))
+
+
+def scored_batch(batch: Batch) -> Batch:
+    """A scored `[B, T]` batch: returned as is, or built from sampler output.
+
+    From samples: tokens = prompt ++ completion `[B, P + N]`, segment ids mark
+    real tokens (left padding and the pad after EOS are 0), positions count
+    real tokens as the sampler did, and `loss_mask[t]` is 1 where token t + 1
+    is generated (EOS included): a one-token completion is scored at exactly
+    one position, the last prompt token.
+    """
+    if "loss_mask" in batch:
+        return {k: batch[k] for k in SCORED_KEYS}
+    missing = [k for k in SAMPLE_KEYS if k not in batch]
+    if missing:
+        raise ValueError(f"batch has neither {SCORED_KEYS} nor the sampler's {SAMPLE_KEYS}")
+    prompt_mask = batch["prompt_mask"].astype(bool)
+    mask = batch["mask"].astype(bool)
+    tokens = jnp.concatenate([batch["prompt_tokens"], batch["tokens"]], axis=1).astype(jnp.int32)
+    valid = jnp.concatenate([prompt_mask, mask], axis=1)
+    response = jnp.concatenate([jnp.zeros_like(prompt_mask), mask], axis=1)
+    targets, loss_mask = losses.next_token_targets(tokens, response)
+    positions = jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=1) - 1, 0)
+    return {
+        "tokens": tokens,
+        "positions": positions,
+        "segment_ids": valid.astype(jnp.int32),
+        "targets": targets,
+        "loss_mask": loss_mask,
+    }
+
+
+def hidden_states(config: ModelConfig, params: Any, batch: Batch) -> jax.Array:
+    """Final hidden states `[B, T, D]` (the LM head's input; no logits formed)."""
+    out = Transformer(config).apply(
+        {"params": params},
+        batch["tokens"],
+        batch["positions"],
+        batch["segment_ids"],
+        compute_logits=False,
+    )
+    return out.hidden
+
+
+def head(config: ModelConfig, params: Any) -> jax.Array:
+    """The output embedding `[D, V]` in compute dtype."""
+    return lm_head(params, config).astype(config.compute_dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossPath:
+    impl: str
+    chunk_size: int
+    vocab_size: int | None
+
+
+def objective(
+    params: Any,
+    config: ModelConfig,
+    parts: tuple[Part, ...],
+    inputs: Mapping[str, Any],
+    path: LossPath,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """A trained role's loss: the sum over parts of (token-loss sum / part count).
+
+    Args:
+      params: the trained role's params (differentiated).
+      config: its model config.
+      parts: its objective (`objectives.*_parts`).
+      inputs: 'batches' {name: scored batch}, 'others' {(role, name): hidden},
+        'heads' {role: [D, V]}, 'extras' {name: {key: [B, T]}}, 'counts'
+        {name: [] float32, the whole batch's scored tokens}.
+      path: dense or chunked.
+
+    Returns:
+      (loss, {aux name: sum over the scored tokens}).
+    """
+    own = {}
+    total = jnp.zeros((), jnp.float32)
+    aux_sums: dict[str, jax.Array] = {}
+    w = head(config, params)
+    for part in parts:
+        batch = inputs["batches"][part.batch]
+        if part.batch not in own:
+            own[part.batch] = hidden_states(config, params, batch)
+        hiddens = (own[part.batch],) + tuple(inputs["others"][(r, part.batch)] for r in part.others)
+        heads = (w,) + tuple(inputs["heads"][r] for r in part.others)
+        extras = {k: inputs["extras"][part.batch][k] for k in part.extras}
+        loss_sum, _, aux = losses.token_loss(
+            part.token_fn,
+            hiddens,
+            heads,
+            batch["loss_mask"],
+            extras,
+            impl=path.impl,
+            vocab_size=path.vocab_size,
+            trainable=(True,) + (False,) * len(part.others),
+            chunk_size=path.chunk_size,
+        )
+        total = total + loss_sum / jnp.maximum(inputs["counts"][part.batch], 1.0)
+        aux_sums.update(aux)
+    return total, aux_sums
+
+
+def _split(tree: Any, num: int) -> Any:
+    """Rows `[B, ...]` -> `[num, B / num, ...]`, micro-batch j = rows j, j + num, ...
+
+    Interleaved, so every device's contiguous block of rows contributes to every
+    micro-batch and nothing moves between devices.
+    """
+
+    def one(x):
+        x = x.reshape((x.shape[0] // num, num) + x.shape[1:])
+        return jnp.swapaxes(x, 0, 1)
+
+    return jax.tree.map(one, tree)
+
+
+def value_and_grad_accumulated(
+    loss_fn: Callable[[Any, Any], tuple[jax.Array, Any]], params: Any, inputs: Any, steps: int
+):
+    """`value_and_grad(loss_fn, has_aux=True)(params, inputs)`, summed over `steps`
+    micro-batches of the row-leading leaves of `inputs` (`rows` subtree)."""
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if steps == 1:
+        return grad_fn(params, inputs)
+    rows, shared = inputs["rows"], {k: v for k, v in inputs.items() if k != "rows"}
+    micro = _split(rows, steps)
+
+    def body(carry, mb):
+        out = grad_fn(params, {**shared, "rows": mb})
+        return jax.tree.map(jnp.add, carry, out), None
+
+    first = jax.tree.map(lambda x: x[0], micro)
+    shape = jax.eval_shape(grad_fn, params, {**shared, "rows": first})
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shape)
+    out, _ = jax.lax.scan(body, zeros, micro)
+    return out
+
+
+def _apply(state: TrainState, grads: Any, role: Role) -> tuple[TrainState, dict]:
+    lr = role.schedule(state.step)
+    updates, opt_state = role.optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"grad_norm": optax.tree.norm(grads), "lr": jnp.asarray(lr, jnp.float32)}
+    return TrainState(state.step + 1, params, opt_state), metrics
+
+
+def _role_loss(config, parts, path):
+    """loss_fn(params, inputs) over inputs = {'rows': per-row arrays, 'heads', 'counts'}."""
+
+    def loss_fn(params, inputs):
+        rows = inputs["rows"]
+        full = {
+            "batches": rows["batches"],
+            "others": rows["others"],
+            "extras": rows["extras"],
+            "heads": inputs["heads"],
+            "counts": inputs["counts"],
+        }
+        return objective(params, config, parts, full, path)
+
+    return loss_fn
+
+
+class StepBuilder:
+    """Builds the jitted step of `config.method` for a mesh (one per run)."""
+
+    def __init__(self, config, models: Models, mesh: Mesh):
+        self.config = config
+        self.models = models
+        self.mesh = mesh
+        impl = config.loss.impl
+        if impl == "auto":
+            vocab = models.vocab_size or models.student.config.vocab_size
+            impl = "chunked" if vocab > int(config.loss.dense_max_vocab) else "dense"
+        self.path = LossPath(impl, int(config.loss.chunk_size), models.vocab_size)
+        self.grad_accum = int(config.grad_accum)
+        self.rows = NamedSharding(mesh, P(data_axes(mesh) or None))
+        self.replicated = NamedSharding(mesh, P())
+
+    # ----- pieces shared by the methods -----
+
+    def _frozen_inputs(self, frozen, state: RunState, batches, parts_by_role):
+        """Hidden states and heads of the frozen models, each computed once per batch."""
+        others, heads = {}, {}
+        sources = {"teacher": (self.models.teacher, lambda: frozen["teacher"])}
+        if state.classmate is not None:
+            sources["classmate"] = (
+                self.models.classmate,
+                lambda: jax.lax.stop_gradient(state.classmate.params),
+            )
+        for parts in parts_by_role:
+            for part in parts:
+                for role in part.others:
+                    key = (role, part.batch)
+                    if key in others:
+                        continue
+                    model, params = sources[role]
+                    p = params()
+                    others[key] = jax.lax.stop_gradient(
+                        hidden_states(model.config, p, batches[part.batch])
+                    )
+                    heads.setdefault(role, jax.lax.stop_gradient(head(model.config, p)))
+        return others, heads
+
+    def _extras(self, batches, weight):
+        out = {}
+        for name, batch in batches.items():
+            out[name] = {
+                "targets": batch["targets"],
+                "weight": jnp.broadcast_to(weight, batch["loss_mask"].shape).astype(jnp.float32),
+            }
+        return out
+
+    def _update(self, ts, role, parts, batches, others, heads, extras, counts):
+        """One role's accumulated gradients and optimizer update."""
+        inputs = {
+            "rows": {
+                "batches": {k: batches[k] for k in {p.batch for p in parts}},
+                "others": {k: v for k, v in others.items() if k[1] in {p.batch for p in parts}},
+                "extras": {k: extras[k] for k in {p.batch for p in parts}},
+            },
+            "heads": heads,
+            "counts": counts,
+        }
+        loss_fn = _role_loss(role.config, parts, self.path)
+        (loss, aux), grads = value_and_grad_accumulated(loss_fn, ts.params, inputs, self.grad_accum)
+        new_ts, opt_metrics = _apply(ts, grads, role)
+        return new_ts, loss, aux, opt_metrics
+
+    @staticmethod
+    def _counts(batches):
+        return {k: jnp.sum(b["loss_mask"] != 0, dtype=jnp.float32) for k, b in batches.items()}
+
+    @staticmethod
+    def _token_metrics(batches, counts):
+        real = sum(jnp.sum(b["segment_ids"] != 0, dtype=jnp.float32) for b in batches.values())
+        out = {"train_tokens": real}
+        for name, count in counts.items():
+            out[f"scored_tokens_{name}"] = count
+        return out
+
+    # ----- the steps -----
+
+    def student_step(self, state: RunState, frozen, batch, rng):
+        """SFT / KD / GKD (and ClassKD without a classmate update): the student only."""
+        del rng  # sampling happens before the step; nothing here is random
+        control = batch.get("control", {})
+        batches = {k: scored_batch(v) for k, v in batch.items() if k != "control"}
+        parts = self._student_parts(batches)
+        counts = self._counts(batches)
+        others, heads = self._frozen_inputs(frozen, state, batches, [parts])
+        weight = control.get("misfeedback_weight", jnp.zeros((), jnp.float32))
+        extras = self._extras(batches, weight)
+        student, loss, aux, opt = self._update(
+            state.student, self.models.student, parts, batches, others, heads, extras, counts
+        )
+        metrics = {"loss": loss, **self._named_means(aux, parts, counts)}
+        metrics.update({f"student_{k}": v for k, v in opt.items()})
+        metrics.update(self._token_metrics(batches, counts))
+        if self.config.method == "classkd":
+            metrics["misfeedback_weight"] = weight
+        new = state.replace(step=state.step + 1, student=student)
+        metrics["flops"] = self._flops(batches, parts, others)
+        if state.classmate is not None:
+            new, cm_metrics = self._classmate(new, state, batches, others, heads, aux, control)
+            metrics.update(cm_metrics)
+            off = batches["off"]["tokens"].shape
+            cm_fwd = flops_lib.forward_flops(self.models.classmate.config, *off)
+            metrics["flops"] += cm_fwd + 2 * cm_fwd * cm_metrics["classmate_updated"]
+        return new, metrics
+
+    def _flops(self, batches, parts, others) -> jax.Array:
+        """Counted FLOPs of the student's forward + backward and the frozen forwards."""
+        total = 0.0
+        for name in {p.batch for p in parts}:
+            total += 3 * flops_lib.forward_flops(
+                self.models.student.config, *batches[name]["tokens"].shape
+            )
+        for role, name in others:
+            model = self.models.teacher if role == "teacher" else self.models.classmate
+            total += flops_lib.forward_flops(model.config, *batches[name]["tokens"].shape)
+        return jnp.asarray(total, jnp.float32)
+
+    def _student_parts(self, batches):
+        on_policy = "on" in batches
+        if self.config.method != "classkd" and on_policy:
+            raise ValueError(f"method {self.config.method!r} trains on one batch ('off')")
+        return objectives.student_parts(self.config, on_policy=on_policy)
+
+    def _named_means(self, aux, parts, counts):
+        out = {}
+        for part in parts:
+            count = jnp.maximum(counts[part.batch], 1.0)
+            for name in _aux_names(part):
+                out[name] = aux[name] / count
+        return out
+
+    def _classmate(self, new: RunState, old: RunState, batches, others, heads, aux, control):
+        """The classmate's measured KL, gap control and (maybe) update, on the 'off' batch.
+
+        `control['classmate_update']` is its schedule's decision for this step
+        (start, interval, stop: `objectives.control`), `control['min_gap']` the
+        gap it must keep (negative: off); both are inputs, so a sweep over them
+        reuses one compiled program.
+        """
+        cfg = self.config.classmate
+        role = self.models.classmate
+        parts = objectives.classmate_parts(self.config)
+        off = {"off": batches["off"]}
+        counts = self._counts(off)
+        cm_others = {("teacher", "off"): others[("teacher", "off")]}
+        cm_heads = {"teacher": heads["teacher"]}
+        extras = self._extras(off, 0.0)
+        ema_s, ema_c = old.gap.averages(float(cfg.gap_ema))
+        min_gap = control["min_gap"]
+        allowed = control["classmate_update"] & ((min_gap < 0) | ((ema_c - ema_s) >= min_gap))
+
+        def update(ts):
+            new_ts, loss, cm_aux, opt = self._update(
+                ts, role, parts, off, cm_others, cm_heads, extras, counts
+            )
+            return new_ts, loss, cm_aux, opt["grad_norm"]
+
+        def measure(ts):
+            inputs = {
+                "batches": off,
+                "others": cm_others,
+                "heads": cm_heads,
+                "extras": extras,
+                "counts": counts,
+            }
+            loss, cm_aux = objective(ts.params, role.config, parts, inputs, self.path)
+            return ts, loss, cm_aux, jnp.zeros((), jnp.float32)
+
+        lr = role.schedule(old.classmate.step)
+        classmate, loss, cm_aux, grad_norm = jax.lax.cond(allowed, update, measure, old.classmate)
+        count = jnp.maximum(counts["off"], 1.0)
+        student_kl = aux["student_fkl"] / count
+        classmate_kl = cm_aux["classmate_fkl"] / count
+        gap = old.gap.update(student_kl, classmate_kl, float(cfg.gap_ema))
+        avg_s, avg_c = gap.averages(float(cfg.gap_ema))
+        metrics = {
+            "classmate_loss": loss,
+            "classmate_kd": cm_aux["classmate_kd"] / count,
+            "classmate_fkl": classmate_kl,
+            "classmate_grad_norm": grad_norm,
+            "classmate_lr": jnp.asarray(lr, jnp.float32),
+            "classmate_updated": allowed.astype(jnp.float32),
+            "gap": avg_c - avg_s,
+            "gap_step": classmate_kl - student_kl,
+        }
+        return new.replace(classmate=classmate, gap=gap), metrics
+
+    # ----- jit -----
+
+    def jit(self, state_shardings: RunState, frozen_shardings: Any) -> Callable:
+        """The step jitted with its full sharding signature; the state is donated.
+
+        One `jax.jit` per batch structure (its top-level keys), each with explicit
+        in/out `NamedSharding`s: batch rows over the data axes, 'control' scalars
+        replicated. The returned callable traces under the mesh and the logical
+        rules, so the models' activation constraints apply; `step.jitted(batch)`
+        is the `jax.jit` object for a batch (for `.lower(...)` and memory analysis).
+        """
+        programs: dict[tuple[str, ...], Any] = {}
+        fn = functools.partial(StepBuilder.student_step, self)
+
+        def jitted(batch):
+            keys = tuple(sorted(batch))
+            if keys not in programs:
+                batch_sh = {k: self.replicated if k == "control" else self.rows for k in keys}
+                programs[keys] = jax.jit(
+                    fn,
+                    in_shardings=(state_shardings, frozen_shardings, batch_sh, self.replicated),
+                    out_shardings=(state_shardings, self.replicated),
+                    donate_argnums=(0,),
+                )
+            return programs[keys]
+
+        def step(state, frozen, batch, rng):
+            with sharding.activation_sharding(self.mesh):
+                return jitted(batch)(state, frozen, batch, rng)
+
+        step.jitted = jitted
+        return step
+
+
+def _aux_names(part: Part) -> tuple[str, ...]:
+    """The aux keys a part's token_fn returns (read off an abstract call)."""
+    n_models = 1 + len(part.others)
+    rows = jax.ShapeDtypeStruct((2, 8), jnp.float32)
+    ex = {
+        k: jax.ShapeDtypeStruct((2,), jnp.int32 if k == "targets" else jnp.float32)
+        for k in part.extras
+    }
+    out = jax.eval_shape(part.token_fn, (rows,) * n_models, ex)
+    aux = out[1] if isinstance(out, tuple) else {}
+    return tuple(aux)

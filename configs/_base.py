@@ -1,0 +1,256 @@
+"""The base every training config shares (`configs/sft.py`, `kd.py`, `gkd.py`, `classkd.py`).
+
+Not a config itself: each method file calls `method_config(method, arg)` and
+then sets its own defaults. Every method's config has every key below (the
+trainer's contract), whether or not its method reads it.
+
+Variants (the argument after the colon, `--config configs/classkd.py:ARG`):
+- `size=tiny`: random-init tiny Llama-style presets (teacher 2 layers d=32,
+  student and classmate 2 layers d=16) on the built-in synthetic task, a few
+  steps: runs in seconds on a CPU (what the tests run).
+- `pair=T/S` (the default is `pair=gpt2-xl/gpt2`): a teacher/student pair on
+  Dolly (MiniLLM's `data/dolly` layout under `data.data_dir`) with the
+  protocol's hyper-parameters (DistiLLM's GPT-2 recipes: AdamW, weight decay
+  0.01, clip 1.0, cosine without warm-up, prompts <= 256 tokens, sequences
+  <= 512, 256 new tokens). Pairs: gpt2-xl/gpt2, gpt2-xl/gpt2-medium,
+  gpt2-xl/gpt2-large, qwen2.5-7b/qwen2.5-1.5b, qwen2.5-7b/qwen2.5-0.5b,
+  llama-3.2-3b/llama-3.2-1b. Paths default to the Hugging Face hub names;
+  the protocol distils from a teacher fine-tuned on Dolly and starts the
+  student from its SFT checkpoint: point `teacher.path` / `student.path` at
+  them (README, "Train").
+
+Durations: `steps` optimizer steps; `steps=0` with `epochs=E` trains E
+passes over the training rows (converted once the data is loaded, and the
+resolved `steps` is what `config.json` records).
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+from classkd_jax.config_utils import import_sibling, parse_arg
+
+METHODS = ("sft", "kd", "gkd", "classkd")
+
+# teacher preset, student preset, hub names, and the recipe's optimizer settings.
+PAIRS = {
+    "gpt2-xl/gpt2": dict(
+        teacher="gpt2-xl", student="gpt2", lr=5e-4, epochs=20.0, batch=64, mesh=(-1, 1, 1)
+    ),
+    "gpt2-xl/gpt2-medium": dict(
+        teacher="gpt2-xl", student="gpt2-medium", lr=5e-4, epochs=20.0, batch=64, mesh=(-1, 1, 1)
+    ),
+    "gpt2-xl/gpt2-large": dict(
+        teacher="gpt2-xl", student="gpt2-large", lr=1e-4, epochs=10.0, batch=32, mesh=(-1, 1, 1)
+    ),
+    "qwen2.5-7b/qwen2.5-1.5b": dict(
+        teacher="qwen2.5-7b", student="qwen2.5-1.5b", lr=1e-5, epochs=3.0, batch=64,
+        mesh=(1, -1, 1), dtype="bfloat16",
+    ),
+    "qwen2.5-7b/qwen2.5-0.5b": dict(
+        teacher="qwen2.5-7b", student="qwen2.5-0.5b", lr=2e-5, epochs=3.0, batch=64,
+        mesh=(1, -1, 1), dtype="bfloat16",
+    ),
+    "llama-3.2-3b/llama-3.2-1b": dict(
+        teacher="llama-3.2-3b", student="llama-3.2-1b", lr=1e-5, epochs=3.0, batch=64,
+        mesh=(1, -1, 1), dtype="bfloat16",
+    ),
+}  # fmt: skip
+HUB = {
+    "gpt2": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium",
+    "gpt2-large": "openai-community/gpt2-large",
+    "gpt2-xl": "openai-community/gpt2-xl",
+    "qwen2.5-0.5b": "Qwen/Qwen2.5-0.5B",
+    "qwen2.5-1.5b": "Qwen/Qwen2.5-1.5B",
+    "qwen2.5-7b": "Qwen/Qwen2.5-7B",
+    "llama-3.2-1b": "meta-llama/Llama-3.2-1B",
+    "llama-3.2-3b": "meta-llama/Llama-3.2-3B",
+}
+DEFAULT_PAIR = "gpt2-xl/gpt2"
+# Model fields a random-init role may override (None: the preset's value).
+SHAPE_FIELDS = {
+    "hidden_size": int,
+    "num_layers": int,
+    "num_heads": int,
+    "num_kv_heads": int,
+    "head_dim": int,
+    "intermediate_size": int,
+    "max_position_embeddings": int,
+    "rope_theta": float,
+    "tie_word_embeddings": bool,
+}
+
+
+def _shape(**values) -> ml_collections.ConfigDict:
+    fields = {k: config_dict.placeholder(t) for k, t in SHAPE_FIELDS.items()}
+    for key, value in values.items():
+        fields[key] = value
+    return ml_collections.ConfigDict(fields)
+
+
+def _model(preset: str, path: str = "", dtype: str = "float32", **shape):
+    """A role: where its weights come from and the model it is."""
+    return ml_collections.ConfigDict(
+        {
+            "path": path,  # HF dir / hub name / classkd-jax checkpoint; '' = preset, random init
+            "checkpoint_role": "student",  # which model of a classkd-jax checkpoint `path` holds
+            "preset": preset,  # classkd_jax.models.PRESETS key (random init)
+            "shape": _shape(**shape),  # preset field overrides for random init
+            "dtype": dtype,  # compute dtype
+            "param_dtype": "float32",
+            "remat": False,  # rematerialise each block in the backward pass
+        }
+    )
+
+
+def _optimizer(role: ml_collections.ConfigDict, lr: float) -> None:
+    """A trainable role's optimizer block (AdamW), in place."""
+    role.lr = lr
+    role.schedule = "cosine"  # 'cosine' | 'linear' | 'constant' after the warm-up
+    role.warmup_steps = 0
+    role.final_lr_ratio = 0.0  # lr at the end of the decay, as a fraction of `lr`
+    role.weight_decay = 0.01  # on matrices only (not norms, biases)
+    role.b1 = 0.9
+    role.b2 = 0.999
+    role.eps = 1e-8
+    role.clip = 1.0  # global-norm clipping; 0 = off
+
+
+def _data(source: str):
+    return import_sibling(__file__, "data").get_config(f"source={source}")
+
+
+def _tiny(c: ml_collections.ConfigDict) -> None:
+    c.steps = 6
+    c.log_every = 2
+    c.eval_every = 6
+    c.checkpoint_every = 3
+    c.data.synthetic.num_train = 512
+    c.data.synthetic.num_dev = 16
+    c.data.synthetic.num_test = 16
+    c.data.batch_size = 8
+    c.data.eval_batch_size = 8
+    c.data.length_buckets = (128,)
+    c.data.prompt_buckets = (112,)
+    teacher = dict(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8)
+    c.teacher = _model("tiny-llama", **teacher, intermediate_size=64)
+    small = dict(hidden_size=16, num_layers=2, num_heads=2, num_kv_heads=2, head_dim=8)
+    c.student = _model("tiny-llama", **small, intermediate_size=32)
+    c.classmate = _model("tiny-llama", **small, intermediate_size=32)
+    for role in ("student", "classmate"):
+        _optimizer(c[role], 3e-3)
+        c[role].final_lr_ratio = 0.1
+    c.sampling.max_new_tokens = 16
+    c.eval.num_examples = 8
+    c.eval.max_new_tokens = 16
+    c.eval.batch_size = 8
+
+
+def _pair(c: ml_collections.ConfigDict, name: str) -> None:
+    if name not in PAIRS:
+        raise ValueError(f"pair={name!r}; expected one of {sorted(PAIRS)}")
+    p = PAIRS[name]
+    dtype = p.get("dtype", "float32")
+    c.steps = 0
+    c.epochs = p["epochs"]
+    c.log_every = 50
+    c.eval_every = 500
+    c.checkpoint_every = 500
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = p["mesh"]
+    c.data.batch_size = p["batch"]
+    c.teacher = _model(p["teacher"], HUB[p["teacher"]], dtype)
+    c.student = _model(p["student"], HUB[p["student"]], dtype)
+    c.classmate = _model(p["student"], "", dtype)  # '' = the student's initial weights
+    for role in ("student", "classmate"):
+        _optimizer(c[role], p["lr"])
+    c.loss.impl = "chunked"
+
+
+def _classmate_dynamics(role: ml_collections.ConfigDict) -> None:
+    """The classmate's pace, in place (first-class config: the write-up stresses it)."""
+    role.start_step = 0  # first step at which it may update
+    role.update_every = 1  # update on every k-th step from start_step
+    role.stop_step = 0  # no updates from this step on; 0 = never stops
+    role.min_gap = 0.0  # update only while KL(p||c) - KL(p||q) >= min_gap; < 0 = off
+    role.gap_ema = 0.9  # running average of both KLs, for the gap control
+    role.divergence = "forward_kl"  # its off-policy loss to the teacher
+
+
+def method_config(method: str, arg: str | None) -> ml_collections.ConfigDict:
+    """The unlocked base config of `method` for the variant `arg` (see the module docstring)."""
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}; expected one of {METHODS}")
+    arg = parse_arg(arg, size="full", pair="")
+    if arg.size not in ("full", "tiny"):
+        raise ValueError(f"size={arg.size!r}; expected 'full' or 'tiny'")
+    if arg.size == "tiny" and arg.pair:
+        raise ValueError("size=tiny uses random-init tiny presets; drop pair=")
+    c = ml_collections.ConfigDict()
+    c.method = method
+    c.seed = 0
+    c.steps = 1000  # optimizer steps (0: from `epochs`)
+    c.epochs = 0.0  # used only when steps == 0
+    c.grad_accum = 1  # micro-batches per optimizer step (token means stay exact)
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    c.log_every = 50
+    c.eval_every = 500  # 0 = no validation
+    c.checkpoint_every = 500
+    c.checkpoint_keep = 3  # last k checkpoints kept (plus the best, under best/)
+    c.best_metric = "dev_rougeL"  # 'dev_rougeL' (higher is better) or 'dev_loss' (lower)
+    c.tokenizer = ""  # '' = the student's directory's, else the synthetic tokenizer
+    c.peak_tflops = 0.0  # per-device peak for MFU; 0 = from the table of known devices
+    c.progress = True  # progress bar (a line per log step when stderr is not a terminal)
+    c.data = _data("synthetic" if arg.size == "tiny" else "dolly")
+
+    c.loss = ml_collections.ConfigDict(
+        {
+            "impl": "auto",  # 'dense' | 'chunked' | 'auto' (chunked above dense_max_vocab)
+            "chunk_size": 1024,  # tokens per chunk of the fused chunked losses
+            "dense_max_vocab": 16384,
+        }
+    )
+    c.sampling = ml_collections.ConfigDict(
+        {
+            "max_new_tokens": 256,
+            "temperature": 1.0,
+            "top_p": 1.0,
+            "top_k": 0,
+            "batch_size": 0,  # prompts per on-policy batch; 0 = data.batch_size
+        }
+    )
+    c.kd = ml_collections.ConfigDict(
+        {"divergence": "forward_kl", "temperature": 1.0, "ce_weight": 0.0}
+    )
+    c.gkd = ml_collections.ConfigDict(
+        {"lmbda": 0.5, "beta": 0.5, "temperature": 1.0, "seq_kd": False}
+    )
+    c.classkd = ml_collections.ConfigDict(
+        {
+            "off_policy_divergence": "forward_kl",  # on dataset responses
+            "on_policy_divergence": "reverse_kl",  # on the student's samples
+            "off_policy_weight": 1.0,
+            "on_policy_weight": 1.0,
+            "lmbda": 1.0,  # probability that a step also trains on fresh samples
+            "temperature": 1.0,  # loss temperature
+        }
+    )
+    c.misfeedback = ml_collections.ConfigDict(
+        {
+            "weight": 0.1,
+            "variant": "skew",  # 'raw' | 'skew' | 'hinge' | 'sigmoid'
+            "start_step": 0,  # weight 0 before this step
+            "warmup_steps": 0,  # then a linear ramp to `weight` over this many steps
+            "alpha": 0.1,  # skew
+            "margin": 1.0,  # hinge, nats
+            "beta": 1.0,  # sigmoid
+        }
+    )
+    c.eval = ml_collections.ConfigDict(
+        {"num_examples": 500, "max_new_tokens": 256, "batch_size": 16}
+    )
+    if arg.size == "tiny":
+        _tiny(c)
+    else:
+        _pair(c, arg.pair or DEFAULT_PAIR)
+    _classmate_dynamics(c.classmate)
+    return c

@@ -1,0 +1,36 @@
+"""ClassKD: a student distilled from a teacher, pushed away from a classmate trained beside it.
+
+    python -m classkd_jax.train --config configs/classkd.py:size=tiny --workdir /tmp/classkd
+    python -m classkd_jax.train --config configs/classkd.py:pair=gpt2-xl/gpt2 \\
+        --workdir runs/classkd-gpt2 --config.teacher.path=runs/sft-gpt2-xl/student_hf \\
+        --config.student.path=runs/sft-gpt2/student_hf
+
+Student loss, per step (../shared/classkd-method.md):
+  off_policy_weight * D_off(p, q) on dataset responses (packed)
+  + [with probability classkd.lmbda] on_policy_weight * D_on(p, q) on the
+    student's own samples + w(step) * misfeedback(q, c) on the same samples,
+    the classmate's distribution treated as wrong (`misfeedback.variant`:
+    'skew' is bounded in [log alpha, 0]; 'raw' is the write-up's -KL(q||c),
+    unbounded below; see classkd_jax/losses/misfeedback.py).
+w(step) is 0 before `misfeedback.start_step`, then ramps linearly to
+`misfeedback.weight` over `misfeedback.warmup_steps`.
+
+The classmate (`classmate.path`, default the student's initial weights)
+learns from the teacher only, off-policy, on the student's dataset batch; it
+never trains on its own or the student's samples. Its pace is config:
+`classmate.start_step`, `update_every`, `stop_step`, its own `lr` and
+schedule, and the gap control `min_gap`: with running averages of KL(p||c)
+and KL(p||q) on the same batch, it skips an update while it is less than
+`min_gap` nats worse than the student (negative: off). The gap is logged
+every step. With `misfeedback.weight=0` the classmate has no path to the
+student at all. Variants and shared keys: `configs/_base.py`.
+"""
+
+from classkd_jax.config_utils import import_sibling
+
+
+def get_config(arg=None):
+    """Returns the locked ClassKD config; `arg`: `size=tiny` or `pair=T/S` (configs/_base.py)."""
+    c = import_sibling(__file__, "_base").method_config("classkd", arg)
+    c.lock()
+    return c

@@ -1,0 +1,150 @@
+"""The trainer's configs: every method has the contract's keys, every variant builds,
+and every out-of-range value is an error that names its key (no JAX compile here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from classkd_jax.cli import UserError
+from classkd_jax.config_utils import import_sibling
+from classkd_jax.training import checks, objectives
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+METHODS = ("sft", "kd", "gkd", "classkd")
+PAIRS = tuple(import_sibling(str(CONFIGS / "x.py"), "_base").PAIRS)
+
+# The keys other tools call the trainer with (issue: "the command, a contract").
+CONTRACT = (
+    "steps",
+    "seed",
+    "mesh.data",
+    "mesh.fsdp",
+    "mesh.tensor",
+    "checkpoint_every",
+    "log_every",
+    "eval_every",
+    "teacher.path",
+    "student.path",
+    "classmate.path",
+    "student.lr",
+    "classmate.lr",
+    "data.source",
+    "data.path",
+    "data.dev_path",
+    "data.dev_num",
+    "sampling.max_new_tokens",
+    "sampling.temperature",
+    "sampling.top_p",
+    "sampling.top_k",
+    "gkd.lmbda",
+    "gkd.beta",
+    "misfeedback.weight",
+    "misfeedback.variant",
+    "misfeedback.start_step",
+    "misfeedback.warmup_steps",
+    "classmate.start_step",
+    "classmate.update_every",
+    "classmate.min_gap",
+    "tokenizer",
+)
+
+
+def method_config(method: str, arg: str | None = "size=tiny"):
+    return import_sibling(str(CONFIGS / f"{method}.py"), method).get_config(arg)
+
+
+def _get(config, dotted: str):
+    for part in dotted.split("."):
+        config = config[part]
+    return config
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("variant", ["size=tiny", None, *(f"pair={p}" for p in PAIRS)])
+def test_every_method_and_variant_builds_locked_with_the_contract_keys(method, variant):
+    config = method_config(method, variant)
+    assert config.is_locked and config.method == method
+    for key in CONTRACT:
+        _get(config, key)  # raises KeyError/AttributeError when missing
+    checks.validate(config)
+
+
+def test_pairs_are_the_ones_users_run():
+    assert set(PAIRS) == {
+        "gpt2-xl/gpt2",
+        "gpt2-xl/gpt2-medium",
+        "gpt2-xl/gpt2-large",
+        "qwen2.5-7b/qwen2.5-1.5b",
+        "qwen2.5-7b/qwen2.5-0.5b",
+        "llama-3.2-3b/llama-3.2-1b",
+    }
+    config = method_config("classkd", "pair=gpt2-xl/gpt2-large")
+    assert config.teacher.preset == "gpt2-xl" and config.student.preset == "gpt2-large"
+    assert config.student.lr == 1e-4 and config.epochs == 10 and config.steps == 0
+    assert config.classmate.path == ""  # the student's initial weights
+
+
+def test_an_unknown_variant_is_named():
+    with pytest.raises(ValueError, match="pair='gpt2/gpt3'"):
+        method_config("kd", "pair=gpt2/gpt3")
+    with pytest.raises(ValueError, match="size='huge'"):
+        method_config("kd", "size=huge")
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("gkd.lmbda", 1.5, r"gkd\.lmbda=1\.5 .*\[0, 1\]"),
+        ("gkd.beta", -0.1, r"gkd\.beta=-0\.1"),
+        ("student.lr", 0.0, r"student\.lr=0\.0 .*> 0"),
+        ("misfeedback.variant", "hard", r"misfeedback\.variant='hard'.*'skew'"),
+        ("classmate.update_every", 0, r"classmate\.update_every=0"),
+        ("sampling.top_p", 0.0, r"sampling\.top_p=0\.0"),
+        ("mesh.data", 0, r"mesh\.data=0"),
+        ("classkd.on_policy_divergence", "kl", r"classkd\.on_policy_divergence='kl'"),
+        ("steps", -1, r"steps=-1"),
+    ],
+)
+def test_a_value_out_of_range_names_its_key(key, value, message):
+    config = method_config("classkd")
+    with config.unlocked():
+        section, _, leaf = key.rpartition(".")
+        (_get(config, section) if section else config)[leaf] = value
+    with pytest.raises(UserError, match=message):
+        checks.validate(config)
+
+
+def test_steps_come_from_epochs_when_steps_is_zero():
+    config = method_config("sft")
+    assert checks.total_steps(config, batches_per_epoch=100) == config.steps
+    with config.unlocked():
+        config.steps, config.epochs = 0, 2.5
+    assert checks.total_steps(config, batches_per_epoch=100) == 250
+
+
+def test_the_context_covers_training_rows_sampling_and_validation():
+    config = method_config("classkd")
+    d = config.data
+    need, why = checks.context_length(config)
+    assert need == max(d.max_length, d.max_prompt_length + config.sampling.max_new_tokens)
+    with config.unlocked():
+        config.eval.max_new_tokens = 200
+    need, why = checks.context_length(config)
+    assert need == d.max_prompt_length + 200 and "eval.max_new_tokens" in why
+
+
+def test_schedules_are_host_values_of_the_step():
+    config = method_config("classkd")
+    with config.unlocked():
+        config.misfeedback.weight = 0.3
+        config.misfeedback.start_step = 2
+        config.misfeedback.warmup_steps = 4
+        config.classmate.start_step = 1
+        config.classmate.update_every = 3
+        config.classmate.stop_step = 8
+    weights = [objectives.misfeedback_weight(config, t) for t in range(8)]
+    assert weights == pytest.approx([0, 0, 0.075, 0.15, 0.225, 0.3, 0.3, 0.3])
+    updates = [objectives.classmate_scheduled(config, t) for t in range(10)]
+    assert updates == [False, True, False, False, True, False, False, True, False, False]
