@@ -11,6 +11,8 @@ as a Hugging Face directory that `transformers` loads) and `checkpoints/` (every
 trained model by role, `teacher`, `student` and `sft_student`, as a
 `classkd_jax.checkpoint` that `python -m classkd_jax.generate --model` reads).
 A rerun in the same workdir replaces these once its own models are trained.
+Library logs (JAX, Orbax, transformers) go to `demo.log` there; the terminal
+shows the training progress and the results.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import math
 import pathlib
 import shutil
+import sys
 import time
 from typing import Any
 
@@ -39,6 +42,7 @@ from classkd_jax.evaluation import protocol as eval_protocol
 from classkd_jax.evaluation import runner as eval_runner
 from classkd_jax.models import ModelConfig, get_preset, load_tokenizer, save_hf
 from classkd_jax.sharding import make_mesh
+from classkd_jax.training import logs
 
 _DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "demo.py")
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Demo config file.")
@@ -87,9 +91,7 @@ def train_role(name, config, cfg_train, train_data, mesh, rng, writer, *, log_ev
             if not math.isfinite(loss):
                 raise FloatingPointError(f"{name}: loss is {loss} at step {i}")
             rate = i / (time.perf_counter() - start)
-            logging.info(
-                "%s step %d/%d loss %.4f (%.1f steps/s)", name, i, cfg_train.steps, loss, rate
-            )
+            _say(f"{name} step {i}/{cfg_train.steps} loss {loss:.4f} ({rate:.1f} steps/s)")
             writer.write(json.dumps({"role": name, "step": i, "loss": loss}) + "\n")
             writer.flush()
     return state
@@ -110,12 +112,9 @@ def evaluate(models: dict, examples, tokenizer, mesh, cfg_eval, max_prompt_lengt
         generate = eval_runner.make_generate_fn(model, tokenizer, mesh=mesh)
         metrics, _ = eval_runner.evaluate_with_generate(examples, generate, protocol, seed=0)
         results[name] = metrics
-        logging.info(
-            "%s: ROUGE-L %.2f  EM %.2f  (n=%d)",
-            name,
-            metrics["rougeL"],
-            metrics["exact_match"],
-            metrics["n"],
+        _say(
+            f"{name}: ROUGE-L {metrics['rougeL']:.2f}  EM {metrics['exact_match']:.2f}  "
+            f"(n={metrics['n']})"
         )
     return results
 
@@ -147,11 +146,21 @@ def results_table(results: dict[str, dict], steps_by_model: dict[str, int]) -> s
     return "\n".join(lines) + "\n"
 
 
+def _say(line: str) -> None:
+    """A progress line on the terminal (library logs go to `workdir/demo.log`)."""
+    print(line, file=sys.stderr, flush=True)
+
+
 def main(argv) -> None:
     del argv
     config = _CONFIG.value
     workdir = pathlib.Path(config.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    with logs.to_file(workdir / "demo.log"):
+        run(config, workdir)
+
+
+def run(config, workdir: pathlib.Path) -> None:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
     mesh = make_mesh(**config.mesh)

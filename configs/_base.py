@@ -200,6 +200,9 @@ def method_config(method: str, arg: str | None) -> ml_collections.ConfigDict:
     c.tokenizer = ""  # '' = the student's directory's, else the synthetic tokenizer
     c.peak_tflops = 0.0  # per-device peak for MFU; 0 = from the table of known devices
     c.progress = True  # progress bar (a line per log step when stderr is not a terminal)
+    # A directory for JAX's persistent compilation cache ('' = off): a rerun, a
+    # resumed run or a sweep over schedule values then skips the compiles.
+    c.compilation_cache = ""
     c.data = _data("synthetic" if arg.size == "tiny" else "dolly")
 
     c.loss = ml_collections.ConfigDict(

@@ -75,9 +75,19 @@ def test_each_method_logs_its_own_loss_terms(runs):
     c = last["classkd"]
     for key in ("off_kd", "on_kd", "misfeedback", "gap", "classmate_loss", "classmate_lr"):
         assert key in c, key
+    assert len(c["gap_by_step"]) == 2 and c["gap_by_step"][-1] == c["gap"]  # log_every=2
     assert c["sampling_share"] > 0 and last["sft"]["sampling_share"] == 0
     # GKD drew both kinds of batch (seed 0, lmbda 0.5): samples and dataset rows.
     assert last["gkd"]["sampling_share"] > 0
+
+
+def test_gkd_with_seq_kd_trains_on_the_teachers_samples(tmp_path):
+    """gkd.seq_kd: the non-student batches are the teacher's samples (TRL's seq_kd)."""
+    records = _train(tmp_path / "seqkd", "gkd", "--config.gkd.seq_kd=true", "--config.gkd.lmbda=0")
+    steps = [r for r in records if "loss" in r]
+    assert all(r["sampling_share"] > 0 for r in steps) and np.isfinite(steps[-1]["loss"])
+    # Logged every 2 steps of 8 prompts x 16 new tokens (dataset rows score more).
+    assert all(r["scored_tokens_off"] <= 2 * 8 * 16 for r in steps)
 
 
 def test_a_finished_run_reruns_as_a_no_op(runs):
@@ -165,6 +175,9 @@ def test_sigterm_then_resume_is_bit_identical_to_an_uninterrupted_run(runs, tmp_
     _, err = resumed.communicate(timeout=240)
     assert resumed.returncode == 0, err.decode()[-2000:]
     assert f"resuming from step {stopped_at}".encode() in err
+    # A quiet terminal: library chatter (Orbax, JAX's backend probe) is in train.log.
+    for noise in (b"checkpoint_manager", b"libtpu", b"PyTorch was not found", b"INFO"):
+        assert noise not in err, err.decode()[-2000:]
     a, b = _state_arrays(reference), _state_arrays(workdir)
     jax.tree.map(np.testing.assert_array_equal, a, b)
     logged = [r["step"] for r in _records(workdir) if "loss" in r]

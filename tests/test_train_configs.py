@@ -148,3 +148,15 @@ def test_schedules_are_host_values_of_the_step():
     assert weights == pytest.approx([0, 0, 0.075, 0.15, 0.225, 0.3, 0.3, 0.3])
     updates = [objectives.classmate_scheduled(config, t) for t in range(10)]
     assert updates == [False, True, False, False, True, False, False, True, False, False]
+
+
+def test_learning_rate_schedules_warm_up_then_decay_to_their_floor():
+    from classkd_jax.training.optim import learning_rate_schedule
+
+    block = {"lr": 1.0, "warmup_steps": 2, "final_lr_ratio": 0.1}
+    for kind, middle in (("cosine", 0.55), ("linear", 0.55), ("constant", 1.0)):
+        lr = learning_rate_schedule({**block, "schedule": kind}, total_steps=12)
+        assert float(lr(0)) == 0.0 and float(lr(1)) == pytest.approx(0.5)
+        assert float(lr(2)) == pytest.approx(1.0)
+        assert float(lr(7)) == pytest.approx(middle, abs=1e-6)
+        assert float(lr(12)) == pytest.approx(1.0 if kind == "constant" else 0.1)

@@ -28,6 +28,7 @@ RESUMABLE_CHANGES = (
     "checkpoint_keep",
     "progress",
     "peak_tflops",
+    "compilation_cache",
 )
 
 

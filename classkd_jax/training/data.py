@@ -108,5 +108,10 @@ def build(config, tokenizer, *, sampling_batch: int, needs_prompts: bool) -> Tra
 
 
 def _empty_train_message(cfg) -> str:
-    where = cfg.path or cfg.source
-    return f"data: no training examples in {where}"
+    if cfg.source == "benchmark":
+        return (
+            f"data.source={cfg.source} ({cfg.name} under data.data_dir={cfg.data_dir}): the "
+            "training split is empty (its raw.jsonl holds no more lines than the dev split: "
+            "1000 for Dolly, or meta.json's dev_num)"
+        )
+    return f"data.source={cfg.source}, data.path={cfg.path}: no training examples"

@@ -16,13 +16,13 @@ NaN/inf before every save, so the last checkpoint is always a good one.
 from __future__ import annotations
 
 import dataclasses
+import json
 import signal
 from pathlib import Path
 from typing import Any
 
 import jax
 
-from classkd_jax import checkpoint as checkpoint_lib
 from classkd_jax.cli import UserError
 from classkd_jax.training.checkpoints import RunCheckpoints
 from classkd_jax.training.data import TrainData
@@ -178,10 +178,4 @@ def exported_step(path: Path) -> int | None:
     marker = Path(path) / "EXPORTED_FROM.json"
     if not marker.is_file():
         return None
-    import json
-
     return int(json.loads(marker.read_text())["step"])
-
-
-def read_meta(workdir: Path) -> dict:
-    return checkpoint_lib.read_meta(Path(workdir) / "checkpoints")

@@ -9,7 +9,9 @@
 every loss term, grad norms, learning rates, the gap, `tokens_per_s`
 (non-padding tokens, prompt and response, of the batches the student trained
 on, per second of wall time since the last log), `sampling_share`,
-`step_time`, `mfu` (null when the device's peak is unknown) and `elapsed`.
+`step_time`, `mfu` (null when the device's peak is unknown) and `elapsed`;
+the gap and the classmate's update flag also step by step (`gap_by_step`,
+`classmate_updated_by_step`), as TensorBoard gets them.
 The same scalars go to TensorBoard event files under `DIR/tensorboard`
 (tensorboardX, no TensorFlow). A resumed run first drops what was logged
 after its checkpoint, so the files read as one uninterrupted run.
@@ -31,6 +33,8 @@ import numpy as np
 # Sums over the window (the others are averaged over its steps, or the last value).
 SUMMED = ("train_tokens", "scored_tokens_off", "scored_tokens_on", "flops")
 LAST = ("gap", "student_lr", "classmate_lr", "misfeedback_weight")
+# Also recorded step by step (a list per record; TensorBoard gets each at its step).
+PER_STEP = ("gap", "classmate_updated")
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -85,6 +89,8 @@ class Window:
             keys = sorted({k for _, v, _ in rows for k in v})
             for key in keys:
                 vals = [v[key] for _, v, _ in rows if key in v]
+                if key in PER_STEP:
+                    record[f"{key}_by_step"] = vals
                 if key in SUMMED:
                     record[key] = float(np.sum(vals))
                 elif key in LAST:
@@ -153,8 +159,13 @@ class Reporter:
         self._jsonl.flush()
         step = int(record["step"])
         for key, value in record.items():
+            if f"{key}_by_step" in record:
+                continue  # written step by step below
             if key != "step" and isinstance(value, int | float) and math.isfinite(value):
                 self._tb.add_scalar(key, value, step)
+            elif key.endswith("_by_step"):  # the window's steps end at `step`
+                for i, v in enumerate(value):
+                    self._tb.add_scalar(key.removesuffix("_by_step"), v, step - len(value) + 1 + i)
         self._tb.flush()
         if "loss" in record:
             self._show(step, record)

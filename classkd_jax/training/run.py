@@ -12,6 +12,7 @@ the workdir.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 from pathlib import Path
@@ -161,6 +162,8 @@ def train(config, workdir: Path) -> int:
 
 def _train(config, workdir: Path) -> int:
     checks.validate(config)
+    if config.compilation_cache:
+        jax.config.update("jax_compilation_cache_dir", str(Path(config.compilation_cache)))
     mesh = make_mesh(config)
     sampling_batch = check_batch_sizes(config, mesh)
     tokenizer, tokenizer_where = roles.resolve_tokenizer(config)
@@ -172,99 +175,116 @@ def _train(config, workdir: Path) -> int:
     total = checks.total_steps(config, data.off.batches_in_epoch(0))
     resolved = resolve(config, total)
     checks.check_resume(workdir, resolved)
-    is_writer = jax.process_index() == 0
-    if is_writer:
+    if jax.process_index() == 0:
         (workdir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
 
     models = build_models(config, sources, total, len(tokenizer))
-    rng = jax.random.key(int(config.seed))
-    frozen, counts = {}, {}
+    frozen = {}
     if models.teacher is not None:
-        teacher_seed = (int(config.seed), 1)
-        frozen["teacher"] = roles.load_params(sources["teacher"], mesh, teacher_seed)
-        counts["teacher"] = roles.count_params(frozen["teacher"])
+        frozen["teacher"] = roles.load_params(sources["teacher"], mesh, (int(config.seed), 1))
     checkpoints = RunCheckpoints(workdir, int(config.checkpoint_keep))
-    start, meta = 0, {}
-    student_opt = (models.student.config, models.student.optimizer)
-    classmate_opt = (
-        None if models.classmate is None else (models.classmate.config, models.classmate.optimizer)
-    )
-    if checkpoints.latest_step() is not None:
-        abstract = abstract_run_state(mesh, student_opt, classmate_opt)
-        state, meta = checkpoints.restore(abstract)
-        start = int(checkpoints.latest_step())
-        data.restore(meta["data"])
-    else:
-        state = initial_state(config, models, sources, mesh)
-    counts["student"] = roles.count_params(state.student.params)
+    state, start, meta = load_state(config, models, sources, mesh, checkpoints, data)
+    run = make_run(config, workdir, models, mesh, data, frozen, checkpoints, tokenizer, total)
+    counts = {"teacher": frozen.get("teacher"), "student": state.student.params}
     if state.classmate is not None:
-        counts["classmate"] = roles.count_params(state.classmate.params)
+        counts["classmate"] = state.classmate.params
+    counts = {k: roles.count_params(v) for k, v in counts.items() if v is not None}
+    start_lines = header(config, workdir, sources, counts, mesh, total, sampling_batch)
+    logging.info("%s", start_lines)
+    run.reporter.message(start_lines)
+    if start:
+        run.reporter.message(f"  resuming from step {start} ({checkpoints.directory / str(start)})")
+    run.meta = run_meta(models, tokenizer_where, config.method)
+    run.stop.install()
+    try:
+        state, outcome = run_loop(run, state, start, meta)
+    finally:
+        run.stop.uninstall()
+        checkpoints.close()
+        run.reporter.close()
+    if outcome == "stopped":
+        step = checkpoints.latest_step()
+        run.reporter.message(
+            f"stopped by {run.stop.name} at step {step}; checkpoint "
+            f"{checkpoints.directory / str(step)}; rerun the same command to resume"
+        )
+        return EXIT_STOPPED.get(run.stop.name, 1)
+    out = workdir / "student_hf"
+    if exported_step(out) != total:
+        out = export_student(workdir, state, models, tokenizer, total)
+    _summary(workdir, out)
+    return 0
 
+
+def load_state(config, models: Models, sources, mesh, checkpoints: RunCheckpoints, data):
+    """(state, start step, checkpoint meta): restored from the latest checkpoint
+    (straight into its shardings, data positions included), else fresh."""
+    student = (models.student.config, models.student.optimizer)
+    classmate = None
+    if models.classmate is not None:
+        classmate = (models.classmate.config, models.classmate.optimizer)
+    latest = checkpoints.latest_step()
+    if latest is None:
+        return initial_state(config, models, sources, mesh), 0, {}
+    state, meta = checkpoints.restore(abstract_run_state(mesh, student, classmate))
+    data.restore(meta["data"])
+    return state, int(latest), meta
+
+
+def make_run(config, workdir, models, mesh, data, frozen, checkpoints, tokenizer, total) -> Run:
+    """The jitted step, the batch plan, the validator and the reporter, for the loop."""
     builder = StepBuilder(config, models, mesh)
-    state_sh = run_state_shardings(mesh, student_opt, classmate_opt)
+    student = (models.student.config, models.student.optimizer)
+    classmate = None
+    if models.classmate is not None:
+        classmate = (models.classmate.config, models.classmate.optimizer)
     frozen_sh = {k: params_shardings(models.teacher.config, mesh) for k in frozen}
-    step_fn = builder.jit(state_sh, frozen_sh)
-    plan = BatchPlan(config, data, models, mesh, builder.rows, tokenizer, rng)
+    step_fn = builder.jit(run_state_shardings(mesh, student, classmate), frozen_sh)
+    rng = jax.random.key(int(config.seed))
     validator = None
     if config.eval_every > 0:
         validator = Validator(config, data, tokenizer, models, mesh, builder.path)
+    is_writer = jax.process_index() == 0
     reporter = Reporter(
         workdir,
-        start_step=start,
+        start_step=checkpoints.latest_step() or 0,
         total_steps=total,
         is_writer=is_writer,
         progress=bool(config.progress),
     )
-    reporter.message(header(config, workdir, sources, counts, mesh, total, sampling_batch))
-    if start:
-        reporter.message(f"  resuming from step {start} ({checkpoints.directory / str(start)})")
-    run_meta = {
-        "models": {"student": checkpoint.model_meta(models.student.config)},
-        "tokenizer": tokenizer_where,
-        "method": config.method,
-    }
-    if models.classmate is not None:
-        run_meta["models"]["classmate"] = checkpoint.model_meta(models.classmate.config)
-    stop = StopSignal().install()
-    run = Run(
+    return Run(
         config=config,
         workdir=workdir,
         total_steps=total,
         step_fn=step_fn,
         frozen=frozen,
-        plan=plan,
+        plan=BatchPlan(config, data, models, mesh, builder.rows, tokenizer, rng),
         data=data,
         validator=validator,
         checkpoints=checkpoints,
         reporter=reporter,
-        stop=stop,
+        stop=StopSignal(),
         root_key=rng,
-        meta=run_meta,
+        meta={},
         devices=jax.device_count(),
         peak_tflops=flops_lib.peak_tflops(jax.devices()[0].device_kind, config.peak_tflops),
         is_writer=is_writer,
     )
-    try:
-        state, outcome = run_loop(run, state, start, meta)
-    finally:
-        stop.uninstall()
-        checkpoints.close()
-        reporter.close()
-    if outcome == "stopped":
-        step = checkpoints.latest_step()
-        reporter.message(
-            f"stopped by {stop.name} at step {step}; checkpoint {checkpoints.directory / str(step)}"
-            "; rerun the same command to resume"
-        )
-        return EXIT_STOPPED.get(stop.name, 1)
-    out = workdir / "student_hf"
-    if exported_step(out) != total:
-        out = export_student(workdir, state, models, tokenizer, total)
-    _summary(reporter, workdir, out)
-    return 0
 
 
-def _summary(reporter: Reporter, workdir: Path, out: Path) -> None:
+def run_meta(models: Models, tokenizer_where: str, method: str) -> dict:
+    """The static part of every checkpoint's metadata: the models by role, the tokenizer."""
+    meta = {
+        "models": {"student": checkpoint.model_meta(models.student.config)},
+        "tokenizer": tokenizer_where,
+        "method": method,
+    }
+    if models.classmate is not None:
+        meta["models"]["classmate"] = checkpoint.model_meta(models.classmate.config)
+    return meta
+
+
+def _summary(workdir: Path, out: Path) -> None:
     if jax.process_index() != 0:
         return
     last: dict[str, Any] = {}

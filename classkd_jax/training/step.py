@@ -253,8 +253,10 @@ class StepBuilder:
 
     # ----- pieces shared by the methods -----
 
-    def _frozen_inputs(self, frozen, state: RunState, batches, parts_by_role):
-        """Hidden states and heads of the frozen models, each computed once per batch."""
+    def _frozen_inputs(self, frozen, state: RunState, batches, parts):
+        """Hidden states and heads of the frozen models the parts read, each model's
+        forward computed once per batch (the teacher's on 'off' also serves the
+        classmate's loss and the gap)."""
         others, heads = {}, {}
         sources = {"teacher": (self.models.teacher, lambda: frozen["teacher"])}
         if state.classmate is not None:
@@ -262,18 +264,17 @@ class StepBuilder:
                 self.models.classmate,
                 lambda: jax.lax.stop_gradient(state.classmate.params),
             )
-        for parts in parts_by_role:
-            for part in parts:
-                for role in part.others:
-                    key = (role, part.batch)
-                    if key in others:
-                        continue
-                    model, params = sources[role]
-                    p = params()
-                    others[key] = jax.lax.stop_gradient(
-                        hidden_states(model.config, p, batches[part.batch])
-                    )
-                    heads.setdefault(role, jax.lax.stop_gradient(head(model.config, p)))
+        for part in parts:
+            for role in part.others:
+                key = (role, part.batch)
+                if key in others:
+                    continue
+                model, params = sources[role]
+                p = params()
+                others[key] = jax.lax.stop_gradient(
+                    hidden_states(model.config, p, batches[part.batch])
+                )
+                heads.setdefault(role, jax.lax.stop_gradient(head(model.config, p)))
         return others, heads
 
     def _extras(self, batches, weight):
@@ -287,11 +288,12 @@ class StepBuilder:
 
     def _update(self, ts, role, parts, batches, others, heads, extras, counts):
         """One role's accumulated gradients and optimizer update."""
+        names = sorted({p.batch for p in parts})
         inputs = {
             "rows": {
-                "batches": {k: batches[k] for k in {p.batch for p in parts}},
-                "others": {k: v for k, v in others.items() if k[1] in {p.batch for p in parts}},
-                "extras": {k: extras[k] for k in {p.batch for p in parts}},
+                "batches": {k: batches[k] for k in names},
+                "others": {k: v for k, v in others.items() if k[1] in names},
+                "extras": {k: extras[k] for k in names},
             },
             "heads": heads,
             "counts": counts,
@@ -309,20 +311,22 @@ class StepBuilder:
     def _token_metrics(batches, counts):
         real = sum(jnp.sum(b["segment_ids"] != 0, dtype=jnp.float32) for b in batches.values())
         out = {"train_tokens": real}
-        for name, count in counts.items():
+        for name, count in sorted(counts.items()):
             out[f"scored_tokens_{name}"] = count
         return out
 
     # ----- the steps -----
 
     def student_step(self, state: RunState, frozen, batch, rng):
-        """SFT / KD / GKD (and ClassKD without a classmate update): the student only."""
+        """One optimizer step of every method: the student's objective for
+        `config.method` on the batch's parts and, for ClassKD, the classmate's
+        measurement, gap control and gated update (`_classmate`)."""
         del rng  # sampling happens before the step; nothing here is random
         control = batch.get("control", {})
         batches = {k: scored_batch(v) for k, v in batch.items() if k != "control"}
         parts = self._student_parts(batches)
         counts = self._counts(batches)
-        others, heads = self._frozen_inputs(frozen, state, batches, [parts])
+        others, heads = self._frozen_inputs(frozen, state, batches, parts)
         weight = control.get("misfeedback_weight", jnp.zeros((), jnp.float32))
         extras = self._extras(batches, weight)
         student, loss, aux, opt = self._update(
