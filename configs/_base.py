@@ -208,7 +208,7 @@ def method_config(method: str, arg: str | None) -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict(
         {
             "impl": "auto",  # 'dense' | 'chunked' | 'auto' (chunked above dense_max_vocab)
-            "chunk_size": 1024,  # tokens per chunk of the fused chunked losses
+            "chunk_size": 128,  # tokens per chunk of the chunked losses (benchmarks/README.md)
             "dense_max_vocab": 16384,
         }
     )

@@ -102,6 +102,59 @@ def test_three_models_with_aux_and_extras(arrays):
     assert not np.any(np.asarray(g_frozen))
 
 
+@pytest.mark.parametrize("impl", ["chunked", "dense"])
+def test_vocab_major_heads_give_the_same_values_and_gradients(arrays, impl):
+    """A tied head passed as stored ([V, D], no transposed copy) equals the [D, V]
+    one: values, hidden-state and head gradients (the latter in [V, D] layout),
+    padded widths and several vocabulary blocks included."""
+    hs, ws, ht, wt, hc, wc, mask, targets = arrays
+
+    def token_fn(logits, tgt):
+        s, t, c = logits
+        ce = L.cross_entropy_per_token(s, tgt)
+        return L.forward_kl_per_token(s, t) + 0.3 * ce, {"ce": ce}
+
+    def loss(h, w, layouts, heads_t, heads_c):
+        total, count, aux = L.token_loss(
+            token_fn,
+            (h, ht, hc),
+            (w, heads_t, heads_c),
+            mask,
+            targets,
+            impl=impl,
+            vocab_size=V,
+            chunk_size=4,
+            vocab_major=layouts,
+        )
+        return total / count, aux
+
+    (v_a, aux_a), (gh_a, gw_a) = jax.value_and_grad(loss, (0, 1), has_aux=True)(
+        hs, ws, (False, False, False), wt, wc
+    )
+    (v_b, aux_b), (gh_b, gw_b) = jax.value_and_grad(loss, (0, 1), has_aux=True)(
+        hs, ws.T, (True, False, True), wt, wc.T
+    )
+    assert _rel_err(v_b, v_a) <= 1e-6 and _rel_err(aux_b["ce"], aux_a["ce"]) <= 1e-6
+    assert _rel_err(gh_b, gh_a) <= 1e-6 and _rel_err(gw_b.T, gw_a) <= 1e-6
+    assert not np.any(np.asarray(gw_b[V:]))  # padded rows of the head keep a zero gradient
+
+
+def test_vocab_major_head_gradient_accumulates_over_vocabulary_blocks(arrays):
+    hs, ws, _, _, _, _, mask, targets = arrays
+
+    def ce(w, vocab_major):
+        fn = lambda logits, tgt: L.cross_entropy_per_token(logits[0], tgt)
+        total, count, _ = L.chunked_token_loss(
+            fn, (hs,), (w,), mask, targets, vocab_size=V, chunk_size=3, vocab_block=5,
+            vocab_major=(vocab_major,),
+        )  # fmt: skip
+        return total / count
+
+    g_dv = jax.grad(ce)(ws, False)
+    g_vd = jax.grad(ce)(ws.T, True)
+    assert _rel_err(g_vd.T, g_dv) <= 1e-6
+
+
 def test_classmate_trainable_and_cross_entropy(arrays):
     _, _, ht, wt, hc, wc, mask, targets = arrays
 

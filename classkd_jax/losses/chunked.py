@@ -109,16 +109,26 @@ def _to_chunks(x: Array, num_tokens: int, num_chunks: int, chunk: int) -> Array:
     return x.reshape((num_chunks, chunk) + x.shape[1:])
 
 
+def _logits(h: Array, w: Array, vocab_major: bool) -> Array:
+    """[C, D] x head -> [C, V_pad] float32; the head is [D, V] or, vocab-major, [V, D]."""
+    contract = (((1,), (1,)), ((), ())) if vocab_major else (((1,), (0,)), ((), ()))
+    return jax.lax.dot_general(h, w, contract, preferred_element_type=jnp.float32)
+
+
 def _make_fused(
-    token_fn: TokenFn, trainable: tuple[bool, ...], vocab: int, head_dtypes, vocab_block: int
+    token_fn: TokenFn,
+    trainable: tuple[bool, ...],
+    vocab: int,
+    head_dtypes,
+    vocab_block: int,
+    vocab_major: tuple[bool, ...],
 ):
     """custom_vjp (hs, heads, keep, extras) -> (loss_sum, aux_sums), chunk axis leading."""
     train_idx = [i for i, t in enumerate(trainable) if t]
 
     def chunk_logits(hs, heads):
         return tuple(
-            jnp.dot(h, w, preferred_element_type=jnp.float32)[:, :vocab]
-            for h, w in zip(hs, heads, strict=True)
+            _logits(h, w, vm)[:, :vocab] for h, w, vm in zip(hs, heads, vocab_major, strict=True)
         )
 
     def reduce(logits, keep, ex):
@@ -156,7 +166,9 @@ def _make_fused(
             (tot, aux), dheads = acc
             dhs, new_dheads = [], []
             for k, (i, dl) in enumerate(zip(train_idx, dlogits, strict=True)):
-                dh, dw = _project_grads(h_c[i], heads[i], dl, dheads[k], vocab_block)
+                dh, dw = _project_grads(
+                    h_c[i], heads[i], dl, dheads[k], vocab_block, vocab_major[i]
+                )
                 dhs.append(dh)
                 new_dheads.append(dw)
             new = ((tot + out[0], jax.tree.map(jnp.add, aux, out[1])), tuple(new_dheads))
@@ -182,26 +194,30 @@ def _make_fused(
 
 
 def _project_grads(
-    h: Array, w: Array, dlogits: Array, dw_acc: Array, block: int
+    h: Array, w: Array, dlogits: Array, dw_acc: Array, block: int, vocab_major: bool = False
 ) -> tuple[Array, Array]:
-    """dh = dlogits @ w[:, :V].T and dw_acc[:, :V] += h.T @ dlogits (V = real vocabulary).
+    """dh = dlogits @ W[:V]^T and dW[:V] += h^T @ dlogits (V = real vocabulary).
 
-    The head gradient is accumulated by vocabulary blocks with in-place updates
-    of the f32 carry, so no head-sized temporary is made per chunk; ``w`` is
-    never sliced (XLA would hoist loop-invariant slices of it into a full
-    copy), and padded head columns keep a zero gradient.
+    `w` is [D, V_pad] or, `vocab_major`, [V_pad, D] (a tied embedding as stored:
+    no transposed copy of it is ever made); `dw_acc` has `w`'s layout. The head
+    gradient is accumulated by vocabulary blocks with in-place updates of the
+    f32 carry, so no head-sized temporary is made per chunk; `w` is never
+    sliced (XLA would hoist loop-invariant slices of it into a full copy), and
+    padded head columns keep a zero gradient.
     """
     vocab = dlogits.shape[1]
-    dl_full = jnp.pad(dlogits, ((0, 0), (0, w.shape[1] - vocab))).astype(w.dtype)
-    contract_vocab = (((1,), (1,)), ((), ()))
+    axis = 0 if vocab_major else 1
+    dl_full = jnp.pad(dlogits, ((0, 0), (0, w.shape[axis] - vocab))).astype(w.dtype)
+    contract_vocab = (((1,), (axis,)), ((), ()))
     dh = jax.lax.dot_general(dl_full, w, contract_vocab, preferred_element_type=jnp.float32)
     contract_tokens = (((0,), (0,)), ((), ()))
     for start in range(0, vocab, block):
         stop = min(start + block, vocab)
         dl = jax.lax.slice_in_dim(dlogits, start, stop, axis=1).astype(h.dtype)
-        part = jax.lax.dot_general(h, dl, contract_tokens, preferred_element_type=jnp.float32)
-        old = jax.lax.slice_in_dim(dw_acc, start, stop, axis=1)
-        dw_acc = jax.lax.dynamic_update_slice_in_dim(dw_acc, old + part, start, axis=1)
+        pair = (dl, h) if vocab_major else (h, dl)
+        part = jax.lax.dot_general(*pair, contract_tokens, preferred_element_type=jnp.float32)
+        old = jax.lax.slice_in_dim(dw_acc, start, stop, axis=axis)
+        dw_acc = jax.lax.dynamic_update_slice_in_dim(dw_acc, old + part, start, axis=axis)
     return dh.astype(h.dtype), dw_acc
 
 
@@ -223,6 +239,7 @@ def chunked_token_loss(
     chunk_size: int = 128,
     trainable: Sequence[bool] | None = None,
     vocab_block: int = 16384,
+    vocab_major: Sequence[bool] | None = None,
 ) -> tuple[Array, Array, dict[str, Array]]:
     """Masked sum of a per-token loss over several models' logits, chunk by chunk.
 
@@ -236,7 +253,9 @@ def chunked_token_loss(
         ``extras``, ``per_token`` is ``[C]`` and ``aux`` a dict of ``[C]`` values
         to sum for logging. Must be token-separable (row c depends on row c only).
       hiddens: per model ``[B, T, D_i]`` final hidden states (the LM head input).
-      heads: per model ``[D_i, V_i]`` output embeddings (``models.lm_head``).
+      heads: per model ``[D_i, V_i]`` output embeddings (``models.lm_head``), or
+        ``[V_i, D_i]`` where ``vocab_major`` says so (a tied input embedding as
+        stored, so no transposed copy of it exists in the step).
       mask: ``[B, T]`` 0/1 scored positions (already shifted to next-token targets).
       extras: pytree of ``[B, T, ...]`` arrays (targets, advantages), no gradient.
       vocab_size: shared real vocabulary (see :func:`shared_vocab_size`).
@@ -248,6 +267,7 @@ def chunked_token_loss(
       trainable: per model whether it receives gradients; default: the first only.
       vocab_block: vocabulary columns per gradient-projection matmul (bounds the
         ``[D, block]`` temporaries of the head-gradient accumulation).
+      vocab_major: per model whether its head is ``[V, D]``; default all ``[D, V]``.
 
     Returns:
       ``(loss_sum, count, aux_sums)``: scalar float32 masked sum, number of masked
@@ -259,17 +279,21 @@ def chunked_token_loss(
     trainable = tuple(trainable) if trainable is not None else (True,) + (False,) * (len(heads) - 1)
     if len(trainable) != len(heads):
         raise ValueError(f"trainable has {len(trainable)} entries for {len(heads)} models")
+    vocab_major = tuple(vocab_major) if vocab_major is not None else (False,) * len(heads)
+    if len(vocab_major) != len(heads):
+        raise ValueError(f"vocab_major has {len(vocab_major)} entries for {len(heads)} models")
     if mask.ndim != 2:
         raise ValueError(f"mask must be [B, T], got shape {mask.shape}")
     batch, length = mask.shape
-    for i, (h, w) in enumerate(zip(hiddens, heads, strict=True)):
+    for i, (h, w, vm) in enumerate(zip(hiddens, heads, vocab_major, strict=True)):
         if h.shape[:2] != (batch, length) or h.ndim != 3:
             raise ValueError(f"hiddens[{i}] has shape {h.shape}, expected [{batch}, {length}, D]")
-        if w.ndim != 2 or w.shape[0] != h.shape[2]:
-            raise ValueError(f"heads[{i}] has shape {w.shape}, expected [{h.shape[2]}, V]")
-    vocab = shared_vocab_size(
-        [w.shape[1] for w in heads], vocab_size=vocab_size, tokenizer_ids=tokenizer_ids
-    )
+        d_axis = 1 if vm else 0
+        if w.ndim != 2 or w.shape[d_axis] != h.shape[2]:
+            want = f"[V, {h.shape[2]}]" if vm else f"[{h.shape[2]}, V]"
+            raise ValueError(f"heads[{i}] has shape {w.shape}, expected {want}")
+    widths = [w.shape[0 if vm else 1] for w, vm in zip(heads, vocab_major, strict=True)]
+    vocab = shared_vocab_size(widths, vocab_size=vocab_size, tokenizer_ids=tokenizer_ids)
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     num_tokens = batch * length
@@ -286,7 +310,7 @@ def chunked_token_loss(
     ws = tuple(freeze(w, t) for w, t in zip(heads, trainable, strict=True))
     keep = to_chunks(mask != 0)
     ex = jax.tree.map(lambda x: to_chunks(jax.lax.stop_gradient(jnp.asarray(x))), extras)
-    fused = _make_fused(token_fn, trainable, vocab, [w.dtype for w in ws], vocab_block)
+    fused = _make_fused(token_fn, trainable, vocab, [w.dtype for w in ws], vocab_block, vocab_major)
     total, aux = fused(hs, ws, keep, ex)
     return total, jnp.sum(mask != 0, dtype=jnp.float32), aux
 

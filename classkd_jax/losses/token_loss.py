@@ -35,6 +35,7 @@ def dense_token_loss(
     *,
     vocab_size: int | None = None,
     trainable: Sequence[bool] | None = None,
+    vocab_major: Sequence[bool] | None = None,
 ) -> tuple[Array, Array, dict[str, Array]]:
     """:func:`chunked_token_loss` computed on full logits (same arguments and results).
 
@@ -45,17 +46,21 @@ def dense_token_loss(
     """
     hiddens, heads = tuple(hiddens), tuple(heads)
     trainable = tuple(trainable) if trainable is not None else (True,) + (False,) * (len(heads) - 1)
-    vocab = shared_vocab_size([w.shape[1] for w in heads], vocab_size=vocab_size)
+    vocab_major = tuple(vocab_major) if vocab_major is not None else (False,) * len(heads)
+    widths = [w.shape[0 if vm else 1] for w, vm in zip(heads, vocab_major, strict=True)]
+    vocab = shared_vocab_size(widths, vocab_size=vocab_size)
     rows = mask.size
 
-    def logits(h, w, train):
-        out = jnp.einsum("btd,dv->btv", h.astype(w.dtype), w, preferred_element_type=jnp.float32)[
-            ..., :vocab
-        ]
-        out = out.reshape(rows, vocab)
+    def logits(h, w, train, vm):
+        spec = "btd,vd->btv" if vm else "btd,dv->btv"
+        out = jnp.einsum(spec, h.astype(w.dtype), w, preferred_element_type=jnp.float32)
+        out = out[..., :vocab].reshape(rows, vocab)
         return out if train else jax.lax.stop_gradient(out)
 
-    all_logits = tuple(logits(h, w, t) for h, w, t in zip(hiddens, heads, trainable, strict=True))
+    all_logits = tuple(
+        logits(h, w, t, vm)
+        for h, w, t, vm in zip(hiddens, heads, trainable, vocab_major, strict=True)
+    )
     flat = jax.tree.map(
         lambda x: jax.lax.stop_gradient(jnp.asarray(x).reshape((rows,) + jnp.shape(x)[2:])),
         extras,
@@ -78,7 +83,8 @@ def token_loss(
     impl: str = "chunked",
     vocab_size: int | None = None,
     trainable: Sequence[bool] | None = None,
-    chunk_size: int = 1024,
+    chunk_size: int = 128,
+    vocab_major: Sequence[bool] | None = None,
 ) -> tuple[Array, Array, dict[str, Array]]:
     """Masked sum of `token_fn` over the models' logits, by the path `impl`.
 
@@ -87,20 +93,29 @@ def token_loss(
         `logits` is a tuple of `[N, V]` float32 (one per model, real vocabulary),
         `extras_rows` the matching `[N, ...]` rows of `extras`.
       hiddens: per model `[B, T, D_i]` final hidden states.
-      heads: per model `[D_i, V_i]` output embeddings, in compute dtype.
+      heads: per model `[D_i, V_i]` output embeddings in compute dtype, or
+        `[V_i, D_i]` where `vocab_major` says so (a tied embedding as stored).
       mask: `[B, T]` 0/1 scored positions.
       extras: pytree of `[B, T, ...]` per-token inputs (targets, weights).
       impl: 'dense' or 'chunked'.
       vocab_size: the shared real vocabulary (`len(tokenizer)`).
       trainable: per model whether it gets gradients (default: the first only).
       chunk_size: tokens per chunk on the chunked path.
+      vocab_major: per model whether its head is `[V, D]` (default: none).
 
     Returns:
       `(loss_sum, count, aux_sums)` float32 scalars (see `chunked_token_loss`).
     """
     if impl == "dense":
         return dense_token_loss(
-            token_fn, hiddens, heads, mask, extras, vocab_size=vocab_size, trainable=trainable
+            token_fn,
+            hiddens,
+            heads,
+            mask,
+            extras,
+            vocab_size=vocab_size,
+            trainable=trainable,
+            vocab_major=vocab_major,
         )
     if impl == "chunked":
         return chunked_token_loss(
@@ -112,5 +127,6 @@ def token_loss(
             vocab_size=vocab_size,
             chunk_size=chunk_size,
             trainable=trainable,
+            vocab_major=vocab_major,
         )
     raise ValueError(f"loss impl={impl!r}; expected one of {IMPLS}")

@@ -114,16 +114,34 @@ def hidden_states(config: ModelConfig, params: Any, batch: Batch) -> jax.Array:
     return out.hidden
 
 
-def head(config: ModelConfig, params: Any) -> jax.Array:
-    """The output embedding `[D, V]` in compute dtype."""
-    return lm_head(params, config).astype(config.compute_dtype)
+def head(config: ModelConfig, params: Any) -> tuple[jax.Array, bool]:
+    """The output embedding in compute dtype, as stored: `([V, D], True)` for a
+    tied embedding (vocab-major, so no transposed copy is made), else the
+    untied head `([D, V], False)`."""
+    if config.tie_word_embeddings:
+        return params["embed"]["embedding"].astype(config.compute_dtype), True
+    return lm_head(params, config).astype(config.compute_dtype), False
 
 
 @dataclasses.dataclass(frozen=True)
 class LossPath:
+    """How the token losses are computed (static).
+
+    Attributes:
+      impl: 'dense' or 'chunked'.
+      chunk_size: tokens per chunk (chunked).
+      vocab_size: the shared real vocabulary.
+      vocab_major: (role, bool) pairs: whether that role's head is passed as
+        stored `[V, D]` (tied embeddings) rather than `[D, V]`.
+    """
+
     impl: str
     chunk_size: int
     vocab_size: int | None
+    vocab_major: tuple[tuple[str, bool], ...] = ()
+
+    def layout(self, role: str) -> bool:
+        return dict(self.vocab_major).get(role, False)
 
 
 def objective(
@@ -150,13 +168,13 @@ def objective(
     own = {}
     total = jnp.zeros((), jnp.float32)
     aux_sums: dict[str, jax.Array] = {}
-    w = head(config, params)
+    own_head, own_layout = head(config, params)
     for part in parts:
         batch = inputs["batches"][part.batch]
         if part.batch not in own:
             own[part.batch] = hidden_states(config, params, batch)
         hiddens = (own[part.batch],) + tuple(inputs["others"][(r, part.batch)] for r in part.others)
-        heads = (w,) + tuple(inputs["heads"][r] for r in part.others)
+        heads = (own_head,) + tuple(inputs["heads"][r] for r in part.others)
         extras = {k: inputs["extras"][part.batch][k] for k in part.extras}
         loss_sum, _, aux = losses.token_loss(
             part.token_fn,
@@ -168,6 +186,7 @@ def objective(
             vocab_size=path.vocab_size,
             trainable=(True,) + (False,) * len(part.others),
             chunk_size=path.chunk_size,
+            vocab_major=(own_layout,) + tuple(path.layout(r) for r in part.others),
         )
         total = total + loss_sum / jnp.maximum(inputs["counts"][part.batch], 1.0)
         aux_sums.update(aux)
@@ -246,7 +265,12 @@ class StepBuilder:
         if impl == "auto":
             vocab = models.vocab_size or models.student.config.vocab_size
             impl = "chunked" if vocab > int(config.loss.dense_max_vocab) else "dense"
-        self.path = LossPath(impl, int(config.loss.chunk_size), models.vocab_size)
+        layouts = tuple(
+            (role, getattr(models, role).config.tie_word_embeddings)
+            for role in ("teacher", "classmate")
+            if getattr(models, role) is not None
+        )
+        self.path = LossPath(impl, int(config.loss.chunk_size), models.vocab_size, layouts)
         self.grad_accum = int(config.grad_accum)
         self.rows = NamedSharding(mesh, P(data_axes(mesh) or None))
         self.replicated = NamedSharding(mesh, P())
@@ -274,7 +298,7 @@ class StepBuilder:
                 others[key] = jax.lax.stop_gradient(
                     hidden_states(model.config, p, batches[part.batch])
                 )
-                heads.setdefault(role, jax.lax.stop_gradient(head(model.config, p)))
+                heads.setdefault(role, jax.lax.stop_gradient(head(model.config, p)[0]))
         return others, heads
 
     def _extras(self, batches, weight):

@@ -55,12 +55,13 @@ def _dev_sums(student_cfg, teacher_cfg, path: LossPath):
         _, count, aux = losses.token_loss(
             token_fn,
             hiddens,
-            heads,
+            [w for w, _ in heads],
             batch["loss_mask"],
             {"targets": batch["targets"]},
             impl=path.impl,
             vocab_size=path.vocab_size,
             chunk_size=path.chunk_size,
+            vocab_major=[vm for _, vm in heads],
         )
         return {**aux, "count": count}
 
