@@ -25,6 +25,7 @@ INSTALL_REQUIRES = [
     "numpy==2.4.6",
     "matplotlib==3.11.2",
     "tqdm==4.70.1",
+    "tensorboardX==2.6.5",  # TensorBoard event files without TensorFlow
 ]
 
 # torch is the numerical reference in tests only. It is pinned to the CPU build
