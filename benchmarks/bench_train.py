@@ -281,18 +281,31 @@ class Ours:
         self.frozen_sh = {"teacher": params_shardings(models.teacher.config, self.mesh)}
         self.step_fn = self.builder.jit(self.state_sh, self.frozen_sh)
         self.root = jax.random.key(int(config.seed))
-        self.plan = BatchPlan(
-            config, self.data, models, self.mesh, self.builder.rows, self.tokenizer, self.root
-        )
+        self.plan = self.make_plan(config)
         self.t = 0  # the next 0-based step
         self.sampler = self.plan.student_sampler
 
+    def make_plan(self, config) -> BatchPlan:
+        """A `BatchPlan` as `run.make_run` builds it (MiniLLM's scorer included)."""
+        scorer = None
+        if config.method == "minillm":
+            student_sh = params_shardings(self.models.student.config, self.mesh)
+            scorer = self.builder.scorer(student_sh, self.frozen_sh["teacher"])
+        return BatchPlan(
+            config,
+            self.data,
+            self.models,
+            self.mesh,
+            self.builder.rows,
+            self.tokenizer,
+            self.root,
+            total_steps=int(config.steps),
+            scorer=scorer,
+        )
+
     def plan_with(self, **changes) -> BatchPlan:
         """Another `BatchPlan` over the same data and models with host-side config changes."""
-        config = override(self.config, changes)
-        plan = BatchPlan(
-            config, self.data, self.models, self.mesh, self.builder.rows, self.tokenizer, self.root
-        )
+        plan = self.make_plan(override(self.config, changes))
         plan.student_sampler = self.sampler  # its compiled programs (a new Sampler compiles anew)
         return plan
 
@@ -307,12 +320,27 @@ class Ours:
         prompt = {pick_bucket(len(p), c.prompt_buckets) for p in d.prompts}
         return sorted(full), sorted(prompt)
 
+    def padded_prompts(self) -> list[tuple[jax.Array, jax.Array]]:
+        """One real prompt batch (tokens, mask) padded to each reachable prompt bucket."""
+        _, buckets = self.reachable_buckets()
+        real = next(self.data.prompts)
+        out = []
+        for p in buckets:
+            tok = real["tokens"][:, -p:]
+            mask = real["mask"][:, -p:].astype(bool)
+            pad = p - tok.shape[1]
+            tok = np.pad(tok, ((0, 0), (pad, 0)))
+            mask = np.pad(mask, ((0, 0), (pad, 0)))
+            g = to_global({"tokens": tok, "mask": mask}, self.builder.rows)
+            out.append((g["tokens"], g["mask"]))
+        return out
+
     def precompile(self) -> float:
         """Compiles every program the timed steps can reach (each bucket the data
         allows: dataset batches and sampled batches); returns the seconds it took."""
         start = time.perf_counter()
         rows = self.builder.rows
-        lengths, prompts = self.reachable_buckets()
+        lengths, _ = self.reachable_buckets()
         real = next(self.data.off)
         method = self.config.method
         offs = []
@@ -323,25 +351,17 @@ class Ours:
                 b[k] = np.pad(x, ((0, 0), (0, t - x.shape[1])))
             offs.append(to_global(b, rows))
         ons = []
-        p_real = next(self.data.prompts)
-        for p in prompts:
-            tok = p_real["tokens"][:, -p:]
-            mask = p_real["mask"][:, -p:].astype(bool)
-            pad = p - tok.shape[1]
-            tok = np.pad(tok, ((0, 0), (pad, 0)))
-            mask = np.pad(mask, ((0, 0), (pad, 0)))
-            g = to_global({"tokens": tok, "mask": mask}, rows)
-            out = self.sampler(
-                self.state.student.params,
-                g["tokens"],
-                g["mask"],
-                jax.random.key(0),
-                self.plan.sampling,
-            )
-            ons.append({k: getattr(out, k) for k in SAMPLE_KEYS})
+        if method in ("gkd", "classkd", "distillm"):
+            for tokens, mask in self.padded_prompts():
+                out = self.sampler(
+                    self.state.student.params, tokens, mask, jax.random.key(0), self.plan.sampling
+                )
+                ons.append({k: getattr(out, k) for k in SAMPLE_KEYS})
         batches = []
-        if method == "gkd":
+        if method in ("gkd", "distillm"):  # DistiLLM's replay batches: the samples' shapes
             batches = [{"off": b} for b in offs] + [{"off": s} for s in ons]
+        elif method in ("sft", "kd", "seqkd"):
+            batches = [{"off": b} for b in offs]
         elif method == "classkd":
             from classkd_jax.training import objectives
 
@@ -711,6 +731,14 @@ def parse_args():
     p.add_argument("--steps", type=int, default=20, help="timed optimizer steps per rep (part 1)")
     p.add_argument("--warmup", type=int, default=3, help="TRL steps per rep before timing")
     p.add_argument("--cost-steps", type=int, default=10, help="timed steps per rep (part 2)")
+    add_shape_args(p)
+    p.add_argument("--skip-trl", action="store_true")
+    p.add_argument("--skip-cost", action="store_true")
+    return p.parse_args()
+
+
+def add_shape_args(p: argparse.ArgumentParser) -> None:
+    """The shapes, data and machine options every train-step benchmark shares."""
     p.add_argument("--vocab", type=int, default=1000)
     p.add_argument("--examples", type=int, default=4000)
     p.add_argument("--batch", type=int, default=8)
@@ -735,9 +763,6 @@ def parse_args():
         default=0.0,
         help="before each rep, wait up to this many seconds for a quiet machine",
     )
-    p.add_argument("--skip-trl", action="store_true")
-    p.add_argument("--skip-cost", action="store_true")
-    return p.parse_args()
 
 
 def main():

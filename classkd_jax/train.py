@@ -1,10 +1,11 @@
-r"""Train a student: SFT, word-level KD, GKD or ClassKD in one jitted, sharded step.
+r"""Train a student: SFT, KD, GKD, ClassKD, SeqKD, DistiLLM or MiniLLM in one jitted, sharded step.
 
     python -m classkd_jax.train --config configs/<method>.py[:variant] --workdir DIR \
         [--config.key=value ...]
 
-Methods: configs/sft.py, kd.py, gkd.py, classkd.py (their docstrings say what
-each does and how to launch it; `:size=tiny` runs in seconds on a CPU).
+Methods: configs/sft.py, kd.py, gkd.py, classkd.py and the baselines seqkd.py,
+distillm.py, minillm.py (their docstrings say what each does and how to
+launch it; `:size=tiny` runs in seconds on a CPU).
 A rerun of the same command on the same DIR resumes from the latest
 checkpoint; SIGTERM or Ctrl-C saves one and exits (status 143 / 130).
 
@@ -14,7 +15,10 @@ What lands in DIR:
   tensorboard/       the same scalars as TensorBoard events
   train.log          library logs (JAX, Orbax, transformers) and any traceback
   checkpoints/<N>/   the last `checkpoint_keep` steps: student, classmate,
-                     optimizer states, counters, data positions
+                     optimizer states, counters, data positions, and the
+                     batch plan's state (DistiLLM's replay buffer and phi,
+                     MiniLLM's rollout store)
+  seqkd/             SeqKD's teacher responses (generated once, reused)
   best/<N>/          the best step by `best_metric` (models only)
   validation/        greedy dev completions of each validation
   student_hf/        the final student as a Hugging Face directory (+ tokenizer)

@@ -1,4 +1,5 @@
-"""The base every training config shares (`configs/sft.py`, `kd.py`, `gkd.py`, `classkd.py`).
+"""The base every training config shares (`configs/sft.py`, `kd.py`, `gkd.py`, `classkd.py`,
+`seqkd.py`, `distillm.py`, `minillm.py`).
 
 Not a config itself: each method file calls `method_config(method, arg)` and
 then sets its own defaults. Every method's config has every key below (the
@@ -29,7 +30,7 @@ from ml_collections import config_dict
 
 from classkd_jax.config_utils import import_sibling, parse_arg
 
-METHODS = ("sft", "kd", "gkd", "classkd")
+METHODS = ("sft", "kd", "gkd", "classkd", "seqkd", "distillm", "minillm")
 
 # teacher preset, student preset, hub names, and the recipe's optimizer settings.
 PAIRS = {
@@ -141,6 +142,11 @@ def _tiny(c: ml_collections.ConfigDict) -> None:
         _optimizer(c[role], 3e-3)
         c[role].final_lr_ratio = 0.1
     c.sampling.max_new_tokens = 16
+    c.seqkd.batch_size = 64
+    c.distillm.init_phi = 0.5  # the reference starts at 0; tiny runs exercise the machinery
+    c.distillm.capacity = 16
+    c.minillm.num_rollouts = 16
+    c.minillm.ppo_epochs = 2
     c.eval.num_examples = 8
     c.eval.max_new_tokens = 16
     c.eval.batch_size = 8
@@ -247,6 +253,42 @@ def method_config(method: str, arg: str | None) -> ml_collections.ConfigDict:
             "margin": 1.0,  # hinge, nats
             "beta": 1.0,  # sigmoid
         }
+    )
+    # The pre-training term on the plain-text stream `data.lm_path` (MiniLLM, DistiLLM).
+    c.lm = ml_collections.ConfigDict({"coef": 1.0, "kd_ratio": 0.5})
+    c.distillm = ml_collections.ConfigDict(
+        {
+            "divergence": "skew_forward_kl",  # 'skew_forward_kl' | 'skew_reverse_kl'
+            "alpha": 0.1,  # the skew
+            "stop_grad_mixture": False,  # True: no gradient through the q inside the mixture
+            "kd_ratio": 1.0,  # loss = kd_ratio * skew KD + (1 - kd_ratio) * CE
+            "temperature": 1.0,  # loss temperature
+            "adaptive": True,  # phi rises with the validation loss (needs eval_every > 0)
+            "init_phi": 0.0,  # the off-policy (sampling) probability phi at the start
+            "phi_step": 0.1,  # phi += phi_step when the dev loss rose by loss_threshold
+            "loss_threshold": 0.1,
+            "capacity": 1000,  # replay buffer rows (held on the host, checkpointed)
+        }
+    )
+    c.minillm = ml_collections.ConfigDict(
+        {
+            "teacher_mix": 0.2,  # rollouts from mix * p + (1 - mix) * q
+            "num_rollouts": 256,  # rollouts per phase (a multiple of both batch sizes)
+            "ppo_epochs": 4,  # passes over each phase's rollouts
+            "clip_ratio": 0.2,
+            "gamma": 0.95,
+            "length_norm": True,  # advantages divided by the remaining response length
+            "whiten": True,  # advantages whitened over the minibatch
+            "reward_scaling": 0.5,  # r = (log p - log q) / reward_scaling, clipped
+            "reward_clip": 100.0,
+            "single_step": True,  # add the exact token-level KL(q_t || p_t) term
+            "temperature": 1.0,  # loss temperature
+        }
+    )
+    # SeqKD: the teacher answers every training prompt once (sampling.* settings),
+    # cached in cache_dir ('' = DIR/seqkd) and reused by reruns.
+    c.seqkd = ml_collections.ConfigDict(
+        {"greedy": False, "seed": 0, "batch_size": 16, "chunk_prompts": 1024, "cache_dir": ""}
     )
     c.eval = ml_collections.ConfigDict(
         {"num_examples": 500, "max_new_tokens": 256, "batch_size": 16}

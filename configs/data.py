@@ -15,10 +15,13 @@ Variants (`source=`):
 - jsonl / hf / tfds: your own data at `--config.data.path=...` (dev from
   `dev_path`, or the first `dev_num` examples); map columns with
   `--config.data.columns.instruction=question` etc.
+
+Any variant takes a plain-text pre-training corpus for MiniLLM's / DistiLLM's
+LM term with `--config.data.lm_path=corpus.txt` (or .jsonl, a directory of
+them, or an HF dataset); `pipeline.make_lm_iterator` reads it.
 """
 
 import ml_collections
-from ml_collections import config_dict
 
 from classkd_jax.config_utils import parse_arg
 from classkd_jax.data import synthetic
@@ -58,7 +61,15 @@ def get_config(arg=None):
     c.batch_size = 8  # global, in examples (rows when packed)
     c.eval_batch_size = 16
     c.seed = 0  # shuffling
-    c.lm_path = config_dict.placeholder(str)  # plain text for a pre-training LM loss
+    # Plain text for the pre-training LM loss (MiniLLM, DistiLLM); '' = no LM stream.
+    c.lm_path = ""  # .txt (a document per line), .jsonl, a dir of them, or an HF dataset
+    c.lm_source = "auto"  # 'text' | 'hf' | 'auto' (text for .txt/.jsonl files and dirs)
+    c.lm_column = "text"  # JSONL field / HF column holding the text
+    c.lm_split = "train"  # hf split
+    c.lm_batch_size = 0  # global packed rows per step; 0 = batch_size
+    c.lm_max_length = 0  # packed row length (and longest document chunk); 0 = max_length
+    c.lm_max_documents = 0  # read only the first N documents of a huge corpus; 0 = all
+    c.lm_seed = 0  # shuffling of the LM stream
     if arg.source == "synthetic":
         c.template = synthetic.DEFAULT_TEMPLATE
         c.max_prompt_length = 112

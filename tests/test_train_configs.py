@@ -12,7 +12,7 @@ from classkd_jax.config_utils import import_sibling
 from classkd_jax.training import checks, objectives
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-METHODS = ("sft", "kd", "gkd", "classkd")
+METHODS = ("sft", "kd", "gkd", "classkd", "seqkd", "distillm", "minillm")
 PAIRS = tuple(import_sibling(str(CONFIGS / "x.py"), "_base").PAIRS)
 
 # The keys other tools call the trainer with (issue: "the command, a contract").
@@ -84,6 +84,45 @@ def test_pairs_are_the_ones_users_run():
     assert config.teacher.preset == "gpt2-xl" and config.student.preset == "gpt2-large"
     assert config.student.lr == 1e-4 and config.epochs == 10 and config.steps == 0
     assert config.classmate.path == ""  # the student's initial weights
+
+
+def test_the_baselines_carry_their_reference_recipes():
+    base = method_config("distillm", "pair=gpt2-xl/gpt2").distillm
+    assert (base.divergence, base.alpha, base.init_phi, base.capacity) == (
+        "skew_forward_kl", 0.1, 0.0, 1000
+    )  # fmt: skip
+    for student in ("gpt2-medium", "gpt2-large"):
+        d = method_config("distillm", f"pair=gpt2-xl/{student}").distillm
+        assert d.divergence == "skew_reverse_kl"  # the recipes for medium and large
+    assert method_config("distillm", "pair=gpt2-xl/gpt2").lm.kd_ratio == 0.0  # plain CE
+    m = method_config("minillm", "pair=gpt2-xl/gpt2")
+    assert (m.minillm.teacher_mix, m.minillm.num_rollouts, m.minillm.ppo_epochs) == (0.2, 256, 4)
+    assert (m.minillm.gamma, m.minillm.reward_scaling, m.minillm.clip_ratio) == (0.95, 0.5, 0.2)
+    assert (m.student.lr, m.student.schedule, m.student.warmup_steps) == (5e-6, "constant", 100)
+    assert (m.student.b2, m.student.weight_decay, m.steps) == (0.95, 1e-6, 5000)
+    assert m.lm.kd_ratio == 0.5 and m.lm.coef == 1.0
+
+
+@pytest.mark.parametrize(
+    "method, key, value, message",
+    [
+        ("distillm", "distillm.alpha", 1.0, r"distillm\.alpha=1\.0"),
+        ("distillm", "distillm.divergence", "forward_kl", r"distillm\.divergence='forward_kl'"),
+        ("distillm", "distillm.capacity", 4, r"distillm\.capacity=4 .*data\.batch_size \(8\)"),
+        ("distillm", "eval_every", 0, r"distillm\.adaptive=True .*eval_every=0"),
+        ("minillm", "minillm.num_rollouts", 12, r"minillm\.num_rollouts=12 .*multiple"),
+        ("minillm", "minillm.teacher_mix", 1.5, r"minillm\.teacher_mix=1\.5"),
+        ("minillm", "lm.kd_ratio", 2.0, r"lm\.kd_ratio=2\.0"),
+        ("seqkd", "seqkd.batch_size", 0, r"seqkd\.batch_size=0"),
+    ],
+)
+def test_a_baseline_value_out_of_range_names_its_key(method, key, value, message):
+    config = method_config(method)
+    with config.unlocked():
+        section, _, leaf = key.rpartition(".")
+        (_get(config, section) if section else config)[leaf] = value
+    with pytest.raises(UserError, match=message):
+        checks.validate(config)
 
 
 def test_an_unknown_variant_is_named():

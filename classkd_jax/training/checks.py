@@ -16,7 +16,7 @@ from classkd_jax import losses
 from classkd_jax.cli import UserError
 from classkd_jax.training.optim import SCHEDULES
 
-METHODS = ("sft", "kd", "gkd", "classkd")
+METHODS = ("sft", "kd", "gkd", "classkd", "seqkd", "distillm", "minillm")
 DTYPES = ("float32", "bfloat16", "float16")
 # Keys a rerun in the same workdir may change (the rest must match config.json).
 RESUMABLE_CHANGES = (
@@ -85,6 +85,17 @@ def validate(c) -> None:
     if c.method == "classkd":
         _role(c, "classmate", True)
         _classkd(c)
+    if c.method == "distillm":
+        _distillm(c)
+    if c.method == "minillm":
+        _minillm(c)
+    if c.method == "seqkd":
+        k = c.seqkd
+        _require(k.batch_size >= 1, "seqkd.batch_size", k.batch_size, ">= 1")
+        _require(k.chunk_prompts >= 1, "seqkd.chunk_prompts", k.chunk_prompts, ">= 1")
+    if c.method in ("distillm", "minillm"):
+        _require(c.lm.coef >= 0, "lm.coef", c.lm.coef, ">= 0")
+        _unit("lm.kd_ratio", c.lm.kd_ratio)
     _choice("loss.impl", c.loss.impl, ("auto", "dense", "chunked"))
     _require(c.loss.chunk_size >= 1, "loss.chunk_size", c.loss.chunk_size, ">= 1")
     _sampling(c)
@@ -133,11 +144,67 @@ def _classkd(c) -> None:
     _unit("classmate.gap_ema", cm.gap_ema, open_right=True)
 
 
+def _distillm(c) -> None:
+    d = c.distillm
+    _choice("distillm.divergence", d.divergence, ("skew_forward_kl", "skew_reverse_kl"))
+    _unit("distillm.alpha", d.alpha, open_left=True, open_right=True)
+    _unit("distillm.kd_ratio", d.kd_ratio)
+    _require(d.temperature > 0, "distillm.temperature", d.temperature, "> 0")
+    _unit("distillm.init_phi", d.init_phi)
+    _require(d.phi_step >= 0, "distillm.phi_step", d.phi_step, ">= 0")
+    _require(d.loss_threshold >= 0, "distillm.loss_threshold", d.loss_threshold, ">= 0")
+    _require(
+        d.capacity >= c.data.batch_size,
+        "distillm.capacity",
+        d.capacity,
+        f">= data.batch_size ({c.data.batch_size}): a replay batch is drawn without replacement",
+    )
+    if d.adaptive and c.eval_every == 0:
+        raise UserError(
+            "distillm.adaptive=True moves phi at each validation, but eval_every=0: set "
+            "eval_every > 0, or distillm.adaptive=False to keep phi at distillm.init_phi"
+        )
+    if int(c.sampling.batch_size) not in (0, int(c.data.batch_size)):
+        raise UserError(
+            f"sampling.batch_size={c.sampling.batch_size}: DistiLLM trains on its samples in "
+            f"place of the dataset batch, so it must equal data.batch_size "
+            f"({c.data.batch_size}) or be 0"
+        )
+
+
+def _minillm(c) -> None:
+    m = c.minillm
+    _unit("minillm.teacher_mix", m.teacher_mix)
+    _require(m.ppo_epochs >= 1, "minillm.ppo_epochs", m.ppo_epochs, ">= 1")
+    _require(m.clip_ratio > 0, "minillm.clip_ratio", m.clip_ratio, "> 0")
+    _unit("minillm.gamma", m.gamma)
+    _require(m.reward_scaling > 0, "minillm.reward_scaling", m.reward_scaling, "> 0")
+    _require(m.reward_clip > 0, "minillm.reward_clip", m.reward_clip, "> 0")
+    _require(m.temperature > 0, "minillm.temperature", m.temperature, "> 0")
+    sampling = int(c.sampling.batch_size) or int(c.data.batch_size)
+    for key, value in (("data.batch_size", c.data.batch_size), ("sampling.batch_size", sampling)):
+        _require(
+            m.num_rollouts >= value and m.num_rollouts % value == 0,
+            "minillm.num_rollouts",
+            m.num_rollouts,
+            f"a positive multiple of {key} ({value})",
+        )
+
+
 def uses_sampling(c) -> bool:
-    """Whether the method samples from a model during training."""
+    """Whether the method samples from a model (during training, or SeqKD's teacher before it)."""
     if c.method == "gkd":
         return c.gkd.lmbda > 0 or c.gkd.seq_kd
+    if c.method == "distillm":
+        return c.distillm.init_phi > 0 or (c.distillm.adaptive and c.distillm.phi_step > 0)
+    if c.method in ("minillm", "seqkd"):
+        return True
     return c.method == "classkd" and c.classkd.lmbda > 0
+
+
+def samples_prompts(c) -> bool:
+    """Whether training draws from the prompt stream (SeqKD's teacher reads every prompt once)."""
+    return uses_sampling(c) and c.method != "seqkd"
 
 
 def context_length(c) -> tuple[int, str]:

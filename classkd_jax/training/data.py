@@ -25,6 +25,7 @@ from classkd_jax.data.tokenize import TokenizedData
 
 SCORED_KEYS = ("tokens", "positions", "segment_ids", "targets", "loss_mask")
 PROMPT_SEED_OFFSET = 1_000_003  # the prompt stream's shuffling seed is data.seed + this
+LM_METHODS = ("minillm", "distillm")  # the methods that add the plain-text LM loss
 
 
 @dataclasses.dataclass
@@ -41,17 +42,33 @@ class TrainData:
     prompts: BatchIterator | None
     dev: TokenizedData | None
     dev_examples: list[EvalExample]
+    lm: BatchIterator | None = None  # the plain-text stream (data.lm_path), if any
 
     def state(self) -> dict[str, Any]:
         out = {"off": self.off.get_state()}
         if self.prompts is not None:
             out["prompts"] = self.prompts.get_state()
+        if self.lm is not None:
+            out["lm"] = self.lm.get_state()
         return out
 
     def restore(self, state: dict[str, Any]) -> None:
         self.off.set_state(state["off"])
         if self.prompts is not None:
             self.prompts.set_state(state["prompts"])
+        if self.lm is not None:
+            self.lm.set_state(state["lm"])
+
+    def next_lm(self, rows) -> dict:
+        """The next packed plain-text batch as global arrays."""
+        batch = next(self.lm)
+        return to_global({k: batch[k] for k in SCORED_KEYS}, rows)
+
+    def with_train(self, config, tokenizer, train: TokenizedData) -> TrainData:
+        """The same streams over another tokenised training set (SeqKD's teacher
+        responses for the same prompts): fresh iterators at position 0."""
+        off = pipeline.make_iterator(config.data, tokenizer, "train", kind="full", data=train)
+        return dataclasses.replace(self, train=train, off=off)
 
     def next_off(self, rows) -> dict:
         """The next off-policy batch as global arrays, rows sharded by `rows`."""
@@ -104,7 +121,13 @@ def build(config, tokenizer, *, sampling_batch: int, needs_prompts: bool) -> Tra
             )
         dev = pipeline.tokenize_examples_for(cfg, tokenizer, examples)
         dev_examples = _dev_examples(examples, dev, cfg.template)
-    return TrainData(train, off, prompts, dev, dev_examples)
+    lm = None
+    if config.method in LM_METHODS and cfg.lm_path:
+        try:
+            lm = pipeline.make_lm_iterator(cfg, tokenizer)
+        except (OSError, ValueError) as e:
+            raise UserError(f"data.lm_path={cfg.lm_path!r}: {e}") from None
+    return TrainData(train, off, prompts, dev, dev_examples, lm)
 
 
 def _empty_train_message(cfg) -> str:

@@ -109,7 +109,9 @@ def _validate(run: Run, state: RunState, step: int, best: dict | None):
     )
     if result is None:
         return step, best
-    run.reporter.log({"step": step, **result})
+    run.plan.after_validation(result)  # DistiLLM's adaptive schedule reads the dev loss
+    record = {"step": step, **result, **run.plan.report()}
+    run.reporter.log(record)
     name = run.config.best_metric
     if name in result and _better(name, result[name], best):
         best = {"metric": name, "value": float(result[name]), "step": step}
@@ -125,6 +127,7 @@ def _save(run: Run, window: Window, state: RunState, step: int, best, pending) -
         "best": best,
         "pending_eval": pending,
         "total_steps": run.total_steps,
+        "plan": run.plan.state(),  # replay buffer, rollout store, phi
     }
     run.checkpoints.save(step, state, meta)
 
@@ -145,6 +148,9 @@ def run_loop(run: Run, state: RunState, start: int, meta: dict) -> tuple[RunStat
         pending, best = _validate(run, state, int(pending), best)
         if pending is not None:
             return state, "stopped"
+    if run.validator is not None:
+        teacher = run.frozen.get("teacher")
+        run.plan.start(lambda: run.validator.dev_loss(state.student.params, teacher)["dev_loss"])
     try:
         for step in range(start, run.total_steps):
             if run.stop.requested:
@@ -158,7 +164,7 @@ def run_loop(run: Run, state: RunState, start: int, meta: dict) -> tuple[RunStat
             run.reporter.step()
             if done % c.log_every == 0 or done == run.total_steps:
                 record = window.summarize(done, devices=run.devices, peak_tflops=run.peak_tflops)
-                run.reporter.log(record)
+                run.reporter.log({**record, **run.plan.report()})
             evaluate = run.validator is not None and (
                 done % c.eval_every == 0 or done == run.total_steps
             )

@@ -18,6 +18,12 @@ say what each config key means):
                                            student's samples: the batch decides)
   classkd:  off: off_weight * D_off(p, q);  on: on_weight * D_on(p, q) + w * M(q, c)
   classmate (classkd): off: D(p, c)
+  seqkd:    off: CE(q)                    (on the teacher's generated responses)
+  distillm: off: kd_ratio * SKL_alpha(p, q) + (1 - kd_ratio) * CE(q)
+                                          (dataset rows, fresh samples or replay)
+  minillm:  on:  PPO-clipped PG(q; A, w) + KL(q_t || p_t)   (teacher-mixed rollouts)
+  with a plain-text stream (data.lm_path), distillm and minillm add
+            lm:  lm_coef * ((1 - lm_kd_ratio) * CE(q) + lm_kd_ratio * KL(p || q))
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from classkd_jax import losses
@@ -70,20 +77,23 @@ def sft_parts(config) -> tuple[Part, ...]:
     return (Part("off", (), token_fn, ("targets",)),)
 
 
-def kd_parts(config) -> tuple[Part, ...]:
-    k = config.kd
-    div = _divergence(k.divergence, k.temperature)
-    ce_weight = float(k.ce_weight)
+def _kd_with_ce(div: Callable, ce_weight: float, name: str) -> Part:
+    """'off': (1 - ce_weight) * div(q, p) + ce_weight * CE(q), the divergence logged as `name`."""
 
     def token_fn(logits, ex):
         q, p = logits
         kd = div(q, p)
         if ce_weight == 0:
-            return kd, {"kd": kd}
+            return kd, {name: kd}
         ce = _ce(q, ex["targets"])
-        return (1 - ce_weight) * kd + ce_weight * ce, {"kd": kd, "ce": ce}
+        return (1 - ce_weight) * kd + ce_weight * ce, {name: kd, "ce": ce}
 
-    return (Part("off", ("teacher",), token_fn, ("targets",) if ce_weight else ()),)
+    return Part("off", ("teacher",), token_fn, ("targets",) if ce_weight else ())
+
+
+def kd_parts(config) -> tuple[Part, ...]:
+    k = config.kd
+    return (_kd_with_ce(_divergence(k.divergence, k.temperature), float(k.ce_weight), "kd"),)
 
 
 def gkd_parts(config) -> tuple[Part, ...]:
@@ -153,10 +163,68 @@ def classmate_parts(config) -> tuple[Part, ...]:
     return (Part("off", ("teacher",), token_fn),)
 
 
-def student_parts(config, *, on_policy: bool = False) -> tuple[Part, ...]:
-    """The student's objective for `config.method`."""
+def lm_part(config) -> Part:
+    """The pre-training term on the plain-text stream ('lm' batch): MiniLLM's
+    (1 - kd) * CE + kd * KL(p || q) with kd = `lm.kd_ratio` (0.5), DistiLLM's
+    plain CE (kd = 0), times `lm.coef` (1 in both)."""
+    cfg = config.lm
+    coef, kd_ratio = float(cfg.coef), float(cfg.kd_ratio)
+
+    def token_fn(logits, ex):
+        ce = _ce(logits[0], ex["targets"])
+        if kd_ratio == 0:
+            return coef * ce, {"lm_ce": ce}
+        kd = losses.forward_kl_per_token(logits[0], logits[1])
+        return coef * ((1 - kd_ratio) * ce + kd_ratio * kd), {"lm_ce": ce, "lm_kd": kd}
+
+    return Part("lm", ("teacher",) if kd_ratio else (), token_fn, ("targets",))
+
+
+def distillm_parts(config) -> tuple[Part, ...]:
+    """DistiLLM's skew KL / skew reverse KL (`distillm.divergence`, `alpha`,
+    `stop_grad_mixture`), mixed with CE on the batch's tokens by `kd_ratio`."""
+    d = config.distillm
+    div = _divergence(
+        d.divergence,
+        d.temperature,
+        alpha=float(d.alpha),
+        stop_grad_mixture=bool(d.stop_grad_mixture),
+    )
+    return (_kd_with_ce(div, 1.0 - float(d.kd_ratio), "skew_kd"),)
+
+
+def minillm_parts(config) -> tuple[Part, ...]:
+    """MiniLLM's RL loss on a rollout minibatch ('on'): the PPO-clipped policy
+    gradient with the rollout-time log-probs, advantages and importance weights
+    (extras), plus the exact single-step reverse KL(q_t || p_t) without the
+    weight (`minillm.single_step`)."""
+    m = config.minillm
+    clip, temperature = float(m.clip_ratio), float(m.temperature)
+    single_step = bool(m.single_step)
+
+    def token_fn(logits, ex):
+        q, p = logits
+        logq = losses.token_log_probs(q, ex["targets"], temperature=temperature)
+        ratio = jnp.exp(logq - ex["old_logprobs"]) * ex["importance_weights"]
+        a = ex["advantages"]
+        pg = jnp.maximum(-a * ratio, -a * jnp.clip(ratio, 1 - clip, 1 + clip))
+        reg = losses.reverse_kl_per_token(q, p, temperature=temperature)
+        clipped = (jnp.abs(ratio - 1) > clip).astype(jnp.float32)
+        aux = {"pg": pg, "single_step": reg, "ratio": ratio, "clip_frac": clipped}
+        return (pg + reg if single_step else pg), aux
+
+    extras = ("targets", "old_logprobs", "importance_weights", "advantages")
+    return (Part("on", ("teacher",), token_fn, extras),)
+
+
+def student_parts(config, *, on_policy: bool = False, lm: bool = False) -> tuple[Part, ...]:
+    """The student's objective for `config.method` (`lm`: the batch has a
+    plain-text 'lm' part; static per compile, like `on_policy`)."""
     method = config.method
-    if method == "sft":
+    if method in ("distillm", "minillm"):
+        parts = distillm_parts(config) if method == "distillm" else minillm_parts(config)
+        return parts + ((lm_part(config),) if lm else ())
+    if method in ("sft", "seqkd"):
         return sft_parts(config)
     if method == "kd":
         return kd_parts(config)

@@ -31,7 +31,7 @@ import jax
 import numpy as np
 
 # Sums over the window (the others are averaged over its steps, or the last value).
-SUMMED = ("train_tokens", "scored_tokens_off", "scored_tokens_on", "flops")
+SUMMED = ("train_tokens", "scored_tokens_off", "scored_tokens_on", "scored_tokens_lm", "flops")
 LAST = ("gap", "student_lr", "classmate_lr", "misfeedback_weight")
 # Also recorded step by step (a list per record; TensorBoard gets each at its step).
 PER_STEP = ("gap", "classmate_updated")

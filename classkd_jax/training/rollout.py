@@ -12,14 +12,25 @@ of the classmate enters the student's batches:
             dataset batch (TRL's per-batch draw)
   classkd   'off': the next dataset batch, and with probability classkd.lmbda
             'on': the student's samples of the next prompts
+  seqkd     'off': the next packed batch of the teacher-generated set
+  distillm  'off': fresh student samples (pushed into the replay buffer), a
+            replay batch, or the next dataset batch, as the adaptive
+            schedule draws (`classkd_jax.training.distillm`)
+  minillm   'on': a minibatch of the phase's scored teacher-mixed rollouts
+            (collected at each phase's first step, `classkd_jax.training.minillm`)
+  distillm and minillm with `data.lm_path` also get 'lm': the next packed
+  plain-text batch.
 
 Samples come from the jitted `lax.while_loop` sampler
 (`classkd_jax.sampling.Sampler`), with the student's current params, rows
-sharded over the data axes; they stay on device.
+sharded over the data axes; they stay on device (DistiLLM's buffer and
+MiniLLM's store keep a host copy). What the plan holds between steps (the
+buffer, the store, phi) is `state()` / `restore()`, part of every checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import zlib
 from typing import Any
@@ -27,13 +38,18 @@ from typing import Any
 import jax
 import numpy as np
 
+from classkd_jax import sharding
+from classkd_jax.data import to_global
 from classkd_jax.sampling import Sampler, SamplingConfig
 from classkd_jax.training import flops as flops_lib
-from classkd_jax.training import objectives
+from classkd_jax.training import host_state, objectives
 from classkd_jax.training.data import TrainData
+from classkd_jax.training.distillm import AdaptiveSchedule
+from classkd_jax.training.minillm import Phases, RolloutStore
+from classkd_jax.training.replay import ReplayBuffer
 from classkd_jax.training.state import RunState
 
-STREAMS = ("gkd", "classkd", "sample_student", "sample_teacher", "step")
+STREAMS = ("gkd", "classkd", "distillm", "replay", "sample_student", "sample_teacher", "step")
 
 
 def stream_id(name: str) -> int:
@@ -52,12 +68,27 @@ def step_key(root: jax.Array, step: int, stream: str) -> jax.Array:
 class BatchPlan:
     """Builds each step's batch: dataset rows and, where the method asks, samples."""
 
-    def __init__(self, config, data: TrainData, models, mesh, rows, tokenizer, root_key):
+    def __init__(
+        self,
+        config,
+        data: TrainData,
+        models,
+        mesh,
+        rows,
+        tokenizer,
+        root_key,
+        *,
+        total_steps: int,
+        scorer=None,
+    ):
         self.config = config
+        self.total_steps = int(total_steps)
+        self.sampling_batch = int(config.sampling.batch_size) or int(config.data.batch_size)
         self.data = data
         self.models = models
         self.rows = rows
         self.root = root_key
+        self.scorer = scorer  # MiniLLM: StepBuilder.scorer(...)
         s = config.sampling
         self.sampling = SamplingConfig(
             max_new_tokens=int(s.max_new_tokens),
@@ -71,14 +102,44 @@ class BatchPlan:
         self.teacher_sampler = None
         if config.method == "gkd" and config.gkd.seq_kd:
             self.teacher_sampler = Sampler(models.teacher.config, mesh=mesh)
+        self.schedule = self.buffer = self.store = self.phases = None
+        prompt_width = max(int(b) for b in config.data.prompt_buckets)
+        if config.method == "distillm":
+            d = config.distillm
+            self.schedule = AdaptiveSchedule(
+                float(d.init_phi), float(d.loss_threshold), float(d.phi_step), bool(d.adaptive)
+            )
+            self.buffer = ReplayBuffer(int(d.capacity), prompt_width, int(s.max_new_tokens))
+            self.kinds = {"sample": 0, "replay": 0, "data": 0}
+        if config.method == "minillm":
+            m = config.minillm
+            self.mixed_sampling = dataclasses.replace(
+                self.sampling, teacher_mix=float(m.teacher_mix)
+            )
+            if float(m.teacher_mix) > 0:
+                self.student_sampler = Sampler(
+                    models.student.config, mesh=mesh, teacher_config=models.teacher.config
+                )
+            self.phases = Phases(
+                int(m.num_rollouts),
+                int(config.data.batch_size),
+                int(m.ppo_epochs),
+                int(config.seed),
+            )
+            self.store = RolloutStore(prompt_width + int(s.max_new_tokens))
 
-    def _sample(self, who: str, params, step: int) -> tuple[dict, dict]:
+    def _sample(self, who: str, params, step: int, teacher=None, index: int = 0):
         tokens, mask = self.data.next_prompts(self.rows)
         sampler = self.student_sampler if who == "student" else self.teacher_sampler
         key = step_key(self.root, step, f"sample_{who}")
+        if index:  # several sampling calls in one step (MiniLLM's rollouts)
+            key = jax.random.fold_in(key, index)
         jax.block_until_ready(params)  # time the sampling alone, not the step before it
         start = time.perf_counter()
-        out = sampler(params, tokens, mask, key, self.sampling)
+        if teacher is not None:
+            out = sampler(params, tokens, mask, key, self.mixed_sampling, teacher_params=teacher)
+        else:
+            out = sampler(params, tokens, mask, key, self.sampling)
         jax.block_until_ready(out.tokens)
         seconds = time.perf_counter() - start
         batch = {
@@ -93,7 +154,108 @@ class BatchPlan:
         flops = flops_lib.sampling_flops(
             model.config, rows, prompt, self.sampling.max_new_tokens, n_steps
         )
+        if teacher is not None:  # the teacher's cache runs beside the student's
+            flops += flops_lib.sampling_flops(
+                self.models.teacher.config, rows, prompt, self.sampling.max_new_tokens, n_steps
+            )
         return batch, {"sampling_s": seconds, "flops": flops}
+
+    # ----- DistiLLM -----
+
+    def _distillm(self, step: int, state: RunState, sample) -> tuple[dict, str]:
+        c = self.config
+        u = draw(int(c.seed), step, "distillm")
+        kind = self.schedule.choose(
+            u, step, self.total_steps, len(self.buffer), self.buffer.capacity
+        )
+        if kind == "replay" and len(self.buffer) < int(c.data.batch_size):
+            kind = "sample"  # never reached with capacity >= batch (checked); kept safe
+        if kind == "sample":
+            out = sample("student", state.student.params)
+            self.buffer.push(sharding.fetch(out))
+            return out, kind
+        if kind == "replay":
+            rng = np.random.default_rng([int(c.seed), step, stream_id("replay")])
+            rows = self.buffer.sample(rng, int(c.data.batch_size), c.data.prompt_buckets)
+            pi, pc = jax.process_index(), jax.process_count()
+            local = {k: host_state.local_rows(v, pi, pc) for k, v in rows.items()}
+            return to_global(local, self.rows), kind
+        return self.data.next_off(self.rows), kind
+
+    def start(self, dev_loss) -> None:
+        """Before the first step (DistiLLM): the reference dev loss, `dev_loss()`."""
+        if self.schedule is not None and self.schedule.adaptive and self.schedule.reference is None:
+            self.schedule.start(dev_loss())
+
+    def after_validation(self, result: dict) -> None:
+        if self.schedule is not None and "dev_loss" in result:
+            self.schedule.observe(float(result["dev_loss"]))
+
+    # ----- MiniLLM -----
+
+    def _collect(self, step: int, state: RunState, frozen: dict, info: dict) -> None:
+        """The phase's rollouts: sampled (teacher-mixed), scored, stored on the host."""
+        m = self.config.minillm
+        teacher = frozen["teacher"] if float(m.teacher_mix) > 0 else None
+        calls = int(m.num_rollouts) // self.sampling_batch
+        self.store.begin(self.phases.phase(step))
+        for i in range(calls):
+            out, host = self._sample("student", state.student.params, step, teacher, index=i)
+            start = time.perf_counter()
+            scored = sharding.fetch(self.scorer(state.student.params, frozen["teacher"], out))
+            info["sampling_s"] += host["sampling_s"] + time.perf_counter() - start
+            rows, width = scored["tokens"].shape
+            info["flops"] += (
+                host["flops"]
+                + flops_lib.forward_flops(self.models.student.config, rows, width)
+                + flops_lib.forward_flops(self.models.teacher.config, rows, width)
+            )
+            self.store.add(scored)
+        self.store.finish()
+
+    def _minillm(self, step: int, state: RunState, frozen: dict, info: dict) -> dict:
+        if self.store.phase != self.phases.phase(step):
+            self._collect(step, state, frozen, info)
+        new = int(self.config.sampling.max_new_tokens)
+        widths = tuple(int(b) + new for b in self.config.data.prompt_buckets)
+        rows = self.store.minibatch(self.phases.rows(step), widths)
+        pi, pc = jax.process_index(), jax.process_count()
+        return to_global({k: host_state.local_rows(v, pi, pc) for k, v in rows.items()}, self.rows)
+
+    def report(self) -> dict:
+        """Scalars of the plan's own state for the logs (DistiLLM's phi and buffer,
+        the cumulative count of each kind of batch; MiniLLM's phase)."""
+        out: dict = {}
+        if self.schedule is not None:
+            out["distillm_phi"] = self.schedule.phi
+            out["replay_buffer_rows"] = len(self.buffer)
+            for kind, count in sorted(self.kinds.items()):
+                out[f"distillm_{kind}_steps"] = count
+        if self.store is not None and self.store.phase is not None:
+            out["minillm_phase"] = self.store.phase
+        return out
+
+    # ----- what the plan holds between steps -----
+
+    def state(self) -> dict:
+        out = {}
+        if self.schedule is not None:
+            out["distillm"] = {
+                **self.schedule.state(),
+                "kinds": dict(self.kinds),
+                "buffer": self.buffer.state(),
+            }
+        if self.store is not None:
+            out["minillm"] = self.store.state()
+        return out
+
+    def restore(self, state: dict) -> None:
+        if self.schedule is not None:
+            self.schedule.restore(state["distillm"])
+            self.buffer.restore(state["distillm"]["buffer"])
+            self.kinds = dict(state["distillm"]["kinds"])
+        if self.store is not None:
+            self.store.restore(state.get("minillm"))
 
     def batch(self, step: int, state: RunState, frozen: dict) -> tuple[dict, dict]:
         """The batch of 0-based `step` and its host info ('sampling_s', 'flops')."""
@@ -107,7 +269,12 @@ class BatchPlan:
             info["flops"] += host["flops"]
             return out
 
-        if c.method == "gkd":
+        if c.method == "minillm":
+            batch["on"] = self._minillm(step, state, frozen, info)
+        elif c.method == "distillm":
+            batch["off"], kind = self._distillm(step, state, sample)
+            self.kinds[kind] = self.kinds.get(kind, 0) + 1
+        elif c.method == "gkd":
             if draw(seed, step, "gkd") < float(c.gkd.lmbda):
                 batch["off"] = sample("student", state.student.params)
             elif c.gkd.seq_kd:
@@ -120,4 +287,6 @@ class BatchPlan:
                 batch["on"] = sample("student", state.student.params)
         if c.method == "classkd":
             batch["control"] = objectives.control(c, step)
+        if self.data.lm is not None:
+            batch["lm"] = self.data.next_lm(self.rows)
         return batch, info

@@ -15,10 +15,12 @@ import json
 import logging
 import math
 import sys
+import zlib
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 
 from classkd_jax import checkpoint, cli, sharding
 from classkd_jax.models import save_hf
@@ -26,6 +28,7 @@ from classkd_jax.sampling import data_axes
 from classkd_jax.training import checks, logs, optim, roles
 from classkd_jax.training import data as data_lib
 from classkd_jax.training import flops as flops_lib
+from classkd_jax.training import seqkd as seqkd_lib
 from classkd_jax.training.checkpoints import RunCheckpoints
 from classkd_jax.training.loop import Run, StopSignal, exported_step, run_loop
 from classkd_jax.training.reporting import Reporter
@@ -134,7 +137,7 @@ def header(config, workdir, sources, params_count, mesh, total, sampling_batch) 
         f"{config.data.batch_size} rows"
         + (
             f", {sampling_batch} prompts sampled per on-policy step"
-            if checks.uses_sampling(config)
+            if checks.samples_prompts(config)
             else ""
         )
     )
@@ -170,8 +173,17 @@ def _train(config, workdir: Path) -> int:
     context, why = checks.context_length(config)
     sources = roles.plan_roles(config, tokenizer, tokenizer_where, context, why)
     data = data_lib.build(
-        config, tokenizer, sampling_batch=sampling_batch, needs_prompts=checks.uses_sampling(config)
+        config,
+        tokenizer,
+        sampling_batch=sampling_batch,
+        needs_prompts=checks.samples_prompts(config),
     )
+    frozen = {}
+    if "teacher" in sources:
+        frozen["teacher"] = roles.load_params(sources["teacher"], mesh, (int(config.seed), 1))
+    if config.method == "seqkd":  # SFT on the teacher's responses: the teacher's job ends here
+        data = seqkd_data(config, workdir, data, sources, frozen.pop("teacher"), tokenizer, mesh)
+        sources = {k: v for k, v in sources.items() if k != "teacher"}
     total = checks.total_steps(config, data.off.batches_in_epoch(0))
     resolved = resolve(config, total)
     checks.check_resume(workdir, resolved)
@@ -179,12 +191,11 @@ def _train(config, workdir: Path) -> int:
         (workdir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
 
     models = build_models(config, sources, total, len(tokenizer))
-    frozen = {}
-    if models.teacher is not None:
-        frozen["teacher"] = roles.load_params(sources["teacher"], mesh, (int(config.seed), 1))
     checkpoints = RunCheckpoints(workdir, int(config.checkpoint_keep))
     state, start, meta = load_state(config, models, sources, mesh, checkpoints, data)
     run = make_run(config, workdir, models, mesh, data, frozen, checkpoints, tokenizer, total)
+    if "plan" in meta:
+        run.plan.restore(meta["plan"])
     counts = {"teacher": frozen.get("teacher"), "student": state.student.params}
     if state.classmate is not None:
         counts["classmate"] = state.classmate.params
@@ -216,6 +227,44 @@ def _train(config, workdir: Path) -> int:
     return 0
 
 
+def seqkd_data(config, workdir: Path, data, sources, teacher_params, tokenizer, mesh):
+    """The training streams over the teacher's responses to the training prompts,
+    generated once into `seqkd.cache_dir` (default `workdir/seqkd`) and reused."""
+    k = config.seqkd
+    cache = Path(k.cache_dir) if k.cache_dir else workdir / "seqkd"
+    teacher = sources["teacher"]
+    digest = zlib.crc32(b"".join(np.asarray(p, np.int32).tobytes() for p in data.train.prompts))
+    fingerprint = {
+        "teacher": teacher.describe(),
+        "teacher_seed": int(config.seed),
+        "tokenizer": len(tokenizer),
+        "data": json.loads(config.data.to_json_best_effort()),
+        "prompts": {"count": len(data.train), "crc32": digest},
+    }
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    train = seqkd_lib.teacher_dataset(
+        data.train,
+        (teacher.config, teacher_params),
+        cache_dir=cache,
+        fingerprint=fingerprint,
+        max_new_tokens=int(config.sampling.max_new_tokens),
+        temperature=float(config.sampling.temperature),
+        top_k=int(config.sampling.top_k),
+        top_p=float(config.sampling.top_p),
+        greedy=bool(k.greedy),
+        seed=int(k.seed),
+        batch_size=int(k.batch_size),
+        eos_id=int(eos),
+        pad_id=int(pad),
+        max_length=int(config.data.max_length),
+        mesh=mesh,
+        chunk_prompts=int(k.chunk_prompts),
+        message=lambda line: print(f"seqkd: {line}", file=sys.stderr),
+    )
+    return data.with_train(config, tokenizer, train)
+
+
 def load_state(config, models: Models, sources, mesh, checkpoints: RunCheckpoints, data):
     """(state, start step, checkpoint meta): restored from the latest checkpoint
     (straight into its shardings, data positions included), else fresh."""
@@ -239,11 +288,15 @@ def make_run(config, workdir, models, mesh, data, frozen, checkpoints, tokenizer
     if models.classmate is not None:
         classmate = (models.classmate.config, models.classmate.optimizer)
     frozen_sh = {k: params_shardings(models.teacher.config, mesh) for k in frozen}
+    student_sh = params_shardings(models.student.config, mesh)
     step_fn = builder.jit(run_state_shardings(mesh, student, classmate), frozen_sh)
     rng = jax.random.key(int(config.seed))
     validator = None
     if config.eval_every > 0:
         validator = Validator(config, data, tokenizer, models, mesh, builder.path)
+    scorer = None
+    if config.method == "minillm":
+        scorer = builder.scorer(student_sh, frozen_sh["teacher"])
     is_writer = jax.process_index() == 0
     reporter = Reporter(
         workdir,
@@ -258,7 +311,17 @@ def make_run(config, workdir, models, mesh, data, frozen, checkpoints, tokenizer
         total_steps=total,
         step_fn=step_fn,
         frozen=frozen,
-        plan=BatchPlan(config, data, models, mesh, builder.rows, tokenizer, rng),
+        plan=BatchPlan(
+            config,
+            data,
+            models,
+            mesh,
+            builder.rows,
+            tokenizer,
+            rng,
+            total_steps=total,
+            scorer=scorer,
+        ),
         data=data,
         validator=validator,
         checkpoints=checkpoints,

@@ -44,7 +44,8 @@ from classkd_jax import losses, sharding
 from classkd_jax.models import ModelConfig, Transformer, lm_head
 from classkd_jax.sampling import data_axes
 from classkd_jax.training import flops as flops_lib
-from classkd_jax.training import objectives
+from classkd_jax.training import minillm, objectives
+from classkd_jax.training.minillm import ROLLOUT_KEYS
 from classkd_jax.training.objectives import Part
 from classkd_jax.training.state import RunState, TrainState
 
@@ -81,8 +82,8 @@ def scored_batch(batch: Batch) -> Batch:
     is generated (EOS included): a one-token completion is scored at exactly
     one position, the last prompt token.
     """
-    if "loss_mask" in batch:
-        return {k: batch[k] for k in SCORED_KEYS}
+    if "loss_mask" in batch:  # scored rows (with MiniLLM's rollout values, if any)
+        return {k: batch[k] for k in SCORED_KEYS + ROLLOUT_KEYS if k in batch}
     missing = [k for k in SAMPLE_KEYS if k not in batch]
     if missing:
         raise ValueError(f"batch has neither {SCORED_KEYS} nor the sampler's {SAMPLE_KEYS}")
@@ -302,12 +303,19 @@ class StepBuilder:
         return others, heads
 
     def _extras(self, batches, weight):
+        """Per-token extras of each batch: targets, the misfeedback weight and, on
+        MiniLLM's rollouts, the stored log-probs, weights and the advantages
+        (computed here, over the whole minibatch, before any micro-batch split)."""
         out = {}
         for name, batch in batches.items():
-            out[name] = {
+            ex = {
                 "targets": batch["targets"],
                 "weight": jnp.broadcast_to(weight, batch["loss_mask"].shape).astype(jnp.float32),
             }
+            if "rewards" in batch:
+                ex.update({k: batch[k] for k in ROLLOUT_KEYS})
+                ex["advantages"] = minillm.advantages(batch, self.config.minillm)
+            out[name] = ex
         return out
 
     def _update(self, ts, role, parts, batches, others, heads, extras, counts):
@@ -384,10 +392,19 @@ class StepBuilder:
         return jnp.asarray(total, jnp.float32)
 
     def _student_parts(self, batches):
-        on_policy = "on" in batches
-        if self.config.method != "classkd" and on_policy:
-            raise ValueError(f"method {self.config.method!r} trains on one batch ('off')")
-        return objectives.student_parts(self.config, on_policy=on_policy)
+        method = self.config.method
+        expected = {
+            "classkd": ({"off"}, {"off", "on"}),
+            "minillm": ({"on"}, {"on", "lm"}),
+            "distillm": ({"off"}, {"off", "lm"}),
+        }.get(method, ({"off"},))
+        if set(batches) not in [set(e) for e in expected]:
+            raise ValueError(
+                f"method {method!r} trains on the batches {' or '.join(map(str, expected))}, "
+                f"got {sorted(batches)}"
+            )
+        on_policy = method == "classkd" and "on" in batches
+        return objectives.student_parts(self.config, on_policy=on_policy, lm="lm" in batches)
 
     def _named_means(self, aux, parts, counts):
         out = {}
@@ -452,6 +469,38 @@ class StepBuilder:
             "gap_step": classmate_kl - student_kl,
         }
         return new.replace(classmate=classmate, gap=gap), metrics
+
+    # ----- MiniLLM's rollout scoring -----
+
+    def scorer(self, student_shardings, teacher_shardings) -> Callable:
+        """`score(student_params, teacher_params, samples) -> scored rows + ROLLOUT_KEYS`,
+        jitted and sharded like the step (rows over the data axes)."""
+        m = self.config.minillm
+        student, teacher = self.models.student.config, self.models.teacher.config
+
+        def fwd(config, params, batch):
+            w, vocab_major = head(config, params)
+            return hidden_states(config, params, batch), w, vocab_major
+
+        score = minillm.make_scorer(
+            student, teacher, m, self.models.vocab_size, self.path.chunk_size, fwd
+        )
+
+        def program(student_params, teacher_params, samples):
+            batch = scored_batch(samples)
+            return {**batch, **score(student_params, teacher_params, batch)}
+
+        jitted = jax.jit(
+            program,
+            in_shardings=(student_shardings, teacher_shardings, self.rows),
+            out_shardings=self.rows,
+        )
+
+        def run(student_params, teacher_params, samples):
+            with sharding.activation_sharding(self.mesh):
+                return jitted(student_params, teacher_params, samples)
+
+        return run
 
     # ----- jit -----
 

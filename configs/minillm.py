@@ -1,0 +1,50 @@
+"""MiniLLM (Gu et al., ICLR 2024): reverse KL by policy gradient on teacher-mixed rollouts.
+
+    python -m classkd_jax.train --config configs/minillm.py:size=tiny --workdir /tmp/minillm
+    python -m classkd_jax.train --config configs/minillm.py:pair=gpt2-xl/gpt2 \\
+        --workdir runs/minillm-gpt2 --config.teacher.path=runs/sft-gpt2-xl/student_hf \\
+        --config.student.path=runs/sft-gpt2/student_hf \\
+        --config.data.lm_path=data/openwebtext/train.jsonl
+
+Each phase (`classkd_jax/training/minillm.py`) samples `minillm.num_rollouts`
+completions from p~ = teacher_mix * p + (1 - teacher_mix) * q (0.2; the
+sampler's loop holds both KV caches) and scores them once with the student
+of that moment: log q_old and log p per token, the importance weight
+w = q / p~ (exactly 1 at teacher_mix = 0) and the reward
+r = clip((log p - log q_old) / reward_scaling, +-reward_clip) (0.5, 100).
+Then `ppo_epochs` (4) shuffled passes over those rollouts in minibatches of
+`data.batch_size`, one optimizer step each, on
+  PPO-clipped PG: max(-A ratio, -A clip(ratio, 1 +- clip_ratio)),
+    ratio = exp(log q - log q_old) * w, with the advantages A the discounted
+    (gamma 0.95), length-normalised returns, whitened over the minibatch;
+  + the exact single-step KL(q_t || p_t) on the rollout prefixes, without w;
+  + with `data.lm_path`, lm.coef (1) * (0.5 CE + 0.5 KL(p || q)) on the
+    plain-text stream (MiniLLM's pre-training loss; `lm.kd_ratio`).
+The rollout store is part of every checkpoint: a run stopped mid-phase
+resumes on the same rollouts. `steps` counts optimizer steps (the reference
+`total_iters`).
+
+Where we differ from the reference on purpose: it whitens the advantages
+over every entry of the minibatch's response slots, padding included; we
+whiten over the scored tokens only, so padding never shifts the mean.
+
+Recipe (pair variants): AdamW (0.9, 0.95), weight decay 1e-6, lr 5e-6
+constant after 100 warm-up steps, 5000 steps, students from an SFT
+checkpoint.
+"""
+
+from classkd_jax.config_utils import import_sibling
+
+
+def get_config(arg=None):
+    """Returns the locked MiniLLM config; `arg`: `size=tiny` or `pair=T/S` (configs/_base.py)."""
+    c = import_sibling(__file__, "_base").method_config("minillm", arg)
+    if c.student.preset != "tiny-llama":  # the pair recipe (MiniLLM's GPT-2 scripts)
+        c.steps, c.epochs = 5000, 0.0
+        c.student.lr = 5e-6
+        c.student.schedule = "constant"
+        c.student.warmup_steps = 100
+        c.student.b2 = 0.95
+        c.student.weight_decay = 1e-6
+    c.lock()
+    return c
