@@ -48,5 +48,10 @@ setup(
     package_data={"classkd_jax": ["assets/**/*"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={
+        "test": TEST_REQUIRES,
+        # accelerator builds of jaxlib, for launch/tpu_pod.sh and launch/slurm_gpu.sbatch
+        "tpu": ["jax[tpu]==0.10.2"],
+        "cuda": ["jax[cuda12]==0.10.2"],
+    },
 )

@@ -6,11 +6,21 @@ machine, give the coordinator and this process's place in the job:
 
   python -m classkd_jax.generate ... --coordinator_address 127.0.0.1:1234 \\
       --num_processes 2 --process_id 0      # and --process_id 1 in a second shell
+
+`python -m classkd_jax.train` also starts it by itself when the environment
+describes a job of several processes (a multi-host TPU slice, `srun` with
+several tasks, `mpirun`), so the same command runs on every host unchanged.
+A process that dies or hangs makes the others fail instead of waiting
+forever: start-up waits at most `--init_timeout` seconds for every process,
+and JAX's coordination service declares a process dead after
+`--heartbeat_timeout` seconds without a heartbeat, which ends the others
+with an error naming it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +32,30 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--coordinator_address", default=None, help="host:port of process 0")
     group.add_argument("--num_processes", type=int, default=None)
     group.add_argument("--process_id", type=int, default=None)
+    group.add_argument(
+        "--init_timeout", type=int, default=300, help="seconds to wait for every process at start"
+    )
+    group.add_argument(
+        "--heartbeat_timeout",
+        type=int,
+        default=100,
+        help="seconds without a heartbeat after which a process counts as dead",
+    )
+
+
+def cluster_processes(environ=None) -> int:
+    """How many processes the environment says the job has (1 when it says nothing):
+    a multi-host Cloud TPU slice (`TPU_WORKER_HOSTNAMES`), Slurm (`SLURM_NTASKS`
+    or `SLURM_NPROCS`), Open MPI (`OMPI_COMM_WORLD_SIZE`)."""
+    import os
+
+    env = os.environ if environ is None else environ
+    hosts = [h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip()]
+    counts = [len(hosts)]
+    for key in ("SLURM_NTASKS", "SLURM_NPROCS", "OMPI_COMM_WORLD_SIZE"):
+        with contextlib.suppress(ValueError):
+            counts.append(int(env.get(key, "1")))
+    return max(max(counts), 1)
 
 
 def initialize(args: argparse.Namespace) -> bool:
@@ -42,11 +76,26 @@ def initialize(args: argparse.Namespace) -> bool:
     if given and len(given) != len(explicit):
         missing = sorted(set(explicit) - set(given))
         raise ValueError(f"--{', --'.join(given)} given without --{', --'.join(missing)}")
-    if not (args.distributed or given):
+    auto = getattr(args, "auto_detect", False) and cluster_processes() > 1
+    if not (args.distributed or given or auto):
         return False
     import jax
 
     # CPU processes exchange collectives over gloo (a no-op setting on TPU and GPU).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(**{k: v for k, v in explicit.items() if v is not None})
+    jax.distributed.initialize(
+        **{k: v for k, v in explicit.items() if v is not None},
+        initialization_timeout=int(getattr(args, "init_timeout", 300)),
+        heartbeat_timeout_seconds=int(getattr(args, "heartbeat_timeout", 100)),
+    )
     return True
+
+
+def split_flags(argv):
+    """(the multi-process flags as a Namespace, the remaining arguments): for CLIs
+    whose own parser is not argparse (the trainer's absl config flags)."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    add_flags(parser)
+    args, rest = parser.parse_known_args(list(argv))
+    args.auto_detect = True
+    return args, rest

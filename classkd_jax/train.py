@@ -23,6 +23,14 @@ What lands in DIR:
   validation/        greedy dev completions of each validation
   student_hf/        the final student as a Hugging Face directory (+ tokenizer)
 
+Several processes (one per host; `classkd_jax.distributed`): on a TPU
+slice, under `srun` or `mpirun` the same command runs on every host and
+`jax.distributed` starts by itself; elsewhere add `--coordinator_address
+HOST:PORT --num_processes N --process_id I` (`launch/local.sh` does it on one
+machine). Each process reads its rows of every batch; process 0 alone writes
+metrics, TensorBoard, config.json and the export; all take part in
+checkpoints, which restore onto another mesh or process count.
+
 Reads top to bottom: flags -> config -> mesh -> tokenizer, models planned
 (checked before anything loads) -> data -> states -> jitted step, sampler,
 validation -> loop -> export.
@@ -98,13 +106,60 @@ def _flag_error(error: Exception) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from classkd_jax import distributed
     from classkd_jax.training import logs
 
     logs.quiet_libraries()
-    config, workdir = parse_flags(argv)
+    multi, argv = distributed.split_flags(argv)
+    config, workdir = parse_flags(argv)  # flag errors first: before waiting for peers
+    try:
+        distributed.initialize(multi)
+    except ValueError as e:
+        from classkd_jax.cli import UserError
+
+        raise UserError(str(e)) from None
+    import jax
+
     from classkd_jax.training.run import train
 
-    return train(config, workdir)
+    try:
+        return train(config, workdir)
+    except jax.errors.JaxRuntimeError as error:
+        if jax.process_count() == 1:
+            raise
+        _peer_lost(error, workdir)
+
+
+EXIT_PEER_LOST = 75  # EX_TEMPFAIL: rerun the job; it resumes from the last checkpoint
+
+
+def _peer_lost(error: Exception, workdir: Path) -> None:
+    """A collective with the other processes failed (one died or was cut off): one
+    line naming this process and where to look, then exit at once. Leaving through
+    Python's normal exit would wait in `jax.distributed`'s shutdown barrier for
+    the process that is gone."""
+    import os
+
+    import jax
+
+    from classkd_jax import checkpoint, cli
+
+    cli._record_traceback(error)
+    step = checkpoint.latest_step(workdir / "checkpoints")
+    resume = (
+        f"rerunning the job resumes from checkpoint {step}"
+        if step is not None
+        else "no checkpoint was written yet, so a rerun starts over"
+    )
+    first = " ".join(str(error).split())[:300]
+    print(
+        f"{PROG}: error: process {jax.process_index()} of {jax.process_count()}: a collective "
+        f"with the other processes failed ({first}); another process died or stopped "
+        f"responding (its log: {workdir}/train.<i>.log); {resume}",
+        file=sys.stderr,
+        flush=True,
+    )
+    os._exit(EXIT_PEER_LOST)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,11 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     import tempfile
 
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="classkd-jax-cache-")
+# Cache every program, however quick its compile: the tiny models' programs each
+# compile in well under JAX's default 1 s threshold, and the trainer runs of the
+# suite rebuild the same ones many times over.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
 # --- Shared tiny models (models helper) -------------------------------------

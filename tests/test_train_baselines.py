@@ -47,7 +47,7 @@ def _records(workdir: Path) -> list[dict]:
 
 def _argv(method: str, workdir: Path, lm_path: Path, *extra: str) -> list[str]:
     argv = ["--config", f"configs/{method}.py:size=tiny", "--workdir", str(workdir)]
-    argv += [f"--config.steps={STEPS[method]}", "--config.eval_every=4"]
+    argv += [f"--config.steps={STEPS[method]}", f"--config.eval_every={STEPS[method]}"]
     if method != "seqkd":
         argv.append(f"--config.data.lm_path={lm_path}")
     else:  # the teacher answers every training prompt: fewer prompts, a faster test

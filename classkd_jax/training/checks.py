@@ -29,6 +29,7 @@ RESUMABLE_CHANGES = (
     "progress",
     "peak_tflops",
     "compilation_cache",
+    "mesh",  # a checkpoint restores onto another mesh or process count
 )
 
 

@@ -156,10 +156,18 @@ def export_student(run_dir: Path, state, models: Models, tokenizer, step: int) -
 
 def train(config, workdir: Path) -> int:
     """Runs (or resumes) the training `config` describes in `workdir`; returns the exit status."""
+    if "://" in str(workdir):
+        raise cli.UserError(
+            f"--workdir {workdir}: the trainer writes plain files; mount the bucket (gcsfuse, "
+            "launch/tpu_pod.sh --bucket) and pass a path under the mount"
+        )
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    cli.set_log_file(workdir / "train.log")
-    with logs.to_file(workdir / "train.log"):
+    # One log per process: train.log (process 0), train.<i>.log (the others).
+    index = jax.process_index()
+    log = workdir / ("train.log" if index == 0 else f"train.{index}.log")
+    cli.set_log_file(log)
+    with logs.to_file(log):
         return _train(config, workdir)
 
 
@@ -193,6 +201,11 @@ def _train(config, workdir: Path) -> int:
     models = build_models(config, sources, total, len(tokenizer))
     checkpoints = RunCheckpoints(workdir, int(config.checkpoint_keep))
     state, start, meta = load_state(config, models, sources, mesh, checkpoints, data)
+    if start > total:
+        raise cli.UserError(
+            f"{workdir} holds a checkpoint at step {start}, past steps={total}: rerun with "
+            f"--config.steps >= {start} to continue it, or use a new --workdir"
+        )
     run = make_run(config, workdir, models, mesh, data, frozen, checkpoints, tokenizer, total)
     if "plan" in meta:
         run.plan.restore(meta["plan"])
