@@ -76,6 +76,11 @@ def parse_flags(argv: Sequence[str]):
         raise UserError(_flag_error(e)) from None
     if not workdir.value:
         raise UserError("--workdir is required (the run's directory)")
+    if "://" in workdir.value:  # before Path() folds 'gs://b' into 'gs:/b'
+        raise UserError(
+            f"--workdir {workdir.value}: the trainer writes plain files; mount the bucket "
+            "(gcsfuse, launch/tpu_pod.sh --bucket) and pass a path under the mount"
+        )
     return holder.value, Path(workdir.value)
 
 

@@ -126,7 +126,10 @@ def build(config, tokenizer, *, sampling_batch: int, needs_prompts: bool) -> Tra
         try:
             lm = pipeline.make_lm_iterator(cfg, tokenizer)
         except (OSError, ValueError) as e:
-            raise UserError(f"data.lm_path={cfg.lm_path!r}: {e}") from None
+            message = str(e)
+            if "data.lm_path" not in message:
+                message = f"data.lm_path={cfg.lm_path!r}: {message}"
+            raise UserError(message) from None
     return TrainData(train, off, prompts, dev, dev_examples, lm)
 
 

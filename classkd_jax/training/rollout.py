@@ -168,8 +168,6 @@ class BatchPlan:
         kind = self.schedule.choose(
             u, step, self.total_steps, len(self.buffer), self.buffer.capacity
         )
-        if kind == "replay" and len(self.buffer) < int(c.data.batch_size):
-            kind = "sample"  # never reached with capacity >= batch (checked); kept safe
         if kind == "sample":
             out = sample("student", state.student.params)
             self.buffer.push(sharding.fetch(out))

@@ -156,11 +156,6 @@ def export_student(run_dir: Path, state, models: Models, tokenizer, step: int) -
 
 def train(config, workdir: Path) -> int:
     """Runs (or resumes) the training `config` describes in `workdir`; returns the exit status."""
-    if "://" in str(workdir):
-        raise cli.UserError(
-            f"--workdir {workdir}: the trainer writes plain files; mount the bucket (gcsfuse, "
-            "launch/tpu_pod.sh --bucket) and pass a path under the mount"
-        )
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     # One log per process: train.log (process 0), train.<i>.log (the others).
