@@ -1,268 +1,239 @@
-"""The quick-start job: SFT teacher -> word-level KD student, with SFT as reference.
+r"""The quick-start job: ClassKD against SFT and GKD on the built-in synthetic task.
 
-    python -m classkd_jax.demo --config configs/demo.py [--config.workdir=runs/demo]
+    python -m classkd_jax.demo --workdir runs/demo          # what launch/demo.sh runs
+    python -m classkd_jax.demo --workdir runs/demo --seeds 3 --retrain
 
-Reads top to bottom: config -> mesh -> data -> models and states -> jitted
-steps -> loops -> evaluation -> export. See `configs/demo.py` for what it
-shows and how long it takes. Writes to `workdir`: `config.json`,
-`metrics.jsonl` (training curves), `results.json` and `results.md` (test
-ROUGE-L / exact match of each model), `student_hf/` (the distilled student
-as a Hugging Face directory that `transformers` loads) and `checkpoints/` (every
-trained model by role, `teacher`, `student` and `sft_student`, as a
-`classkd_jax.checkpoint` that `python -m classkd_jax.generate --model` reads).
-A rerun in the same workdir replaces these once its own models are trained.
-Library logs (JAX, Orbax, transformers) go to `demo.log` there; the terminal
-shows the training progress and the results.
+From the teacher and the student's SFT initialisation shipped in
+`classkd_jax/assets/demo/` (made by `python -m classkd_jax.train`, see
+configs/demo.py; `--retrain` makes them again first, in DIR/shipped/), it
+trains the student three ways on the same init, data, steps and seeds:
+plain SFT, GKD, and ClassKD (classmate trained alongside, on-policy samples,
+misfeedback), then scores teacher, init and every student on the test split
+(600 examples, greedy ROUGE-L and exact match). It is
+`python -m classkd_jax.compare --config configs/demo.py --methods
+sft,gkd,classkd` plus the references, the curves and the demo's summary.
+
+DIR receives compare's results.md, results.csv, results.png, table.json
+(the rows) and runs/, and:
+  results.json  teacher, student_init, sft_student, gkd_student, classkd_student:
+                rouge_l, exact_match (0-100), their std over seeds (None for
+                the one teacher and init), train_seconds, steps
+  curves.png    training curves: each method's loss, ClassKD's classmate gap
+                KL(p||c) - KL(p||q) and its misfeedback term
+`--config.KEY=VALUE` overrides reach every run (e.g. --config.steps=100).
+A rerun resumes: finished runs are not retrained.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import math
-import pathlib
-import shutil
+import shlex
 import sys
-import time
-from typing import Any
+from collections.abc import Sequence
+from pathlib import Path
 
-import jax
-from absl import app, logging
-from ml_collections import config_flags
+from classkd_jax import cli
 
-from classkd_jax import checkpoint, steps
-from classkd_jax.data import (
-    BatchIterator,
-    EvalExample,
-    format_prompt,
-    synthetic,
-    to_global,
-    tokenize_examples,
-)
-from classkd_jax.evaluation import protocol as eval_protocol
-from classkd_jax.evaluation import runner as eval_runner
-from classkd_jax.models import ModelConfig, get_preset, load_tokenizer, save_hf
-from classkd_jax.sharding import make_mesh
-from classkd_jax.training import logs
-
-_DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "demo.py")
-_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Demo config file.")
+PROG = "python -m classkd_jax.demo"
+CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "demo.py")
+ASSETS = Path(__file__).resolve().parent / "assets" / "demo"
+METHODS = ("sft", "gkd", "classkd")
+# demo.json's keys: the issue's contract.
+KEYS = {"teacher": "teacher", "student_init": "student_init", "sft": "sft_student",
+        "gkd": "gkd_student", "classkd": "classkd_student"}  # fmt: skip
 
 
-def model_config(role: Any, tokenizer: Any, context: int) -> ModelConfig:
-    """A role's `ModelConfig`: its preset and overrides, vocabulary from the tokenizer.
+def shipped() -> dict[str, Path]:
+    """The shipped demo models (Hugging Face directories): teacher, student_init."""
+    return {name: ASSETS / name for name in ("teacher", "student_init")}
 
-    `context` (the longest prompt plus the generation budget, or the longest
-    training row) sets `max_position_embeddings`, which the sampler checks.
-    """
-    return get_preset(
-        role.preset,
-        **dict(role.overrides),
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        max_position_embeddings=context,
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-
-
-def train_role(name, config, cfg_train, train_data, mesh, rng, writer, *, log_every, **step_kw):
-    """Trains one model for `cfg_train.steps` steps; returns its final `TrainState`.
-
-    Every role iterates the same data order (same seed), so KD and SFT
-    students see identical batches.
-    """
-    optimizer = steps.make_optimizer(
-        cfg_train.lr, cfg_train.steps, warmup_steps=cfg_train.warmup_steps
+    p.add_argument("--workdir", default="runs/demo", help="output directory (reused to resume)")
+    p.add_argument(
+        "--seeds", default="1", help="a count N (seeds 0..N-1) or a list 0,1,2 (1 fits 10 min)"
     )
-    teacher_params = step_kw.pop("teacher_params", None)
-    state = steps.init_state(config, optimizer, rng, mesh)
-    step_fn = steps.make_train_step(config, optimizer, mesh, **step_kw)
-    batches = train_data()
-    start = time.perf_counter()
-    for i in range(1, cfg_train.steps + 1):
-        batch = to_global(next(batches), steps.batch_sharding(mesh))
-        batch = {
-            k: batch[k] for k in ("tokens", "positions", "segment_ids", "targets", "loss_mask")
-        }
-        state, metrics = step_fn(state, teacher_params, batch)
-        if i % log_every == 0 or i == cfg_train.steps:
-            m = jax.device_get(metrics)  # the only host sync: once per log step
-            loss = float(m["loss_sum"]) / max(float(m["tokens"]), 1.0)
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"{name}: loss is {loss} at step {i}")
-            rate = i / (time.perf_counter() - start)
-            _say(f"{name} step {i}/{cfg_train.steps} loss {loss:.4f} ({rate:.1f} steps/s)")
-            writer.write(json.dumps({"role": name, "step": i, "loss": loss}) + "\n")
-            writer.flush()
-    return state
-
-
-def evaluate(models: dict, examples, tokenizer, mesh, cfg_eval, max_prompt_length: int):
-    """Greedy test-set ROUGE-L and exact match of each `(ModelConfig, params)`."""
-    protocol = eval_protocol.EvalProtocol(
-        max_prompt_length=max_prompt_length,
-        max_new_tokens=cfg_eval.max_new_tokens,
-        greedy=True,
-        no_repeat_ngram_size=0,
-        seeds=(0,),
-        batch_size=cfg_eval.batch_size,
+    p.add_argument(
+        "--retrain",
+        action="store_true",
+        help="train the teacher and the student init first (DIR/shipped/) instead of "
+        "using the shipped ones",
     )
-    results = {}
-    for name, model in models.items():
-        generate = eval_runner.make_generate_fn(model, tokenizer, mesh=mesh)
-        metrics, _ = eval_runner.evaluate_with_generate(examples, generate, protocol, seed=0)
-        results[name] = metrics
-        _say(
-            f"{name}: ROUGE-L {metrics['rougeL']:.2f}  EM {metrics['exact_match']:.2f}  "
-            f"(n={metrics['n']})"
-        )
-    return results
+    p.add_argument("--size", default="demo", choices=("demo", "tiny"), help="tiny: the tests' size")
+    return p
 
 
-ROLES = {"teacher-sft": "teacher", "student-kd": "student", "student-sft": "sft_student"}
+def retrain(workdir: Path, size: str, overrides: Sequence[str], say) -> dict[str, Path]:
+    """Trains the teacher and the student init as the shipped ones were made;
+    returns their exported Hugging Face directories."""
+    import time
 
+    from classkd_jax.comparison import scoring
+    from classkd_jax.train import parse_flags
+    from classkd_jax.training.run import train
 
-def save_models(directory: pathlib.Path, step: int, models: dict) -> None:
-    """Writes the trained models as one checkpoint step, by role (replacing an
-    earlier run's checkpoints only now that this run's models exist)."""
-    if directory.exists():
-        shutil.rmtree(directory)
-    meta = {
-        "models": {ROLES[name]: checkpoint.model_meta(cfg) for name, (cfg, _) in models.items()},
-        "tokenizer": str(synthetic.synthetic_tokenizer_path()),
-    }
-    items = {f"{ROLES[name]}_params": params for name, (_, params) in models.items()}
-    checkpoint.save_checkpoint(directory, step, items, meta)
-
-
-def results_table(results: dict[str, dict], steps_by_model: dict[str, int]) -> str:
-    """A Markdown table of the test metrics."""
-    lines = ["| model | train steps | ROUGE-L | exact match | n |", "|---|---|---|---|---|"]
-    for name, m in results.items():
-        lines.append(
-            f"| {name} | {steps_by_model[name]} | {m['rougeL']:.2f} | "
-            f"{m['exact_match']:.2f} | {m['n']} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def _say(line: str) -> None:
-    """A progress line on the terminal (library logs go to `workdir/demo.log`)."""
-    print(line, file=sys.stderr, flush=True)
-
-
-def main(argv) -> None:
-    del argv
-    config = _CONFIG.value
-    workdir = pathlib.Path(config.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    with logs.to_file(workdir / "demo.log"):
-        run(config, workdir)
-
-
-def run(config, workdir: pathlib.Path) -> None:
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-
-    mesh = make_mesh(**config.mesh)
-    logging.info(
-        "process %d/%d, %d devices, mesh %s, global batch %d rows",
-        jax.process_index(),
-        jax.process_count(),
-        jax.device_count(),
-        dict(mesh.shape),
-        config.data.batch_size,
-    )
-
-    tokenizer = load_tokenizer(synthetic.synthetic_tokenizer_path())
-    task = synthetic.make_synthetic_task(
-        config.data.seed,
-        num_train=config.data.num_train,
-        num_dev=8,
-        num_test=config.data.num_test,
-    )
-    template = synthetic.DEFAULT_TEMPLATE
-    train = tokenize_examples(
-        task["train"],
-        tokenizer,
-        template=template,
-        max_prompt_length=config.data.max_prompt_length,
-        max_length=config.data.max_length,
-    )
-    test = [
-        EvalExample(
-            ex.uid,
-            format_prompt(ex.instruction, ex.input, template),
-            list(ex.responses),
-            ex.instruction,
-            ex.input,
-        )
-        for ex in task["test"]
-    ]
-
-    def train_data():
-        return BatchIterator(
-            train,
-            kind="full",
-            global_batch_size=config.data.batch_size,
-            seed=config.data.seed,
-            length_buckets=(config.data.max_length,),
-            pack=True,
-        )
-
-    context = max(
-        config.data.max_length, config.data.max_prompt_length + config.eval.max_new_tokens
-    )
-    teacher_cfg = model_config(config.teacher, tokenizer, context)
-    student_cfg = model_config(config.student, tokenizer, context)
-    rng = jax.random.key(config.seed)
-    with open(workdir / "metrics.jsonl", "w") as writer:
-        common = dict(train_data=train_data, mesh=mesh, writer=writer, log_every=config.log_every)
-        teacher = train_role(
-            "teacher-sft",
-            teacher_cfg,
-            config.teacher_train,
-            rng=jax.random.fold_in(rng, 0),
-            loss="sft",
-            **common,
-        )
-        models = {"teacher-sft": (teacher_cfg, teacher.params)}
-        student = train_role(
-            "student-kd",
-            student_cfg,
-            config.student_train,
-            rng=jax.random.fold_in(rng, 1),
-            loss="kd",
-            teacher_config=teacher_cfg,
-            teacher_params=teacher.params,
-            divergence=config.kd.divergence,
-            temperature=config.kd.temperature,
-            **common,
-        )
-        models["student-kd"] = (student_cfg, student.params)
-        if config.compare_sft:
-            sft = train_role(
-                "student-sft",
-                student_cfg,
-                config.student_train,
-                rng=jax.random.fold_in(rng, 1),
-                loss="sft",
-                **common,
+    out = {}
+    for i, role in enumerate(("teacher", "student_init"), 1):
+        run_dir = workdir / "shipped" / role
+        spec = f"{CONFIG}:method=sft,role={role},size={size}"
+        argv = ["--config", spec, "--workdir", str(run_dir)]
+        keep = [o for o in overrides if o.startswith(("--config.progress", "--config.compilation"))]
+        config, _ = parse_flags([*argv, *keep])
+        say(f"retrain [{i}/2] {role} -> {run_dir}")
+        model = run_dir / "student_hf"
+        if not (model / "TRAINED.json").is_file():
+            start = time.perf_counter()
+            status = train(config, run_dir)
+            if status != 0:
+                raise SystemExit(status)
+            scoring.write_json_atomic(
+                model / "TRAINED.json",
+                {
+                    "command": shlex.join(["python", "-m", "classkd_jax.train", *argv]),
+                    "steps": int(config.steps),
+                    "train_seconds": time.perf_counter() - start,
+                },
             )
-            models["student-sft"] = (student_cfg, sft.params)
+        out[role] = model
+    return out
 
-    # Export first: the trained models are kept whatever happens in evaluation.
-    save_hf(workdir / "student_hf", student_cfg, jax.device_get(student.params), tokenizer)
-    save_models(workdir / "checkpoints", config.student_train.steps, models)
-    results = evaluate(models, test, tokenizer, mesh, config.eval, config.data.max_prompt_length)
-    steps_by_model = {"teacher-sft": config.teacher_train.steps}
-    steps_by_model.update({k: config.student_train.steps for k in models if k != "teacher-sft"})
-    table = results_table(results, steps_by_model)
-    (workdir / "results.md").write_text(table)
-    (workdir / "results.json").write_text(json.dumps(results, indent=2))
-    print(table)
-    print(f"distilled student (Hugging Face format): {workdir / 'student_hf'}")
-    print(f"all trained models (classkd-jax checkpoint, by role): {workdir / 'checkpoints'}")
+
+def curves(path: Path, results, references) -> None:
+    """Training curves (mean over seeds): each method's loss; ClassKD's gap and misfeedback."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    def series(run_dir: Path, key: str) -> dict[int, float]:
+        out = {}
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            if key in record and "step" in record and record[key] is not None:
+                out[int(record["step"])] = float(record[key])
+        return out
+
+    def mean_curve(method: str, key: str):
+        runs = [series(r.spec.workdir, key) for r in results if r.spec.method == method]
+        steps = sorted(set.intersection(*(set(s) for s in runs))) if runs else []
+        return steps, [sum(s[k] for s in runs) / len(runs) for k in steps]
+
+    fig = Figure(figsize=(12, 3.6))
+    FigureCanvasAgg(fig)
+    panels = [
+        ("student training loss (each method's own)", [(m, "loss") for m in METHODS]),
+        ("classmate gap KL(p||c) - KL(p||q), nats", [("classkd", "gap")]),
+        ("misfeedback term (on-policy steps)", [("classkd", "misfeedback")]),
+    ]
+    for i, (title, lines) in enumerate(panels):
+        ax = fig.add_subplot(1, 3, i + 1)
+        for method, key in lines:
+            xs, ys = mean_curve(method, key)
+            if xs:
+                ax.plot(xs, ys, label=method)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if len(lines) > 1:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def summary(rows, references) -> dict:
+    """results.json: the five models' test scores (std over seeds; None for one model)."""
+    out = {}
+    for name in ("teacher", "student_init"):
+        if name in references:
+            ref = references[name]
+            out[KEYS[name]] = {
+                "rouge_l": ref["rougeL"],
+                "rouge_l_std": None,
+                "exact_match": ref["exact_match"],
+                "exact_match_std": None,
+                "train_seconds": ref.get("train_seconds"),
+                "steps": ref.get("steps"),
+            }
+    for row in rows:
+        out[KEYS[row["method"]]] = {
+            k: row[k]
+            for k in (
+                "rouge_l",
+                "rouge_l_std",
+                "exact_match",
+                "exact_match_std",
+                "train_seconds",
+                "steps",
+                "seeds",
+            )
+        }
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import time
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, overrides = build_parser().parse_known_args(argv)
+    from classkd_jax.comparison import execute, plan, scoring, tables
+    from classkd_jax.training import logs
+
+    logs.quiet_libraries()
+    workdir = Path(args.workdir)
+    seeds = plan.parse_seeds(args.seeds)
+    plan.check_overrides(overrides)
+    workdir.mkdir(parents=True, exist_ok=True)
+    cli.set_log_file(workdir / "demo.log")
+    start = time.perf_counter()
+
+    def say(line: str) -> None:
+        print(f"demo: {line}", file=sys.stderr, flush=True)
+
+    models = shipped()
+    if args.retrain:
+        models = retrain(workdir, args.size, overrides, say)
+    elif args.size == "tiny" and not any(o.startswith("--config.teacher.path=") for o in overrides):
+        raise cli.UserError(
+            "--size tiny has no shipped models: add --retrain, or give --config.teacher.path "
+            "and --config.student.path"
+        )
+    paths = []  # the shipped models are configs/demo.py's own paths
+    if args.retrain:
+        paths = [
+            f"--config.teacher.path={models['teacher']}",
+            f"--config.student.path={models['student_init']}",
+        ]
+    # The same runs as `compare --config configs/demo.py --methods ... --workdir DIR`,
+    # so a comparison in the demo's directory reuses them.
+    config = CONFIG if args.size == "demo" else f"{CONFIG}:size={args.size}"
+    specs = plan.plan_runs(config, METHODS, seeds, [], [*paths, *overrides], workdir)
+    prepared = execute.prepare(specs)
+    say(
+        f"{len(specs)} runs (sft, gkd, classkd x {len(seeds)} seed(s)) from the "
+        f"{'retrained' if args.retrain else 'shipped'} teacher and student init -> {workdir}"
+    )
+    try:
+        results = execute.run_all(prepared, "test", say)
+    except execute.Interrupted as stop:
+        say(f"{stop}; rerun the same command to resume")
+        return stop.status
+    with logs.to_file(workdir / "demo.log"):
+        references = execute.score_references(prepared[0][1], "test", workdir, say)
+    rows = tables.summarize(results)
+    command = f"{PROG} {shlex.join(argv)}"
+    tables.write_all(workdir, rows, references, split="test", command=command, json_name="table")
+    curves(workdir / "curves.png", results, references)
+    scoring.write_json_atomic(workdir / "results.json", summary(rows, references))
+    print(tables.markdown(rows, references, "test"))
+    say(
+        f"done in {time.perf_counter() - start:.0f} s: {workdir / 'results.json'}, results.md, "
+        f"results.png, curves.png; the ClassKD students: {workdir / 'runs' / 'classkd'}/"
+        "seed*/student_hf"
+    )
+    return 0
 
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(cli.run(main, prog=PROG))

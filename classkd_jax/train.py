@@ -71,7 +71,7 @@ def parse_flags(argv: Sequence[str]):
     try:
         fv([PROG, *argv])
     except AttributeError as e:  # a key the locked config does not have
-        raise UserError(f"config has no key {_unknown_key(e)}") from None
+        raise UserError(f"config has no key {_unknown_key(e, argv)}") from None
     except flags.Error as e:
         raise UserError(_flag_error(e)) from None
     if not workdir.value:
@@ -93,10 +93,20 @@ def _config_path(argv: Sequence[str]) -> str | None:
     return None
 
 
-def _unknown_key(error: AttributeError) -> str:
-    text = str(error).replace("\\n", "\n").strip("'\"")
-    lines = [line.strip().strip("'\"") for line in text.splitlines() if line.strip()]
-    return "; ".join(lines)
+def _unknown_key(error: AttributeError, argv: Sequence[str] = ()) -> str:
+    """'misfeedback.wieght (did you mean misfeedback.weight?)' from ml_collections'
+    error, with the full dotted key of the override that named it."""
+    inner = error.args[0] if error.args else error
+    inner = inner.args[0] if isinstance(inner, KeyError) and inner.args else str(inner)
+    lines = [line.strip().strip("'\"") for line in str(inner).splitlines() if line.strip()]
+    leaf = lines[0] if lines else str(error)
+    hint = re.search(r'Did you mean "([^"]+)"', str(inner))
+    for arg in argv:
+        key = arg[len("--config.") :].split("=", 1)[0] if arg.startswith("--config.") else ""
+        if key == leaf or key.endswith(f".{leaf}"):
+            parent = key[: -len(leaf)]
+            return f"{key}" + (f" (did you mean {parent}{hint.group(1)}?)" if hint else "")
+    return leaf + (f" (did you mean {hint.group(1)}?)" if hint else "")
 
 
 def _flag_error(error: Exception) -> str:

@@ -1,86 +1,140 @@
-"""The quick-start job: word-level KD on the built-in synthetic task, on CPU.
+"""The demo scale: every method on the built-in synthetic task, from the shipped
+teacher and student initialisation, in CPU-minutes.
 
-    python -m classkd_jax.demo --config configs/demo.py
-    python -m classkd_jax.demo --config configs/demo.py:size=tiny --config.workdir=/tmp/d
+    python -m classkd_jax.train --config configs/demo.py:method=classkd --workdir runs/d
+    python -m classkd_jax.compare --config configs/demo.py --methods sft,gkd,classkd \\
+        --seeds 3 --workdir runs/compare
+    python -m classkd_jax.demo --workdir runs/demo      # what launch/demo.sh runs
 
-Until the full trainer (ClassKD, GKD, MiniLLM, DistiLLM) lands, this is the
-smallest real distillation the project runs end to end: it trains a teacher by
-SFT on the synthetic task, distils a 4x smaller student from it with
-word-level forward KL, trains the same student by SFT for the same number of
-steps as the reference, evaluates the three with the jitted sampler (greedy,
-ROUGE-L and exact match on the test split), and exports the distilled
-student as a Hugging Face directory. All three models train from scratch, so
-absolute scores are low; what to look at is the KD-versus-SFT gap at equal
-steps (SYNTHETIC-TASK-NOTES reports ROUGE-L +3 to +4 points for KD at 800
-steps). `size=tiny` is the seconds-long variant the tests run.
+Variants (`configs/demo.py:ARG`, comma-separated):
+- `method=M` (default classkd): any of configs/_base.py's METHODS, with that
+  method file's own defaults (e.g. GKD samples at temperature 0.9).
+- `role=` (default): distil. The teacher (4 layers, d=128, 0.92 M params)
+  and the student's SFT initialisation (2 layers, d=64, 0.21 M, 4.4x
+  smaller) are the Hugging Face directories shipped in
+  `classkd_jax/assets/demo/` (`classkd_jax.demo.shipped()`); the classmate
+  starts from the student's initial weights.
+- `role=teacher` / `role=student_init` (with `method=sft`): how those two
+  were made, from random init, by `python -m classkd_jax.train` (README,
+  "The shipped demo models"; `python -m classkd_jax.demo --retrain` runs both).
+- `size=tiny`: the same shape of run with the tiny presets and a few steps
+  (what the tests run); the tiny roles train from scratch.
+
+The ClassKD settings below were chosen on the dev split only (README, "The
+demo"); the test split (600 examples, disjoint from train and dev) is what
+the demo and `compare` report.
 """
+
+from pathlib import Path
 
 import ml_collections
 
-from classkd_jax.config_utils import parse_arg
+from classkd_jax.config_utils import import_sibling, parse_arg
 
-SIZES = ("quick", "tiny")
+ROLES = ("", "teacher", "student_init")
+ASSETS = Path(__file__).resolve().parents[1] / "classkd_jax" / "assets" / "demo"
+TEACHER = dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=4, head_dim=32,
+               intermediate_size=512)  # fmt: skip
+STUDENT = dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=4, head_dim=16,
+               intermediate_size=256)  # fmt: skip
+STEPS = {"teacher": 1200, "student_init": 800, "": 200}
 
 
-def _model(preset: str, **overrides) -> ml_collections.ConfigDict:
-    """A role's model: a preset from `classkd_jax.models.PRESETS` and field overrides."""
-    return ml_collections.ConfigDict({"preset": preset, "overrides": overrides})
+def _random(role: ml_collections.ConfigDict, shape: dict) -> None:
+    """A random-init tiny-llama role of `shape`, in place."""
+    role.path = ""
+    role.preset = "tiny-llama"
+    for key, value in shape.items():
+        role.shape[key] = value
+
+
+def _demo_scale(c: ml_collections.ConfigDict, role: str) -> None:
+    c.steps = STEPS[role]
+    c.log_every = 25
+    c.checkpoint_every = 100
+    c.checkpoint_keep = 1
+    # Distillation runs are scored on the test split afterwards (compare / demo);
+    # the shipped models' runs track dev ROUGE-L on the way.
+    c.eval_every = 400 if role else 0
+    # The shipped models trained on 20000 examples; distillation reads 8000 of the
+    # same distribution (200 steps read about 1.6 epochs of them), which keeps SeqKD's one-off
+    # teacher generation to a couple of minutes. Dev and test do not change.
+    c.data.synthetic.num_train = 8000 if not role else 20000
+    c.data.synthetic.num_dev = 500
+    c.data.synthetic.num_test = 600
+    c.data.batch_size = 32  # packed rows of 128 tokens, about 2 examples each
+    c.data.eval_batch_size = 64
+    c.data.length_buckets = (128,)
+    c.data.prompt_buckets = (112,)
+    c.sampling.max_new_tokens = 32  # every synthetic answer is <= 27 tokens
+    c.sampling.batch_size = 32
+    c.eval.num_examples = 200
+    c.eval.max_new_tokens = 32
+    c.eval.batch_size = 100
+    lr = {"teacher": 3e-3, "student_init": 3e-3, "": 1e-3}[role]
+    for name in ("student", "classmate"):
+        c[name].lr = lr
+        c[name].warmup_steps = 100 if role else 0
+        c[name].final_lr_ratio = 0.01 if role else 0.1
+    if role == "teacher":
+        _random(c.student, TEACHER)
+    elif role == "student_init":
+        _random(c.student, STUDENT)
+    else:  # the shapes are the shipped models' (recorded for config.json; paths win)
+        _random(c.teacher, TEACHER)
+        _random(c.student, STUDENT)
+        _random(c.classmate, STUDENT)
+        c.teacher.path = str(ASSETS / "teacher")
+        c.student.path = str(ASSETS / "student_init")
+        c.classmate.path = ""  # the student's initial weights
+
+
+def _classkd(c: ml_collections.ConfigDict) -> None:
+    """ClassKD's demo settings (chosen on dev; see the README's sweep)."""
+    c.classkd.lmbda = 0.5  # on-policy share, as GKD's
+    c.misfeedback.weight = 0.1
+    c.misfeedback.variant = "skew"
+    c.classmate.update_every = 4
+    c.classmate.min_gap = 0.0
+
+
+def _baselines(c: ml_collections.ConfigDict) -> None:
+    """The baselines' own machinery at demo scale (their reference values otherwise)."""
+    c.seqkd.batch_size = 256  # the teacher answers the 20000 prompts once, shared by seeds
+    c.distillm.init_phi = 0.0  # the recipes' start; phi rises with the dev loss
+    c.distillm.capacity = 1000
+    c.minillm.num_rollouts = 64  # a phase: 64 rollouts, 4 epochs of 2 minibatches of 32
+    c.minillm.ppo_epochs = 4
 
 
 def get_config(arg=None):
-    """Returns the locked demo config; `arg`: 'size=quick' (default) or 'size=tiny'."""
-    arg = parse_arg(arg, size="quick")
-    if arg.size not in SIZES:
-        raise ValueError(f"configs/demo.py: size={arg.size!r}; expected one of {SIZES}")
-    tiny = arg.size == "tiny"
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.workdir = "runs/demo"
-    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
-
-    c.data = ml_collections.ConfigDict()
-    c.data.seed = 0
-    c.data.num_train = 256 if tiny else 20000
-    c.data.num_test = 16 if tiny else 600
-    c.data.batch_size = 8 if tiny else 32  # packed rows of `max_length` tokens
-    # With the shipped tokenizer every synthetic prompt fits in 112 tokens and
-    # every example in 128 (configs/data.py, source=synthetic).
-    c.data.max_prompt_length = 112
-    c.data.max_length = 128
-
-    # Llama-style blocks (RoPE, RMSNorm, SwiGLU); vocab and special ids come
-    # from the shipped synthetic tokenizer.
-    width = 32 if tiny else 128
-    c.teacher = _model(
-        "tiny-llama",
-        hidden_size=width,
-        num_layers=2 if tiny else 4,
-        num_heads=4,
-        num_kv_heads=4,
-        head_dim=width // 4,
-        intermediate_size=4 * width,
-    )
-    c.student = _model(
-        "tiny-llama",
-        hidden_size=width // 2,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=4,
-        head_dim=width // 8,
-        intermediate_size=2 * width,
-    )
-    c.teacher_train = ml_collections.ConfigDict(
-        {"steps": 4 if tiny else 400, "lr": 3e-3, "warmup_steps": 2 if tiny else 40}
-    )
-    c.student_train = ml_collections.ConfigDict(
-        {"steps": 4 if tiny else 300, "lr": 3e-3, "warmup_steps": 2 if tiny else 30}
-    )
-    c.kd = ml_collections.ConfigDict({"divergence": "forward_kl", "temperature": 1.0})
-    c.compare_sft = True  # also train the student by SFT as the reference
-    c.log_every = 2 if tiny else 50
-
-    c.eval = ml_collections.ConfigDict(
-        {"max_new_tokens": 16 if tiny else 48, "batch_size": 16 if tiny else 100}
-    )
+    """Returns the locked demo config; `arg`: see the module docstring."""
+    base = import_sibling(__file__, "_base")
+    arg = parse_arg(arg, method="classkd", role="", size="demo")
+    if arg.method not in base.METHODS:
+        raise ValueError(f"configs/demo.py: method={arg.method!r}; expected one of {base.METHODS}")
+    if arg.role not in ROLES:
+        raise ValueError(f"configs/demo.py: role={arg.role!r}; expected one of {ROLES}")
+    if arg.role and arg.method != "sft":
+        raise ValueError(f"configs/demo.py: role={arg.role} is trained by SFT; use method=sft")
+    if arg.size not in ("demo", "tiny"):
+        raise ValueError(f"configs/demo.py: size={arg.size!r}; expected 'demo' or 'tiny'")
+    c = import_sibling(__file__, arg.method).get_config("size=tiny")
+    c.unlock()
+    c.gkd.lmbda = 0.5
+    if arg.method == "classkd":
+        _classkd(c)
+    if arg.size == "demo":
+        _demo_scale(c, arg.role)
+        _baselines(c)
+    else:  # the tiny presets; the roles' runs make a tiny teacher / student init
+        c.data.synthetic.num_test = 32
+        c.sampling.batch_size = 8
+        c.eval_every = 0
+        if arg.role == "teacher":
+            c.student.shape = c.teacher.shape
+    if arg.method == "distillm" and not arg.role:  # its adaptive schedule reads the dev loss
+        c.eval_every = 50 if arg.size == "demo" else 3
+        c.eval.num_examples = 0  # dev loss only: no dev generation
     c.lock()
     return c

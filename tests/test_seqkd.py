@@ -185,3 +185,32 @@ def test_prompts_with_no_room_for_a_response_are_named(tmp_path):
     train = _data([[4] * 3, [4] * 14])
     with pytest.raises(ValueError, match="prompt 1 has 14 tokens, .*max_length=14"):
         seqkd.teacher_dataset(train, None, cache_dir=tmp_path, fingerprint={}, **KW)
+
+
+def test_the_cache_is_shared_by_seeds_only_when_the_teacher_is_loaded():
+    """A comparison's seeds share one generation (the answers are drawn with seqkd.seed),
+    unless the seed makes the teacher itself (random init)."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from classkd_jax.config_utils import import_sibling
+    from classkd_jax.training.roles import RoleSource
+    from classkd_jax.training.run import seqkd_fingerprint
+
+    demo = import_sibling(str(Path(__file__).resolve().parents[1] / "configs" / "demo.py"), "demo")
+    prompts = [np.arange(5), np.arange(3)]
+
+    def fingerprint(seed, kind):
+        config = demo.get_config("method=seqkd")
+        with config.unlocked():
+            config.seed = config.data.seed = seed
+        teacher = RoleSource("teacher", kind, "/models/t" if kind == "hf" else "", None)
+        return seqkd_fingerprint(config, teacher, range(512), prompts)
+
+    assert fingerprint(0, "hf") == fingerprint(1, "hf")
+    assert fingerprint(0, "random") != fingerprint(1, "random")
+    assert fingerprint(0, "hf") != seqkd_fingerprint(
+        demo.get_config("method=seqkd"), RoleSource("teacher", "hf", "/models/t", None),
+        range(512), prompts[:1],
+    )  # fmt: skip

@@ -82,9 +82,11 @@ class TrainData:
         return out["tokens"], out["mask"]
 
 
-def _dev_examples(examples, dev: TokenizedData, template: str) -> list[EvalExample]:
+def eval_examples(examples, data: TokenizedData, template: str) -> list[EvalExample]:
+    """The prompts (formatted as in training) and references of the examples
+    that survived tokenisation, in `data`'s order."""
     out = []
-    for i in dev.source_index:
+    for i in data.source_index:
         ex = examples[int(i)]
         prompt = format_prompt(ex.instruction, ex.input, template)
         out.append(EvalExample(ex.uid, prompt, list(ex.responses), ex.instruction, ex.input))
@@ -120,7 +122,7 @@ def build(config, tokenizer, *, sampling_batch: int, needs_prompts: bool) -> Tra
                 "split or set eval_every=0"
             )
         dev = pipeline.tokenize_examples_for(cfg, tokenizer, examples)
-        dev_examples = _dev_examples(examples, dev, cfg.template)
+        dev_examples = eval_examples(examples, dev, cfg.template)
     lm = None
     if config.method in LM_METHODS and cfg.lm_path:
         try:

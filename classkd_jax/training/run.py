@@ -241,14 +241,7 @@ def seqkd_data(config, workdir: Path, data, sources, teacher_params, tokenizer, 
     k = config.seqkd
     cache = Path(k.cache_dir) if k.cache_dir else workdir / "seqkd"
     teacher = sources["teacher"]
-    digest = zlib.crc32(b"".join(np.asarray(p, np.int32).tobytes() for p in data.train.prompts))
-    fingerprint = {
-        "teacher": teacher.describe(),
-        "teacher_seed": int(config.seed),
-        "tokenizer": len(tokenizer),
-        "data": json.loads(config.data.to_json_best_effort()),
-        "prompts": {"count": len(data.train), "crc32": digest},
-    }
+    fingerprint = seqkd_fingerprint(config, teacher, tokenizer, data.train.prompts)
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     train = seqkd_lib.teacher_dataset(
@@ -271,6 +264,24 @@ def seqkd_data(config, workdir: Path, data, sources, teacher_params, tokenizer, 
         message=lambda line: print(f"seqkd: {line}", file=sys.stderr),
     )
     return data.with_train(config, tokenizer, train)
+
+
+def seqkd_fingerprint(config, teacher, tokenizer, prompts) -> dict:
+    """What SeqKD's teacher answers depend on: a cache made under another is refused.
+
+    Not the run's seeds when the teacher is loaded (the answers are drawn with
+    `seqkd.seed`, and the data's shuffling seeds only order the batches), so
+    the runs of a comparison's seeds share one generation."""
+    digest = zlib.crc32(b"".join(np.asarray(p, np.int32).tobytes() for p in prompts))
+    data = json.loads(config.data.to_json_best_effort())
+    return {
+        "teacher": teacher.describe(),
+        # the seed makes a random-init teacher's weights; a loaded one ignores it
+        "teacher_seed": int(config.seed) if teacher.kind == "random" else None,
+        "tokenizer": len(tokenizer),
+        "data": {key: v for key, v in data.items() if key not in ("seed", "lm_seed")},
+        "prompts": {"count": len(prompts), "crc32": digest},
+    }
 
 
 def load_state(config, models: Models, sources, mesh, checkpoints: RunCheckpoints, data):

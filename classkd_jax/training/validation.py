@@ -68,6 +68,43 @@ def _dev_sums(student_cfg, teacher_cfg, path: LossPath):
     return sums
 
 
+def greedy_texts(
+    model,
+    prompts,
+    tokenizer,
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    pad_id: int,
+    mesh,
+    prompt_buckets,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> list[str] | None:
+    """Greedy completions (stripped text) of token-id `prompts`, `batch_size` at a
+    time; None when `should_stop()` turned true between two batches.
+
+    `model` is `(ModelConfig, params)`; the prompts are tokenised exactly as in
+    training (`TokenizedData.prompts`), so validation, `compare` and the demo
+    score what the model was trained to answer.
+    """
+    texts: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        if should_stop():
+            return None
+        ids = complete_token_ids(
+            model,
+            prompts[start : start + batch_size],
+            max_new_tokens=max_new_tokens,
+            greedy=True,
+            batch_size=batch_size,
+            pad_id=pad_id,
+            mesh=mesh,
+            prompt_buckets=prompt_buckets,
+        )
+        texts += tokenizer.batch_decode(ids, skip_special_tokens=True)
+    return [t.strip() for t in texts]
+
+
 class Validator:
     """Scores the student on the dev split (see the module docstring)."""
 
@@ -107,23 +144,17 @@ class Validator:
     def generate(self, params, should_stop: Callable[[], bool]) -> list[str] | None:
         """Greedy completions of the dev prompts; None when stopped part-way."""
         e = self.config.eval
-        batch = int(e.batch_size)
-        texts: list[str] = []
-        for start in range(0, len(self.prompts), batch):
-            if should_stop():
-                return None
-            ids = complete_token_ids(
-                (self.student_cfg, params),
-                self.prompts[start : start + batch],
-                max_new_tokens=int(e.max_new_tokens),
-                greedy=True,
-                batch_size=batch,
-                pad_id=int(self.data.train.pad_id),
-                mesh=self.mesh,
-                prompt_buckets=tuple(self.config.data.prompt_buckets),
-            )
-            texts += self.tokenizer.batch_decode(ids, skip_special_tokens=True)
-        return [t.strip() for t in texts]
+        return greedy_texts(
+            (self.student_cfg, params),
+            self.prompts,
+            self.tokenizer,
+            max_new_tokens=int(e.max_new_tokens),
+            batch_size=int(e.batch_size),
+            pad_id=int(self.data.train.pad_id),
+            mesh=self.mesh,
+            prompt_buckets=tuple(self.config.data.prompt_buckets),
+            should_stop=should_stop,
+        )
 
     def run(self, params, teacher, step: int, workdir: Path, is_writer: bool, should_stop):
         """All dev metrics at `step`, or None when the run was asked to stop meanwhile."""

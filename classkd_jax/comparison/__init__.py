@@ -1,0 +1,2 @@
+"""Comparisons of methods (`python -m classkd_jax.compare`): plan the runs, train and
+score each, tabulate."""

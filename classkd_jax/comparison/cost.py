@@ -1,0 +1,90 @@
+"""What a run costs by our FLOP accounting (`classkd_jax.training.flops`), before it runs.
+
+    flops = run_flops(config, train_examples=14000, mean_length=256)
+
+Counts the matmul FLOPs of every part of a method's steps at the config's
+shapes (the roles' presets), batch sizes, lengths and schedule: forward F,
+forward + backward 3F, cached sampling as `flops.sampling_flops`. Rows are
+taken at `mean_length` tokens (the padded length the buckets give) and
+samples at the prompt plus the whole generation budget (an upper bound: the
+sampler stops at EOS). What the formulas leave out (optimizer updates,
+norms, the host) is small next to the matmuls at these sizes; wall-clock
+also depends on the sampler, which is bound by memory bandwidth on
+accelerators, so the hours `compare --estimate` prints are a floor at the
+given utilisation, not a promise.
+"""
+
+from __future__ import annotations
+
+from classkd_jax.models import ModelConfig, get_preset
+from classkd_jax.training.flops import forward_flops, sampling_flops
+
+
+def _model(role) -> ModelConfig:
+    shape = {k: v for k, v in role.shape.items() if v is not None}
+    return get_preset(role.preset, **shape)
+
+
+def total_steps(config, train_examples: int) -> int:
+    if int(config.steps) > 0:
+        return int(config.steps)
+    per_step = int(config.data.batch_size)
+    return max(int(float(config.epochs) * train_examples / per_step), 1)
+
+
+def step_flops(config, mean_length: int) -> float:
+    """Expected FLOPs of one optimizer step of `config.method`."""
+    method = config.method
+    student = _model(config.student)
+    teacher = _model(config.teacher)
+    rows, length = int(config.data.batch_size), int(mean_length)
+    prompt = int(config.data.max_prompt_length) // 2
+    new = int(config.sampling.max_new_tokens)
+    s_rows = int(config.sampling.batch_size) or rows
+
+    def train(model, r, n):  # forward + backward
+        return 3 * forward_flops(model, r, n)
+
+    off = train(student, rows, length)
+    off_kd = off + forward_flops(teacher, rows, length)
+    sample = sampling_flops(student, s_rows, prompt, new, new)
+    on = (
+        sample + train(student, s_rows, prompt + new) + forward_flops(teacher, s_rows, prompt + new)
+    )
+    if method in ("sft", "seqkd"):
+        return off
+    if method == "kd":
+        return off_kd
+    if method == "gkd":
+        lmbda = float(config.gkd.lmbda)
+        return (1 - lmbda) * off_kd + lmbda * on
+    if method == "distillm":
+        phi = 0.5  # phi is adaptive; half the steps sampling (replay steps cost less)
+        return (1 - phi) * off_kd + phi * on
+    if method == "classkd":
+        k = config.classkd
+        classmate = _model(config.classmate) if config.classmate.path else student
+        cm = train(classmate, rows, length) / max(int(config.classmate.update_every), 1)
+        mis = forward_flops(classmate, s_rows, prompt + new)
+        return off_kd + cm + float(k.lmbda) * (on + mis)
+    if method == "minillm":
+        m = config.minillm
+        per_step = rows / max(int(m.ppo_epochs), 1)  # rollouts made per optimizer step
+        mixed = sampling_flops(student, 1, prompt, new, new) + sampling_flops(
+            teacher, 1, prompt, new, new
+        )
+        scoring = forward_flops(student, 1, prompt + new) + forward_flops(teacher, 1, prompt + new)
+        update = train(student, rows, prompt + new) + forward_flops(teacher, rows, prompt + new)
+        lm = off_kd if config.data.lm_path else 0.0
+        return per_step * (mixed + scoring) + update + lm
+    raise ValueError(f"no FLOP formula for method={method!r}")
+
+
+def run_flops(config, *, train_examples: int, mean_length: int) -> float:
+    """FLOPs of the whole run (SeqKD: plus the teacher answering every training prompt once)."""
+    total = total_steps(config, train_examples) * step_flops(config, mean_length)
+    if config.method == "seqkd":
+        prompt = int(config.data.max_prompt_length) // 2
+        new = int(config.sampling.max_new_tokens)
+        total += sampling_flops(_model(config.teacher), train_examples, prompt, new, new)
+    return total

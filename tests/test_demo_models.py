@@ -1,0 +1,68 @@
+"""The demo's shipped models: what configs/demo.py says they are, made by the command
+the README gives, and a teacher that beats the student's initialisation."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from classkd_jax import demo
+from classkd_jax.config_utils import import_sibling
+from classkd_jax.models import load_hf
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = import_sibling(str(ROOT / "configs" / "demo.py"), "demo")
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {name: load_hf(path) for name, path in demo.shipped().items()}
+
+
+@pytest.mark.parametrize("name, shape", [("teacher", "TEACHER"), ("student_init", "STUDENT")])
+def test_the_shipped_models_have_the_configs_shapes(models, name, shape):
+    config, _ = models[name]
+    for key, value in getattr(DEMO_CONFIG, shape).items():
+        assert getattr(config, key) == value, (name, key)
+
+
+def test_the_student_is_four_to_six_times_smaller(models):
+    from classkd_jax.training.roles import count_params
+
+    ratio = count_params(models["teacher"][1]) / count_params(models["student_init"][1])
+    assert 4.0 <= ratio <= 6.0, ratio
+
+
+@pytest.mark.parametrize("role", ["teacher", "student_init"])
+def test_each_shipped_model_records_the_command_that_made_it(role):
+    made = json.loads((demo.shipped()[role] / "TRAINED.json").read_text())
+    assert made["command"].startswith("python -m classkd_jax.train --config configs/demo.py:")
+    assert f"role={role}" in made["command"]
+    config = DEMO_CONFIG.get_config(f"method=sft,role={role}")
+    assert made["steps"] == config.steps
+
+
+def test_the_demo_config_distils_from_the_shipped_models():
+    config = DEMO_CONFIG.get_config("method=classkd")
+    assert Path(config.teacher.path) == demo.shipped()["teacher"]
+    assert Path(config.student.path) == demo.shipped()["student_init"]
+    assert config.classmate.path == ""  # the student's initial weights
+    assert config.data.synthetic.num_test >= 600
+
+
+def test_the_teacher_beats_the_student_init_on_dev(models):
+    """Greedy dev ROUGE-L on 64 dev examples (the shipped numbers, measured on 200,
+    are in each model's TRAINED.json)."""
+    from classkd_jax.comparison import scoring
+    from classkd_jax.sharding import make_mesh
+    from classkd_jax.training import roles
+
+    config = DEMO_CONFIG.get_config("method=sft")
+    tokenizer, _ = roles.resolve_tokenizer(config)
+    examples, prompts = scoring.split_prompts(config, tokenizer, "dev")
+    mesh = make_mesh(data=-1)
+    scores = {
+        name: scoring.score_model(model, examples[:64], prompts[:64], config, tokenizer, mesh)[0]
+        for name, model in models.items()
+    }
+    assert scores["teacher"]["rougeL"] > scores["student_init"]["rougeL"] + 5.0, scores
