@@ -72,7 +72,7 @@ def retrain(workdir: Path, size: str, overrides: Sequence[str], say) -> dict[str
     returns their exported Hugging Face directories."""
     import time
 
-    from classkd_jax.comparison import scoring
+    from classkd_jax.evaluation import runner
     from classkd_jax.train import parse_flags
     from classkd_jax.training.run import train
 
@@ -90,7 +90,7 @@ def retrain(workdir: Path, size: str, overrides: Sequence[str], say) -> dict[str
             status = train(config, run_dir)
             if status != 0:
                 raise SystemExit(status)
-            scoring.write_json_atomic(
+            runner.write_json_atomic(
                 model / "TRAINED.json",
                 {
                     "command": shlex.join(["python", "-m", "classkd_jax.train", *argv]),
@@ -177,7 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args, overrides = build_parser().parse_known_args(argv)
-    from classkd_jax.comparison import execute, plan, scoring, tables
+    from classkd_jax.comparison import execute, plan, tables
+    from classkd_jax.evaluation import runner
     from classkd_jax.training import logs
 
     logs.quiet_libraries()
@@ -225,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = f"{PROG} {shlex.join(argv)}"
     tables.write_all(workdir, rows, references, split="test", command=command, json_name="table")
     curves(workdir / "curves.png", results, references)
-    scoring.write_json_atomic(workdir / "results.json", summary(rows, references))
+    runner.write_json_atomic(workdir / "results.json", summary(rows, references))
     print(tables.markdown(rows, references, "test"))
     say(
         f"done in {time.perf_counter() - start:.0f} s: {workdir / 'results.json'}, results.md, "

@@ -23,6 +23,7 @@ from pathlib import Path
 from classkd_jax.cli import UserError
 from classkd_jax.comparison import scoring
 from classkd_jax.comparison.plan import RunSpec
+from classkd_jax.evaluation.runner import write_json_atomic
 
 Say = Callable[[str], None]
 
@@ -101,7 +102,7 @@ def _train(spec: RunSpec, config) -> float:
         status = train(config, spec.workdir)
     finally:
         total = float(before) + time.perf_counter() - start
-        scoring.write_json_atomic(timing_path, {"train_seconds": total})
+        write_json_atomic(timing_path, {"train_seconds": total})
     if status != 0:
         raise Interrupted(status, spec)
     return total
@@ -127,7 +128,7 @@ def run_all(prepared, split: str, say: Say) -> list[RunResult]:
         steps = int(json.loads((spec.workdir / "config.json").read_text())["steps"])
         say(f"{where}: scoring the {split} split")
         metrics, records = score(load_hf(spec.workdir / "student_hf"), config)
-        scoring.write_json_atomic(
+        write_json_atomic(
             path,
             {
                 "argv": list(spec.argv),
@@ -178,6 +179,6 @@ def score_references(config, split: str, workdir: Path, say: Say) -> dict[str, d
                 "steps": trained.get("steps"),
                 "records": records,
             }
-            scoring.write_json_atomic(path, done)
+            write_json_atomic(path, done)
         out[name] = {k: done[k] for k in ("rougeL", "exact_match", "n", "train_seconds", "steps")}
     return out

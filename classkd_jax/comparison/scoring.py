@@ -15,7 +15,6 @@ seeds' spread in a comparison is the spread of training, not of sampling.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -58,14 +57,6 @@ def score_model(model, examples, prompts, config, tokenizer, mesh) -> tuple[dict
     )
     records = runner.score_predictions(examples, texts)
     return runner.aggregate(records), records
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """`path` holds either its old content or all of `obj`, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def read_json(path: Path) -> Any | None:

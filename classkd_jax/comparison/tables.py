@@ -21,17 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from classkd_jax.comparison.execute import RunResult
-from classkd_jax.comparison.scoring import write_json_atomic
+from classkd_jax.evaluation import report
+from classkd_jax.evaluation.runner import write_json_atomic
 
 METRICS = (("rougeL", "rouge_l"), ("exact_match", "exact_match"))
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, None
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    """(mean, sample std), the std None for a single value (JSON has no NaN)."""
+    mean, std = report.mean_std(values)
+    return mean, None if math.isnan(std) else std
 
 
 def summarize(results: Sequence[RunResult]) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ from classkd_jax.evaluation.runner import RunResults
 AVG = "avg"
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
     n = len(values)
     mean = sum(values) / n
     if n < 2:
@@ -50,14 +50,14 @@ def summarize(
         if b not in results or not results[b]:
             continue
         seeds = sorted(results[b])
-        mean, std = _mean_std([results[b][s][metric] for s in seeds])
+        mean, std = mean_std([results[b][s][metric] for s in seeds])
         summary[b] = {"mean": mean, "std": std, "seeds": seeds}
     if benchmarks and all(b in summary for b in benchmarks):
         common = sorted(set.intersection(*(set(results[b]) for b in benchmarks)))
         per_seed = [
             sum(results[b][s][metric] for b in benchmarks) / len(benchmarks) for s in common
         ]
-        std = _mean_std(per_seed)[1] if per_seed else math.nan
+        std = mean_std(per_seed)[1] if per_seed else math.nan
         mean = sum(summary[b]["mean"] for b in benchmarks) / len(benchmarks)
         summary[AVG] = {"mean": mean, "std": std, "seeds": common}
     return summary

@@ -171,7 +171,8 @@ def scores_path(out_dir: str | os.PathLike, benchmark: str, seed: int) -> Path:
     return Path(out_dir) / "scores" / benchmark / f"seed{seed}.json"
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """`path` holds either its old content or all of `obj`, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -272,7 +273,7 @@ def run_seed(
     metrics = aggregate([r for k in sorted(done) for r in done[k]])
     metrics["seed"] = seed
     if is_writer:
-        _write_json_atomic(score_path, metrics)
+        write_json_atomic(score_path, metrics)
     return metrics
 
 
@@ -299,7 +300,7 @@ def _check_manifest(out_dir: Path, manifest: dict, is_writer: bool) -> None:
         manifest = {**old, **manifest}
         manifest["benchmarks"] = {**old.get("benchmarks", {}), **manifest["benchmarks"]}
     if is_writer:
-        _write_json_atomic(path, manifest)
+        write_json_atomic(path, manifest)
 
 
 def run_evaluation(
