@@ -32,6 +32,7 @@ INSTALL_REQUIRES = [
 # in the same requirement set as trl, so pip never pulls a CUDA torch.
 TEST_REQUIRES = [
     "pytest==9.2.0",
+    "pytest-xdist==3.8.0",
     "ruff==0.17.6",
     "torch==2.13.0",
     "trl==1.16.0",

@@ -14,7 +14,8 @@ A process that dies or hangs makes the others fail instead of waiting
 forever: start-up waits at most `--init_timeout` seconds for every process,
 and JAX's coordination service declares a process dead after
 `--heartbeat_timeout` seconds without a heartbeat, which ends the others
-with an error naming it.
+(from C++; the trainer's `classkd_jax.supervisor` turns that into one line
+naming the process).
 """
 
 from __future__ import annotations
@@ -58,6 +59,24 @@ def cluster_processes(environ=None) -> int:
     return max(max(counts), 1)
 
 
+_EXPLICIT = ("coordinator_address", "num_processes", "process_id")
+
+
+def requested(args: argparse.Namespace) -> bool:
+    """Whether the flags (or, with `auto_detect`, the cluster) ask for several
+    processes; nothing is started.
+
+    Raises:
+      ValueError: naming the flags when only some of the explicit ones are given.
+    """
+    given = [k for k in _EXPLICIT if getattr(args, k) is not None]
+    if given and len(given) != len(_EXPLICIT):
+        missing = sorted(set(_EXPLICIT) - set(given))
+        raise ValueError(f"--{', --'.join(given)} given without --{', --'.join(missing)}")
+    auto = getattr(args, "auto_detect", False) and cluster_processes() > 1
+    return bool(args.distributed or given or auto)
+
+
 def initialize(args: argparse.Namespace) -> bool:
     """Starts `jax.distributed` when the flags ask for it (before any JAX computation).
 
@@ -67,20 +86,11 @@ def initialize(args: argparse.Namespace) -> bool:
     Raises:
       ValueError: naming the flags when only some of the explicit ones are given.
     """
-    explicit = {
-        "coordinator_address": args.coordinator_address,
-        "num_processes": args.num_processes,
-        "process_id": args.process_id,
-    }
-    given = [k for k, v in explicit.items() if v is not None]
-    if given and len(given) != len(explicit):
-        missing = sorted(set(explicit) - set(given))
-        raise ValueError(f"--{', --'.join(given)} given without --{', --'.join(missing)}")
-    auto = getattr(args, "auto_detect", False) and cluster_processes() > 1
-    if not (args.distributed or given or auto):
+    if not requested(args):
         return False
     import jax
 
+    explicit = {k: getattr(args, k) for k in _EXPLICIT}
     # CPU processes exchange collectives over gloo (a no-op setting on TPU and GPU).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(

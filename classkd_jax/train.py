@@ -29,7 +29,12 @@ slice, under `srun` or `mpirun` the same command runs on every host and
 HOST:PORT --num_processes N --process_id I` (`launch/local.sh` does it on one
 machine). Each process reads its rows of every batch; process 0 alone writes
 metrics, TensorBoard, config.json and the export; all take part in
-checkpoints, which restore onto another mesh or process count.
+checkpoints, which restore onto another mesh or process count. SIGTERM to
+any one process stops them all after the same step (JAX's preemption
+notice); a process that dies or hangs ends the others within
+`--heartbeat_timeout` seconds with one line and exit status 75 (each trainer
+process runs under a small parent that reports how it ended:
+`classkd_jax.supervisor`).
 
 Reads top to bottom: flags -> config -> mesh -> tokenizer, models planned
 (checked before anything loads) -> data -> states -> jitted step, sampler,
@@ -42,6 +47,8 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from classkd_jax.supervisor import EXIT_PEER_LOST  # noqa: F401 (75: rerun; it resumes)
 
 PROG = "python -m classkd_jax.train"
 
@@ -121,31 +128,33 @@ def _flag_error(error: Exception) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    from classkd_jax import distributed
+    from classkd_jax import distributed, supervisor
+    from classkd_jax.cli import UserError
     from classkd_jax.training import logs
 
     logs.quiet_libraries()
-    multi, argv = distributed.split_flags(argv)
-    config, workdir = parse_flags(argv)  # flag errors first: before waiting for peers
+    multi, rest = distributed.split_flags(argv)
+    config, workdir = parse_flags(rest)  # flag errors first: before waiting for peers
     try:
-        distributed.initialize(multi)
+        several = distributed.requested(multi)
     except ValueError as e:
-        from classkd_jax.cli import UserError
-
         raise UserError(str(e)) from None
+    if several and supervisor.wanted():  # this process only watches the one that trains
+        return supervisor.supervise(argv, prog=PROG, workdir=workdir, module="classkd_jax.train")
+    pipe = supervisor.child_fd()
+    distributed.initialize(multi)
     import jax
 
-    from classkd_jax.training.run import train
+    from classkd_jax.training.run import log_path, train
 
+    index = jax.process_index()
+    supervisor.started(pipe, index, jax.process_count(), log_path(workdir, index))
     try:
         return train(config, workdir)
     except jax.errors.JaxRuntimeError as error:
         if jax.process_count() == 1:
             raise
         _peer_lost(error, workdir)
-
-
-EXIT_PEER_LOST = 75  # EX_TEMPFAIL: rerun the job; it resumes from the last checkpoint
 
 
 def _peer_lost(error: Exception, workdir: Path) -> None:
@@ -157,20 +166,17 @@ def _peer_lost(error: Exception, workdir: Path) -> None:
 
     import jax
 
-    from classkd_jax import checkpoint, cli
+    from classkd_jax import checkpoint, cli, supervisor
+    from classkd_jax.training.run import log_path
 
     cli._record_traceback(error)
-    step = checkpoint.latest_step(workdir / "checkpoints")
-    resume = (
-        f"rerunning the job resumes from checkpoint {step}"
-        if step is not None
-        else "no checkpoint was written yet, so a rerun starts over"
-    )
+    resume = supervisor.resume_hint(checkpoint.latest_step(workdir / "checkpoints"))
     first = " ".join(str(error).split())[:300]
+    index = jax.process_index()
     print(
-        f"{PROG}: error: process {jax.process_index()} of {jax.process_count()}: a collective "
-        f"with the other processes failed ({first}); another process died or stopped "
-        f"responding (its log: {workdir}/train.<i>.log); {resume}",
+        f"{PROG}: error: process {index} of {jax.process_count()}: a collective with the "
+        f"other processes failed ({first}); another process died or stopped responding "
+        f"(this one's log: {log_path(workdir, index)}); {resume}",
         file=sys.stderr,
         flush=True,
     )

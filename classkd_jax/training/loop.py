@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -35,28 +36,59 @@ from classkd_jax.training.validation import Validator
 class StopSignal:
     """Turns SIGTERM / SIGINT into a request to stop after the current step.
 
-    A second signal of either kind stops at once (KeyboardInterrupt).
+    One process: a signal sets the flag (`check` then says so); a second one
+    stops at once (KeyboardInterrupt). Several processes must all stop after
+    the same step, so there SIGTERM is left to JAX's preemption notice
+    (`jax.distributed` catches it, and the processes agree on a step through
+    the coordination service: `check` asks once per step), and Ctrl-C raises
+    that notice too, by sending this process SIGTERM. A second Ctrl-C still
+    stops at once (and the others then fail fast: a process was lost).
     """
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self):
+    def __init__(self, synchronized: bool = False):
+        self.synchronized = synchronized
         self.received: int | None = None
+        self._local: int | None = None
+        self._calls = 0
         self._previous: dict[int, Any] = {}
 
     def install(self) -> StopSignal:
-        for sig in self.SIGNALS:
+        if self.synchronized:
+            try:
+                self.check()  # every process makes this first call: the counts stay equal
+            except RuntimeError as e:
+                raise UserError(
+                    f"several processes stop together through JAX's preemption service: {e}"
+                ) from None
+        signals = (signal.SIGINT,) if self.synchronized else (signal.SIGTERM, signal.SIGINT)
+        for sig in signals:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame) -> None:
-        if self.received is not None:
+        if self._local is not None:
             self.uninstall()
             raise KeyboardInterrupt
-        self.received = signum
+        self._local = signum
+        if self.synchronized:
+            os.kill(os.getpid(), signal.SIGTERM)  # to JAX's preemption notifier
+        else:
+            self.received = signum
+
+    def check(self) -> bool:
+        """Whether to stop after the step just taken; the same answer on every
+        process. Call it exactly once per step on every process."""
+        if self.synchronized and self.received is None:
+            from jax.experimental import multihost_utils
+
+            if multihost_utils.reached_preemption_sync_point(self._calls):
+                self.received = self._local or signal.SIGTERM
+            self._calls += 1
+        return self.received is not None
 
     @property
     def requested(self) -> bool:
+        """Whether a stop was decided (`check`) or, on one process, signalled."""
         return self.received is not None
 
     @property
@@ -151,10 +183,9 @@ def run_loop(run: Run, state: RunState, start: int, meta: dict) -> tuple[RunStat
     if run.validator is not None:
         teacher = run.frozen.get("teacher")
         run.plan.start(lambda: run.validator.dev_loss(state.student.params, teacher)["dev_loss"])
+    outcome = "done"
     try:
         for step in range(start, run.total_steps):
-            if run.stop.requested:
-                break
             batch, host = run.plan.batch(step, state, run.frozen)
             state, metrics = run.step_fn(
                 state, run.frozen, batch, step_key(run.root_key, step, "step")
@@ -172,11 +203,15 @@ def run_loop(run: Run, state: RunState, start: int, meta: dict) -> tuple[RunStat
                 window.check()
                 pending, best = _validate(run, state, done, best)
             last = done == run.total_steps
-            if done % c.checkpoint_every == 0 or last or run.stop.requested:
+            stopping = run.stop.check()
+            if done % c.checkpoint_every == 0 or last or stopping:
                 _save(run, window, state, done, best, pending)
+            if stopping and (not last or pending is not None):
+                outcome = "stopped"
+                break
     except NonFiniteLoss as e:
         raise UserError(f"training stopped: {e}; {_last_good(run)}") from None
-    return state, ("stopped" if run.stop.requested else "done")
+    return state, outcome
 
 
 def exported_step(path: Path) -> int | None:

@@ -154,13 +154,16 @@ def export_student(run_dir: Path, state, models: Models, tokenizer, step: int) -
     return out
 
 
+def log_path(workdir: Path, process: int) -> Path:
+    """One log per process: train.log (process 0), train.<i>.log (the others)."""
+    return Path(workdir) / ("train.log" if process == 0 else f"train.{process}.log")
+
+
 def train(config, workdir: Path) -> int:
     """Runs (or resumes) the training `config` describes in `workdir`; returns the exit status."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    # One log per process: train.log (process 0), train.<i>.log (the others).
-    index = jax.process_index()
-    log = workdir / ("train.log" if index == 0 else f"train.{index}.log")
+    log = log_path(workdir, jax.process_index())
     cli.set_log_file(log)
     with logs.to_file(log):
         return _train(config, workdir)
@@ -345,7 +348,7 @@ def make_run(config, workdir, models, mesh, data, frozen, checkpoints, tokenizer
         validator=validator,
         checkpoints=checkpoints,
         reporter=reporter,
-        stop=StopSignal(),
+        stop=StopSignal(synchronized=jax.process_count() > 1),
         root_key=rng,
         meta={},
         devices=jax.device_count(),
