@@ -10,9 +10,9 @@ machine, give the coordinator and this process's place in the job:
 `python -m classkd_jax.train` also starts it by itself when the environment
 describes a job of several processes (a multi-host TPU slice, `srun` with
 several tasks, `mpirun`), so the same command runs on every host unchanged.
-A process that dies or hangs makes the others fail instead of waiting
-forever: start-up waits at most `--init_timeout` seconds for every process,
-and JAX's coordination service declares a process dead after
+A process that dies (or whose host stops responding) makes the others fail
+instead of waiting forever: start-up waits at most `--init_timeout` seconds
+for every process, and JAX's coordination service declares a process dead after
 `--heartbeat_timeout` seconds without a heartbeat, which ends the others
 (from C++; the trainer's `classkd_jax.supervisor` turns that into one line
 naming the process).

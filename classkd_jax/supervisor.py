@@ -1,8 +1,8 @@
 """A multi-process trainer runs in a child process, so that however it ends, its end is reported.
 
-    status = supervisor.supervise(argv, prog=PROG, workdir=workdir)   # the parent
-    fd = supervisor.child_fd()                                         # the child
-    supervisor.started(fd, process, processes, log)
+    status = supervisor.supervise(argv, prog=PROG, workdir=workdir, module=...)  # parent
+    child = supervisor.child_start(workdir)                 # the child, before jax.distributed
+    supervisor.started(child, process, processes, log)     # ... and once it is up
 
 Why a parent: JAX's distributed runtime ends a process from C++ (SIGABRT, a
 C++ stack trace, no Python) when its coordination service declares another
@@ -14,10 +14,13 @@ the process that was lost and the checkpoint a rerun resumes from, and exits
 75 (EX_TEMPFAIL: rerun the job). Every other ending is the child's own: its
 status passes through unchanged.
 
-The child sends the parent where it stands (process index, count, log) over a
-pipe once `jax.distributed` is up, and from then on its C++ output (XLA, the
-coordination service) goes to its log, `DIR/train.log` or `DIR/train.<i>.log`;
-the terminal keeps the trainer's own lines. SIGTERM and SIGINT to the parent
+The same goes for a start-up that JAX ends (not every process reached the
+coordinator within `--init_timeout`): one line, exit 75. The child's C++
+output (XLA, the coordination service, gloo) goes to `DIR/train.starting.<pid>.log`
+until `jax.distributed` is up, then the child sends the parent where it
+stands (process index, count, log) over a pipe and the output moves to its
+log, `DIR/train.log` or `DIR/train.<i>.log`; the terminal keeps the
+trainer's own lines. SIGTERM and SIGINT to the parent
 reach the child as SIGTERM (which JAX turns into a preemption notice every
 process agrees on; the trainer stops them all after the same step). The child
 dies with the parent (`PR_SET_PDEATHSIG` on Linux), so killing the parent is
@@ -28,6 +31,7 @@ parent (e.g. under a debugger).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -45,37 +49,68 @@ def wanted() -> bool:
     return ENV not in os.environ
 
 
-def child_fd() -> int | None:
-    """In a supervised child: the pipe to the parent (None elsewhere). Also ties
-    the child's life to the parent's."""
+@dataclasses.dataclass
+class Child:
+    """A supervised child's side: the pipe to the parent, its start-up log."""
+
+    pipe: int
+    startup_log: Path
+
+
+def startup_log(workdir: Path, pid: int) -> Path:
+    """Where a child's C++ output goes until it knows its process index."""
+    return Path(workdir) / f"train.starting.{pid}.log"
+
+
+def child_start(workdir: Path) -> Child | None:
+    """In a supervised child (None elsewhere): ties its life to the parent's and
+    sends the output of C++ code (file descriptors 1 and 2: XLA, the coordination
+    service, gloo) to its start-up log; Python's `sys.stdout` and `sys.stderr`
+    stay on the terminal."""
     fd, _, parent = os.environ.get(ENV, "").partition(",")
     if not (fd.isdigit() and parent.isdigit()):
         return None
     _die_with_parent(int(parent))
-    return int(fd)
+    child = Child(int(fd), startup_log(workdir, os.getpid()))
+    child.startup_log.parent.mkdir(parents=True, exist_ok=True)
+    for name, number in (("stdout", 1), ("stderr", 2)):
+        getattr(sys, name).flush()
+        terminal = os.dup(number)
+        setattr(sys, name, open(terminal, "w", buffering=1, encoding="utf-8", errors="replace"))  # noqa: SIM115
+    _point_at(child.startup_log)
+    return child
 
 
-def started(fd: int | None, process: int, processes: int, log: Path) -> None:
-    """Tells the parent where this child stands and sends the output of C++ code
-    (file descriptors 1 and 2: XLA, the coordination service, gloo) to `log`;
-    Python's `sys.stdout` and `sys.stderr` stay on the terminal."""
-    if fd is None:
+def started(child: Child | None, process: int, processes: int, log: Path) -> None:
+    """Once `jax.distributed` is up: tells the parent where this child stands and
+    moves its C++ output (and what start-up wrote) to `log`."""
+    if child is None:
         return
-    with os.fdopen(fd, "w") as pipe:
+    with os.fdopen(child.pipe, "w") as pipe:
         pipe.write(json.dumps({"process": process, "processes": processes, "log": str(log)}))
     Path(log).parent.mkdir(parents=True, exist_ok=True)
-    target = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    for name, number in (("stdout", 1), ("stderr", 2)):
-        stream = getattr(sys, name)
-        stream.flush()
-        terminal = os.dup(number)
-        os.dup2(target, number)
-        setattr(sys, name, open(terminal, "w", buffering=1, encoding="utf-8", errors="replace"))  # noqa: SIM115
+    _point_at(log)
+    with contextlib.suppress(OSError):
+        with open(log, "ab") as out:
+            out.write(child.startup_log.read_bytes())
+        child.startup_log.unlink()
+
+
+def _point_at(path: Path) -> None:
+    target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(target, 1)
+    os.dup2(target, 2)
     os.close(target)
 
 
-def supervise(argv: list[str], *, prog: str, workdir: Path, module: str) -> int:
-    """Runs `python -m module argv` as a supervised child; returns the exit status to use."""
+def supervise(
+    argv: list[str], *, prog: str, workdir: Path, module: str, startup: Startup | None = None
+) -> int:
+    """Runs `python -m module argv` as a supervised child; returns the exit status to use.
+
+    Args:
+      startup: what the child's start-up needs (for the message when it fails there).
+    """
     read, write = os.pipe()
     env = {**os.environ, ENV: f"{write},{os.getpid()}"}
     command = [sys.executable, "-m", module, *argv]
@@ -95,30 +130,68 @@ def supervise(argv: list[str], *, prog: str, workdir: Path, module: str) -> int:
     with os.fdopen(read) as pipe:
         text = pipe.read()
     report = json.loads(text) if text else None
+    early = startup_log(workdir, child.pid)
     if returncode >= 0:
+        with contextlib.suppress(OSError):
+            if early.stat().st_size == 0:
+                early.unlink()
         return returncode
-    log = Path(report["log"]) if report else None
-    tail = _tail(log) if log else ""
+    log = Path(report["log"]) if report else early
     from classkd_jax import checkpoint
 
     step = checkpoint.latest_step(Path(workdir) / "checkpoints")
-    message, status = explain(-returncode, report, tail, step)
+    message, status = explain(-returncode, report, _tail(log), step, startup, log)
     print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
     return status
 
 
-def explain(signum: int, report: dict | None, log_tail: str, step: int | None) -> tuple[str, int]:
+@dataclasses.dataclass(frozen=True)
+class Startup:
+    """What `jax.distributed`'s start-up was asked for (None: left to detection)."""
+
+    coordinator: str | None
+    processes: int | None
+    process: int | None
+    timeout: int
+
+
+def explain(
+    signum: int,
+    report: dict | None,
+    log_tail: str,
+    step: int | None,
+    startup: Startup | None = None,
+    log: Path | None = None,
+) -> tuple[str, int]:
     """(the one-line message, the exit status) for a child ended by signal `signum`.
 
     Args:
       report: what the child sent once `jax.distributed` was up (None: it died before).
       log_tail: the end of the child's log (where JAX's C++ runtime wrote why).
       step: the latest checkpoint in the workdir, None when there is none.
+      startup: the start-up flags, named when the child died before it was up.
+      log: the child's log (its start-up log when it died before it was up).
     """
-    who = f"process {report['process']} of {report['processes']}" if report else "this process"
-    where = f" (its log: {report['log']})" if report else ""
+    if report:
+        who = f"process {report['process']} of {report['processes']}"
+    elif startup and startup.process is not None and startup.processes:
+        who = f"process {startup.process} of {startup.processes}"
+    else:
+        who = "this process"
+    log = log or (report["log"] if report else None)
+    where = f" (its log: {log})" if log else ""
     resume = resume_hint(step)
-    if signum == signal.SIGABRT and "distributed service detected fatal errors" in log_tail:
+    jax_ended = signum == signal.SIGABRT and "distributed service detected fatal errors" in log_tail
+    if jax_ended and report is None:
+        coordinator = startup.coordinator if startup and startup.coordinator else "the coordinator"
+        timeout = f" within --init_timeout {startup.timeout} s" if startup else ""
+        return (
+            f"{who}: JAX's distributed runtime did not start: not every process reached "
+            f"{coordinator}{timeout} (one did not start, or the address, the port or "
+            f"--num_processes is wrong){where}",
+            EXIT_PEER_LOST,
+        )
+    if jax_ended:
         lost = lost_process(log_tail)
         message = f"{who}: {lost} died or stopped responding, so JAX's distributed runtime"
         return f"{message} ended this one{where}; {resume}", EXIT_PEER_LOST

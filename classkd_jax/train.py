@@ -31,9 +31,9 @@ machine). Each process reads its rows of every batch; process 0 alone writes
 metrics, TensorBoard, config.json and the export; all take part in
 checkpoints, which restore onto another mesh or process count. SIGTERM to
 any one process stops them all after the same step (JAX's preemption
-notice); a process that dies or hangs ends the others within
-`--heartbeat_timeout` seconds with one line and exit status 75 (each trainer
-process runs under a small parent that reports how it ended:
+notice); a process that dies (or whose host stops responding) ends the
+others within `--heartbeat_timeout` seconds with one line and exit status 75
+(each trainer process runs under a small parent that reports how it ended:
 `classkd_jax.supervisor`).
 
 Reads top to bottom: flags -> config -> mesh -> tokenizer, models planned
@@ -140,15 +140,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         raise UserError(str(e)) from None
     if several and supervisor.wanted():  # this process only watches the one that trains
-        return supervisor.supervise(argv, prog=PROG, workdir=workdir, module="classkd_jax.train")
-    pipe = supervisor.child_fd()
+        startup = supervisor.Startup(
+            multi.coordinator_address, multi.num_processes, multi.process_id, multi.init_timeout
+        )
+        return supervisor.supervise(
+            argv, prog=PROG, workdir=workdir, module="classkd_jax.train", startup=startup
+        )
+    child = supervisor.child_start(workdir) if several else None
     distributed.initialize(multi)
     import jax
 
     from classkd_jax.training.run import log_path, train
 
     index = jax.process_index()
-    supervisor.started(pipe, index, jax.process_count(), log_path(workdir, index))
+    supervisor.started(child, index, jax.process_count(), log_path(workdir, index))
     try:
         return train(config, workdir)
     except jax.errors.JaxRuntimeError as error:

@@ -2,7 +2,8 @@
 milliseconds): `python -m tests.supervised_child ACTION LOG [PROCESS PROCESSES]`.
 
 ACTION: `report-then-abort-like-jax` (what JAX's C++ runtime does when a peer
-is lost), `exit-3`, `wait-for-sigterm` (exits 143 on SIGTERM, printing how
+is lost), `abort-in-start-up-like-jax` (when not every process reaches the
+coordinator in time), `exit-3`, `wait-for-sigterm` (exits 143 on SIGTERM, printing how
 many it got), `sleep` (until killed; prints its pid first).
 """
 
@@ -23,11 +24,21 @@ HEARTBEATS_LOST = (
     "task died\n*** Check failure stack trace: ***\n"
 )
 
+STARTUP_TIMED_OUT = (
+    "F1201 20:01:29.575085   22524 client.h:80] Terminating process because the JAX "
+    "distributed service detected fatal errors. absl::Status: DEADLINE_EXCEEDED: Deadline "
+    "Exceeded\n\nRPC: /xla.coordination.CoordinationService/RegisterTask\n"
+)
+
 
 def main() -> None:
     action, log = sys.argv[1], Path(sys.argv[2])
     process, processes = (int(a) for a in sys.argv[3:5]) if len(sys.argv) > 3 else (0, 2)
-    supervisor.started(supervisor.child_fd(), process, processes, log)
+    child = supervisor.child_start(log.parent)
+    if action == "abort-in-start-up-like-jax":
+        os.write(2, STARTUP_TIMED_OUT.encode())
+        os.abort()
+    supervisor.started(child, process, processes, log)
     print("child started", file=sys.stderr, flush=True)  # to the terminal, not the log
     if action == "report-then-abort-like-jax":
         os.write(2, HEARTBEATS_LOST.encode())  # C++ writes straight to fd 2: the log

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from classkd_jax import supervisor
-from tests.supervised_child import HEARTBEATS_LOST
+from tests.supervised_child import HEARTBEATS_LOST, STARTUP_TIMED_OUT
 
 ROOT = Path(__file__).resolve().parents[1]
 COORDINATOR_GONE = (
@@ -52,17 +52,31 @@ def test_other_deaths_keep_their_signal_in_the_status():
     assert status == 128 + signal.SIGABRT
 
 
+def test_a_start_up_that_jax_ends_names_the_coordinator_and_the_timeout():
+    startup = supervisor.Startup("10.0.0.1:1234", 2, 1, 300)
+    message, status = supervisor.explain(
+        signal.SIGABRT, None, STARTUP_TIMED_OUT, None, startup, Path("DIR/train.starting.7.log")
+    )
+    assert status == 75
+    assert message == (
+        "process 1 of 2: JAX's distributed runtime did not start: not every process reached "
+        "10.0.0.1:1234 within --init_timeout 300 s (one did not start, or the address, the "
+        "port or --num_processes is wrong) (its log: DIR/train.starting.7.log)"
+    )
+
+
 def test_several_lost_processes_are_all_named():
     log = HEARTBEATS_LOST.replace("):\n1\n", "):\n1, 3\n")
     assert supervisor.lost_process(log) == "processes 1, 3"
     assert supervisor.lost_process("no reason given") == "another process"
 
 
-def _supervise(action: str, tmp_path: Path, capfd) -> tuple[int, str, str]:
+def _supervise(action: str, tmp_path: Path, capfd, **kwargs) -> tuple[int, str, str]:
     log = tmp_path / "train.log"
     status = supervisor.supervise(
-        [action, str(log)], prog="prog", workdir=tmp_path, module="tests.supervised_child"
-    )
+        [action, str(log)], prog="prog", workdir=tmp_path, module="tests.supervised_child",
+        **kwargs,
+    )  # fmt: skip
     return status, capfd.readouterr().err, log.read_text() if log.exists() else ""
 
 
@@ -77,6 +91,20 @@ def test_a_child_ended_by_jax_is_one_line_and_its_cpp_output_stays_in_its_log(tm
         "no checkpoint was written yet, so a rerun starts over",
     ]
     assert "Terminating process" in log and "stack trace" in log
+    assert not list(tmp_path.glob("train.starting.*"))  # moved into the log once up
+
+
+def test_a_start_up_that_jax_ends_is_one_line_and_keeps_its_log(tmp_path, capfd):
+    startup = supervisor.Startup("127.0.0.1:1234", 2, 0, 5)
+    status, err, _ = _supervise("abort-in-start-up-like-jax", tmp_path, capfd, startup=startup)
+    (early,) = tmp_path.glob("train.starting.*.log")
+    assert status == 75
+    assert err.strip().splitlines() == [
+        "prog: error: process 0 of 2: JAX's distributed runtime did not start: not every "
+        "process reached 127.0.0.1:1234 within --init_timeout 5 s (one did not start, or the "
+        f"address, the port or --num_processes is wrong) (its log: {early})"
+    ]
+    assert "RegisterTask" in early.read_text()
 
 
 def test_a_childs_own_exit_status_passes_through(tmp_path, capfd):

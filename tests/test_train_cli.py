@@ -340,25 +340,28 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_one_process_resumes_o
 
 
 @pytest.mark.multiprocess
-def test_a_dead_process_makes_the_other_fail_fast_with_a_message(two_process_run, tmp_path):
-    """Process 1 is killed (SIGKILL) as training starts: process 0 leaves in bounded time,
+@pytest.mark.parametrize("dead", [1, 0], ids=["a_worker", "the_coordinator"])
+def test_a_dead_process_makes_the_other_fail_fast_with_a_message(two_process_run, tmp_path, dead):
+    """One process is killed (SIGKILL) as training starts, process 1 or process 0
+    (which hosts JAX's coordination service): the other leaves in bounded time,
     exit 75, with one line naming what happened and where a rerun resumes, and
     neither a Python traceback nor JAX's C++ stack trace on its terminal."""
     from tests.multiprocess import free_port
 
     workdir = tmp_path / "killed"
     # The fixture's config (its programs are in the compilation cache), killed once
-    # both are past start-up. The death surfaces in process 0's next collective, or
-    # at the latest when JAX's coordination service misses 10 s of heartbeats.
+    # both are past start-up. The death surfaces in the survivor's next collective,
+    # or at the latest when JAX's coordination service misses 10 s of heartbeats.
     started = _Started(_two_process_cli(workdir, free_port(), "--heartbeat_timeout", "10"))
     started.wait_until(lambda: "process 0/2" in started.output(0))
-    started.procs[1].kill()
+    started.procs[dead].kill()
     killed = time.time()
+    survivor = 1 - dead
     status = started.finish(timeout=90)
     assert time.time() - killed < 90
-    out = started.output(0)
-    assert status[0] == train.EXIT_PEER_LOST, out[-3000:]
+    out = started.output(survivor)
+    assert status[survivor] == train.EXIT_PEER_LOST, out[-3000:]
     last = out.strip().splitlines()[-1]
-    assert last.startswith("python -m classkd_jax.train: error: process 0 of 2: ")
+    assert last.startswith(f"python -m classkd_jax.train: error: process {survivor} of 2: ")
     assert "died or stopped responding" in last and "rerun" in last
     assert "Traceback" not in out and "stack trace" not in out
