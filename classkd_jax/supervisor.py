@@ -129,7 +129,10 @@ def supervise(
             signal.signal(s, handler)
     with os.fdopen(read) as pipe:
         text = pipe.read()
-    report = json.loads(text) if text else None
+    try:
+        report = json.loads(text) if text else None
+    except json.JSONDecodeError:  # the child died while writing it
+        report = None
     early = startup_log(workdir, child.pid)
     if returncode >= 0:
         with contextlib.suppress(OSError):
