@@ -57,6 +57,16 @@ class Child:
     startup_log: Path
 
 
+@dataclasses.dataclass(frozen=True)
+class Startup:
+    """What `jax.distributed`'s start-up was asked for (None: left to detection)."""
+
+    coordinator: str | None
+    processes: int | None
+    process: int | None
+    timeout: int
+
+
 def startup_log(workdir: Path, pid: int) -> Path:
     """Where a child's C++ output goes until it knows its process index."""
     return Path(workdir) / f"train.starting.{pid}.log"
@@ -88,8 +98,7 @@ def started(child: Child | None, process: int, processes: int, log: Path) -> Non
         return
     with os.fdopen(child.pipe, "w") as pipe:
         pipe.write(json.dumps({"process": process, "processes": processes, "log": str(log)}))
-    Path(log).parent.mkdir(parents=True, exist_ok=True)
-    _point_at(log)
+    _point_at(log)  # in the workdir, which child_start made
     with contextlib.suppress(OSError):
         with open(log, "ab") as out:
             out.write(child.startup_log.read_bytes())
@@ -146,16 +155,6 @@ def supervise(
     message, status = explain(-returncode, report, _tail(log), step, startup, log)
     print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
     return status
-
-
-@dataclasses.dataclass(frozen=True)
-class Startup:
-    """What `jax.distributed`'s start-up was asked for (None: left to detection)."""
-
-    coordinator: str | None
-    processes: int | None
-    process: int | None
-    timeout: int
 
 
 def explain(

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -203,56 +202,6 @@ def _four_devices() -> dict:
     return {**os.environ, "XLA_FLAGS": flags}
 
 
-class _Started:
-    """Both processes of `_two_process_cli`, their output read as it comes."""
-
-    def __init__(self, commands: list[list[str]]):
-        import threading
-
-        self.procs = [
-            subprocess.Popen(
-                c, env=_four_devices(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-            )
-            for c in commands
-        ]
-        self.lines: list[list[str]] = [[] for _ in self.procs]
-        self._readers = [
-            threading.Thread(target=self._read, args=(i,), daemon=True)
-            for i in range(len(self.procs))
-        ]
-        for reader in self._readers:
-            reader.start()
-
-    def _read(self, i: int) -> None:
-        for line in self.procs[i].stdout:
-            self.lines[i].append(line)
-
-    def output(self, i: int) -> str:
-        return "".join(self.lines[i])
-
-    def wait_until(self, condition, timeout: float = 300) -> None:
-        deadline = time.time() + timeout
-        while not condition():
-            for j, p in enumerate(self.procs):
-                assert p.poll() is None, f"process {j} exited:\n{self.output(j)[-3000:]}"
-            assert time.time() < deadline, f"not within {timeout} s:\n{self.output(0)[-3000:]}"
-            time.sleep(0.1)
-
-    def finish(self, timeout: float) -> list[int]:
-        """Every exit status; fails (killing all) when one still runs after `timeout` s."""
-        deadline = time.time() + timeout
-        for p in self.procs:
-            try:
-                p.wait(timeout=max(0.1, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                for q in self.procs:
-                    q.kill()
-                pytest.fail(f"still running {timeout} s later:\n{self.output(0)[-3000:]}")
-        for reader in self._readers:
-            reader.join(timeout=10)
-        return [p.returncode for p in self.procs]
-
-
 def _exported(workdir: Path) -> dict:
     """The exported student's weights (a checkpoint written by 2 processes restores
     only onto shardings, which the trainer gives it; the export is plain arrays)."""
@@ -285,11 +234,12 @@ def two_process_run(runs, tmp_path_factory):
     preempted part-way as a scheduler preempting one host would: SIGTERM to
     process 1 alone once step 6 is logged. Returns (workdir, exit statuses,
     terminal outputs, the step both stopped after)."""
-    from tests.multiprocess import free_port
+    from tests.multiprocess import Started, free_port
 
     workdir = tmp_path_factory.mktemp("two") / "classkd"
     # Checkpoints at 24 only (and where it stops): fewer barriers.
-    started = _Started(_two_process_cli(workdir, free_port(), "--config.checkpoint_every=24"))
+    cmds = _two_process_cli(workdir, free_port(), "--config.checkpoint_every=24")
+    started = Started(cmds, _four_devices())
     started.wait_until(lambda: any(r["step"] >= 6 for r in _records_if_any(workdir)))
     started.procs[1].send_signal(signal.SIGTERM)
     status = started.finish(timeout=200)
@@ -360,13 +310,14 @@ def test_a_dead_process_makes_the_other_fail_fast_with_a_message(tmp_path, dead)
     (which hosts JAX's coordination service): the other leaves in bounded time,
     exit 75, with one line naming what happened and where a rerun resumes, and
     neither a Python traceback nor JAX's C++ stack trace on its terminal."""
-    from tests.multiprocess import free_port
+    from tests.multiprocess import Started, free_port
 
     workdir = tmp_path / "killed"
     # Killed as soon as both have joined (each has its log): the survivor is still
     # loading, so the death reaches it from JAX's coordination service (at once
     # when process 0 is gone, within the 10 s heartbeat timeout otherwise).
-    started = _Started(_two_process_cli(workdir, free_port(), "--heartbeat_timeout", "10"))
+    cmds = _two_process_cli(workdir, free_port(), "--heartbeat_timeout", "10")
+    started = Started(cmds, _four_devices())
     logs = (workdir / "train.log", workdir / "train.1.log")
     started.wait_until(lambda: all(log.exists() for log in logs))
     started.procs[dead].kill()
