@@ -60,8 +60,14 @@ def hf_config(family: str):
     'llama-biased' switches on all of Llama's optional biases;
     'llama-rope-scaled' is Llama with Llama 3 rope scaling whose original context
     (16) is short enough that every frequency band is exercised.
+    'qwen3', 'gemma2', 'gemma3' have 3 layers (an odd count: no repeat of a
+    layer pattern) and a sliding window of 4 tokens, shorter than the test
+    sequences, on layers 0 and 2 (Qwen3's on 1 and 2); see `new_family_config`.
     """
     from transformers import GPT2Config, LlamaConfig, Qwen2Config
+
+    if family.removesuffix("-small") in NEW_FAMILIES:
+        return new_family_config(family)
 
     ids = dict(pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID)
     if family == "gpt2":
@@ -103,6 +109,96 @@ def hf_config(family: str):
         )
         return LlamaConfig(**shape, rope_theta=10000.0, rope_scaling=rope)
     raise ValueError(f"unknown tiny family {family!r}")
+
+
+NEW_FAMILIES = ("qwen3", "gemma2", "gemma3")
+WINDOW = 4
+
+
+def new_family_config(family: str):
+    """The tiny Qwen3 / Gemma 2 / Gemma 3 configs, each with every feature on.
+
+    Gemma: query_pre_attn_scalar 12 (not head_dim 8), final soft-cap 5 (both
+    Gemmas) and attention soft-cap 2 (Gemma 2; Gemma 3 ignores it in HF), both
+    layer types; Gemma 3 with per-layer-type RoPE (local θ 1e4, global 1e6 with
+    linear scaling x2). Qwen3 with q/k norms, tied, and its optional window.
+    'FAMILY-small' is the same at width 16 with 2 heads (a student for `FAMILY`).
+    """
+    from transformers import Gemma2Config, Gemma3TextConfig, Qwen3Config
+
+    family, small = family.removesuffix("-small"), family.endswith("-small")
+    ids = dict(pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID)
+    shape = dict(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=16 if small else 32,
+        intermediate_size=32 if small else 64,
+        num_hidden_layers=3,
+        num_attention_heads=2 if small else 4,
+        num_key_value_heads=1 if small else 2,
+        head_dim=8,
+        max_position_embeddings=128,
+        sliding_window=WINDOW,
+        **ids,
+    )
+    if family == "qwen3":
+        return Qwen3Config(
+            **shape,
+            tie_word_embeddings=True,
+            use_sliding_window=True,
+            max_window_layers=1,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+        )
+    gemma = dict(
+        shape,
+        query_pre_attn_scalar=12,
+        final_logit_softcapping=5.0,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+    )
+    if family == "gemma2":
+        return Gemma2Config(**gemma, attn_logit_softcapping=2.0)
+    rope = {
+        "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1000000.0},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+    }
+    return Gemma3TextConfig(**gemma, rope_parameters=rope)
+
+
+def build_multimodal_gemma3(text_model, out_dir: Path, tokenizer_dir: Path | None = None):
+    """Saves a multimodal `gemma3` checkpoint (a tiny SigLIP tower and projector)
+    whose language model has `text_model`'s weights (a tiny Gemma3ForCausalLM)."""
+    import torch
+    from transformers import (
+        AutoTokenizer,
+        Gemma3Config,
+        Gemma3ForConditionalGeneration,
+        SiglipVisionConfig,
+    )
+
+    vision = SiglipVisionConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=28,
+        patch_size=14,
+    )
+    text = text_model.config.to_dict()
+    config = Gemma3Config(
+        text_config=text,
+        vision_config=vision.to_dict(),
+        mm_tokens_per_image=4,
+        image_token_index=VOCAB_SIZE - 1,
+        boi_token_index=VOCAB_SIZE - 3,
+        eoi_token_index=VOCAB_SIZE - 2,
+    )
+    torch.manual_seed(1)
+    model = Gemma3ForConditionalGeneration(config).eval()
+    model.model.language_model.load_state_dict(text_model.model.state_dict())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out_dir))
+    if tokenizer_dir is not None:
+        AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(out_dir))
+    return model
 
 
 def build_model(family: str, out_dir: Path, tokenizer_dir: Path | None = None, seed: int = 0):

@@ -1,8 +1,10 @@
 """Grouped-query self-attention with an optional per-layer KV cache.
 
-The mask is built once per forward pass (`attention_mask` / `cache_attention_mask`)
-and shared by all layers; each layer only projects, rotates, writes its cache
-slice and attends. Softmax runs in float32 whatever the compute dtype.
+The masks are built once per forward pass (`attention_mask` /
+`cache_attention_mask`, and their sliding-window restriction `window_mask`)
+and shared by all layers; each layer only picks its mask and RoPE frequencies
+(by its layer type), projects, rotates, writes its cache slice and attends.
+Softmax runs in float32 whatever the compute dtype.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ import jax
 import jax.numpy as jnp
 
 from classkd_jax.models.config import ModelConfig
-from classkd_jax.models.layers import Projection, apply_rope, rope_inv_freq
+from classkd_jax.models.layers import Norm, Projection, apply_rope, rope_inv_freq, softcap
 
 LayerCache = tuple[jax.Array, jax.Array]  # keys, values: [B, H_kv, S, D_h] each
+# A layer's "is it a sliding-window layer": a Python bool when the blocks are
+# unrolled (decided at trace time), a [] bool array when scanned (per layer).
+Sliding = bool | jax.Array
 
 
 def attention_mask(segment_ids: jax.Array) -> jax.Array:
@@ -50,21 +55,52 @@ def cache_attention_mask(slot_mask: jax.Array, index: jax.Array, num_new: int) -
     return causal[None] & slot_mask[:, None, :]
 
 
+def window_mask(mask: jax.Array, query_index: jax.Array, window: int) -> jax.Array:
+    """`mask` [B, T, S] restricted to keys at indices `query_index - window < s`.
+
+    Args:
+      mask: [B, T, S] bool, a full (causal) mask.
+      query_index: [T] int32, each query's index on the key axis (its token
+        index in a forward pass, its slot in cache mode), as HF's `cache_position`.
+      window: W, the sliding window.
+    """
+    s = mask.shape[-1]
+    near = jnp.arange(s)[None, :] > query_index[:, None] - window  # [T, S]
+    return mask & near[None]
+
+
+def pick(sliding: Sliding, if_sliding, if_full):
+    """`if_sliding` or `if_full` by a layer's type: statically for a Python bool,
+    else `jnp.where` (a scanned stack's per-layer flag)."""
+    if isinstance(sliding, bool):
+        return if_sliding if sliding else if_full
+    return jnp.where(sliding, if_sliding, if_full)
+
+
 def dot_product_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, dtype: jnp.dtype
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array,
+    dtype: jnp.dtype,
+    scale_dim: float | None = None,
+    logit_cap: float | None = None,
 ) -> jax.Array:
     """Attention of `q` [B, T, H, D_h] over `k`, `v` [B, H_kv, S, D_h] with `mask` [B, T, S].
 
     Keys and values are heads-major (the cache layout), so both dots batch over
     (B, H_kv) with no transpose of the keys or values. Query head h uses key head
-    h // (H // H_kv), as Hugging Face's `repeat_kv`. Fully masked rows (padding
-    queries) give finite garbage, never NaN.
+    h // (H // H_kv), as Hugging Face's `repeat_kv`. Logits are scaled by
+    `scale_dim ** -0.5` (default D_h), soft-capped by `logit_cap` if given,
+    then masked (HF's order). Fully masked rows (padding queries) give finite
+    garbage, never NaN.
     """
     b, t, h, d = q.shape
     kv = k.shape[1]
     q = q.reshape(b, t, kv, h // kv, d)
     logits = jnp.einsum("btkgd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
-    logits = logits * (1.0 / jnp.sqrt(jnp.float32(d)))
+    logits = logits * (1.0 / jnp.sqrt(jnp.float32(scale_dim or d)))
+    logits = softcap(logits, logit_cap)
     logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
     out = jnp.einsum("bkgts,bksd->btkgd", probs, v.astype(dtype))
@@ -72,7 +108,7 @@ def dot_product_attention(
 
 
 class Attention(nn.Module):
-    """Multi-head / grouped-query self-attention (GPT-2, Llama, Qwen2)."""
+    """Multi-head / grouped-query self-attention of every family (see `ModelConfig`)."""
 
     config: ModelConfig
 
@@ -81,18 +117,21 @@ class Attention(nn.Module):
         self,
         x: jax.Array,
         positions: jax.Array,
-        mask: jax.Array,
+        masks: tuple[jax.Array, jax.Array | None],
         layer_cache: LayerCache | None = None,
         index: jax.Array | None = None,
+        sliding: Sliding = False,
     ) -> tuple[jax.Array, LayerCache | None]:
         """Attends over the new tokens, or over the cache with them written in.
 
         Args:
           x: [B, T, D] compute dtype.
           positions: [B, T] int32, used by RoPE.
-          mask: [B, T, T] bool, or [B, T, S] bool in cache mode.
+          masks: (full, window) masks [B, T, T] bool, or [B, T, S] in cache
+            mode; window is None when the model has no sliding layer.
           layer_cache: this layer's (keys, values) [B, H_kv, S, D_h], or None.
           index: [] int32 slot of the first new token (cache mode only).
+          sliding: whether this is a sliding-window layer (see `Sliding`).
 
         Returns:
           ([B, T, D] compute dtype, the updated layer cache or None).
@@ -106,8 +145,13 @@ class Attention(nn.Module):
         q = proj(heads, ("heads", "head_dim"), "q")(x)
         k = proj(kv_heads, ("kv_heads", "head_dim"), "k")(x)
         v = proj(kv_heads, ("kv_heads", "head_dim"), "v")(x)
+        if cfg.qk_norm:  # per head, over head_dim, before RoPE (Qwen3, Gemma 3)
+            q = Norm(cfg, "head_dim", name="q_norm")(q)
+            k = Norm(cfg, "head_dim", name="k_norm")(k)
         if cfg.position_embedding == "rope":
             inv_freq = rope_inv_freq(cfg)
+            if cfg.local_rope_theta is not None:
+                inv_freq = pick(sliding, rope_inv_freq(cfg, local=True), inv_freq)
             q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
         # Heads-major keys/values [B, H_kv, T, D_h]: the cache layout.
@@ -119,7 +163,11 @@ class Attention(nn.Module):
             k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), start)
             v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
             new_cache = (k, v)
-        out = dot_product_attention(q, k, v, mask, cfg.compute_dtype)
+        full, window = masks
+        mask = full if window is None else pick(sliding, window, full)
+        out = dot_product_attention(
+            q, k, v, mask, cfg.compute_dtype, cfg.query_pre_attn_scalar, cfg.attn_logit_softcap
+        )
         out = Projection(
             cfg,
             (cfg.hidden_size,),

@@ -1,6 +1,7 @@
 """`ModelConfig`: the shape and numerics of one decoder-only transformer.
 
-One frozen dataclass covers GPT-2, Llama and Qwen2. It is hashable, so it can be a
+One frozen dataclass covers GPT-2, Llama, Qwen2, Qwen3, Gemma 2 and Gemma 3
+(text). It is hashable, so it can be a
 static argument of `jax.jit`, and it converts to and from a Hugging Face
 `config.json` dict (`from_hf_config` / `to_hf_config`).
 """
@@ -12,7 +13,9 @@ from typing import Any
 
 import jax.numpy as jnp
 
-FAMILIES = ("gpt2", "llama", "qwen2")
+FAMILIES = ("gpt2", "llama", "qwen2", "qwen3", "gemma2", "gemma3")
+LAYER_TYPES = ("full_attention", "sliding_attention")
+ROPE_TYPES = ("default", "llama3", "linear")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 # The HF `torch_dtype` / `dtype` written by save_hf, by our param dtype name.
 _HF_DTYPE = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
@@ -31,12 +34,31 @@ class ModelConfig:
     """Hyper-parameters of a decoder-only transformer (hashable, jit-static).
 
     Attributes:
-      family: 'gpt2' | 'llama' | 'qwen2'; decides the Hugging Face tensor names.
-      position_embedding: 'learned' (GPT-2) or 'rope' (Llama, Qwen2).
+      family: one of `FAMILIES`; decides the Hugging Face tensor names.
+      position_embedding: 'learned' (GPT-2) or 'rope' (the others).
       rope_scaling: None, or a sorted tuple of (key, value) pairs of the HF
-        `rope_scaling` dict; only `rope_type='llama3'` is supported.
-      norm: 'layernorm' (with bias) or 'rmsnorm'.
-      mlp: 'gelu' (up -> act -> down, GPT-2) or 'swiglu' (act(gate) * up -> down).
+        rope scaling dict; `rope_type` 'llama3' or 'linear' (Gemma 3's global
+        layers). With `local_rope_theta` set it applies to full-attention layers only.
+      local_rope_theta: RoPE base of the sliding-window layers when it differs
+        from `rope_theta` (Gemma 3: 1e4 local, 1e6 global); None: `rope_theta`.
+      norm: 'layernorm' (with bias), 'rmsnorm' (Llama: `w * x_hat` in compute
+        dtype) or 'gemma_rmsnorm' (`(1 + w) * x_hat` in float32, scales init 0).
+      qk_norm: RMSNorm over head_dim on queries and keys before RoPE (Qwen3, Gemma 3).
+      post_norms: Gemma's four norms per block (the attention and MLP outputs
+        are normalised too before their residual add).
+      embed_scale: multiply the embeddings by sqrt(hidden_size), cast to the
+        param dtype first as Hugging Face does (Gemma).
+      query_pre_attn_scalar: attention logits are scaled by its -1/2 power
+        instead of head_dim's (Gemma); None: head_dim.
+      attn_logit_softcap: `c * tanh(logits / c)` on the attention logits before
+        the mask (Gemma 2); None: off.
+      final_logit_softcap: the same on the output logits (Gemma 2); every
+        place that forms logits from `hidden @ head` applies it (`softcap`).
+      sliding_window: W; a sliding layer's query at index t sees keys at
+        indices t - W < s <= t (token index in a forward, slot in the cache).
+      layer_types: per layer 'full_attention' or 'sliding_attention'; None: all full.
+      mlp: 'gelu' (up -> act -> down, GPT-2) or 'swiglu' (act(gate) * up -> down;
+        with a GELU activation it is Gemma's GeGLU).
       activation: 'gelu_new' (tanh approximation), 'gelu' (exact) or 'silu'.
       eos_token_id: an int or a tuple of ints (Llama 3 has several).
       dtype: compute dtype name; `param_dtype`: storage dtype name of params.
@@ -59,6 +81,7 @@ class ModelConfig:
     position_embedding: str = "rope"
     rope_theta: float = 10000.0
     rope_scaling: tuple[tuple[str, Any], ...] | None = None
+    local_rope_theta: float | None = None
     norm: str = "rmsnorm"
     norm_eps: float = 1e-6
     mlp: str = "swiglu"
@@ -67,6 +90,14 @@ class ModelConfig:
     attn_out_bias: bool = False
     mlp_bias: bool = False
     tie_word_embeddings: bool = False
+    qk_norm: bool = False
+    post_norms: bool = False
+    embed_scale: bool = False
+    query_pre_attn_scalar: float | None = None
+    attn_logit_softcap: float | None = None
+    final_logit_softcap: float | None = None
+    sliding_window: int | None = None
+    layer_types: tuple[str, ...] | None = None
     bos_token_id: int | None = None
     eos_token_id: int | tuple[int, ...] | None = None
     pad_token_id: int | None = None
@@ -85,13 +116,24 @@ class ModelConfig:
             set_("eos_token_id", eos[0] if len(eos) == 1 else eos)
         if isinstance(self.rope_scaling, dict):
             set_("rope_scaling", tuple(sorted(self.rope_scaling.items())))
+        elif self.rope_scaling is not None:  # a JSON list of pairs (checkpoint meta)
+            set_("rope_scaling", tuple(sorted(tuple(p) for p in self.rope_scaling)))
+        if self.layer_types is not None:
+            types = tuple(self.layer_types)
+            set_("layer_types", None if set(types) <= {"full_attention"} else types)
+        for key in ("local_rope_theta", "query_pre_attn_scalar"):
+            if getattr(self, key) is not None:
+                set_(key, float(getattr(self, key)))
+        for key in ("attn_logit_softcap", "final_logit_softcap"):
+            if getattr(self, key) is not None:
+                set_(key, float(getattr(self, key)) or None)  # 0 = off, as HF
         self._validate()
 
     def _validate(self):
         choices = {
             "family": FAMILIES,
             "position_embedding": ("learned", "rope"),
-            "norm": ("layernorm", "rmsnorm"),
+            "norm": ("layernorm", "rmsnorm", "gemma_rmsnorm"),
             "mlp": ("gelu", "swiglu"),
             "activation": ("gelu_new", "gelu", "silu", "relu"),
         }
@@ -110,11 +152,39 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.head_dim={self.head_dim} must be even for RoPE")
         if self.rope_scaling is not None:
             rope_type = self.rope_scaling_dict.get("rope_type")
-            if rope_type not in ("llama3", "default"):
+            if rope_type not in ROPE_TYPES:
                 raise ValueError(
                     f"ModelConfig.rope_scaling rope_type={rope_type!r} is not supported "
-                    "(supported: 'llama3', 'default')"
+                    f"(supported: {ROPE_TYPES})"
                 )
+        self._validate_layers()
+
+    def _validate_layers(self):
+        if self.layer_types is None:
+            return
+        if len(self.layer_types) != self.num_layers:
+            raise ValueError(
+                f"ModelConfig.layer_types has {len(self.layer_types)} entries for "
+                f"num_layers={self.num_layers}"
+            )
+        unknown = sorted(set(self.layer_types) - set(LAYER_TYPES))
+        if unknown:
+            raise ValueError(f"ModelConfig.layer_types {unknown}: expected {LAYER_TYPES}")
+        if not self.sliding_window or self.sliding_window <= 0:
+            raise ValueError(
+                f"ModelConfig.sliding_window={self.sliding_window!r} must be positive "
+                "when layer_types has sliding_attention layers"
+            )
+
+    @property
+    def sliding_layers(self) -> tuple[bool, ...]:
+        """Per layer whether it attends within `sliding_window` only."""
+        types = self.layer_types or ("full_attention",) * self.num_layers
+        return tuple(t == "sliding_attention" for t in types)
+
+    @property
+    def has_sliding(self) -> bool:
+        return any(self.sliding_layers)
 
     @property
     def rope_scaling_dict(self) -> dict[str, Any]:

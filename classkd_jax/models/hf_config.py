@@ -1,7 +1,11 @@
 """Conversion between Hugging Face `config.json` dicts and `ModelConfig` fields.
 
-Reads both the transformers 5 form (`rope_parameters`) and the older one
-(top-level `rope_theta` plus `rope_scaling`) that real checkpoints ship with.
+Reads both the transformers 5 form (`rope_parameters`, for Gemma 3 nested by
+layer type) and the older one (top-level `rope_theta` plus `rope_scaling`, and
+Gemma 3's `rope_local_base_freq` / `sliding_window_pattern`) that real
+checkpoints ship with. Keys a config.json leaves out mean transformers'
+defaults for that model type (the hub's multimodal Gemma 3 `text_config`s
+list only what differs from `Gemma3TextConfig`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,48 @@ ARCHITECTURES = {
     "gpt2": "GPT2LMHeadModel",
     "llama": "LlamaForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+    "gemma3": "Gemma3ForCausalLM",
+}
+# Our family -> the `model_type` save_hf writes (Gemma 3's text-only model).
+MODEL_TYPES = {"gemma3": "gemma3_text"}
+# config.json model_types we read; 'gemma3' is the multimodal checkpoint
+# (4B and larger), of which we take the text model.
+SUPPORTED_MODEL_TYPES = ("gemma2", "gemma3", "gemma3_text", "gpt2", "llama", "qwen2", "qwen3")
+# transformers 5.24's Gemma2Config / Gemma3TextConfig defaults, for keys a
+# config.json leaves out.
+_GEMMA_DEFAULTS = {
+    "gemma2": dict(
+        vocab_size=256000,
+        hidden_size=2304,
+        intermediate_size=9216,
+        num_hidden_layers=26,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=256,
+        max_position_embeddings=8192,
+        query_pre_attn_scalar=256,
+        sliding_window=4096,
+        final_logit_softcapping=30.0,
+        attn_logit_softcapping=50.0,
+        pattern=2,
+    ),
+    "gemma3_text": dict(
+        vocab_size=262208,
+        hidden_size=2304,
+        intermediate_size=9216,
+        num_hidden_layers=26,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=256,
+        max_position_embeddings=131072,
+        query_pre_attn_scalar=256,
+        sliding_window=4096,
+        final_logit_softcapping=None,
+        attn_logit_softcapping=None,
+        pattern=6,
+    ),
 }
 # HF activation names -> ours. gelu_pytorch_tanh is the same formula as gelu_new.
 _ACTIVATIONS = {
@@ -46,19 +92,27 @@ def _activation(hf: dict[str, Any], key: str, default: str) -> str:
     return _ACTIVATIONS[name]
 
 
-def _rope(hf: dict[str, Any]) -> tuple[float, tuple[tuple[str, Any], ...] | None]:
-    """Returns (rope_theta, rope_scaling pairs or None) from either config form."""
-    params = dict(hf.get("rope_parameters") or {})
+def _rope(
+    hf: dict[str, Any], params: dict[str, Any] | None = None, default_theta: float = 10000.0
+) -> tuple[float, tuple[tuple[str, Any], ...] | None]:
+    """Returns (rope_theta, rope_scaling pairs or None) from either config form.
+
+    `params`: the `rope_parameters` dict to read (default the top-level one).
+    """
+    params = dict(hf.get("rope_parameters") or {}) if params is None else dict(params)
     legacy = dict(hf.get("rope_scaling") or {})
-    theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    theta = float(params.get("rope_theta", hf.get("rope_theta", default_theta)))
     scaling = {k: v for k, v in {**legacy, **params}.items() if k != "rope_theta"}
     rope_type = scaling.pop("rope_type", None) or scaling.pop("type", None) or "default"
     scaling.pop("type", None)
     if rope_type == "default":
         return theta, None
+    if rope_type == "linear":
+        return theta, (("factor", float(_get(scaling, "factor"))), ("rope_type", "linear"))
     if rope_type != "llama3":
         raise ValueError(
-            f"config.json rope type {rope_type!r} is not supported (supported: 'default', 'llama3')"
+            f"config.json rope type {rope_type!r} is not supported "
+            "(supported: 'default', 'linear', 'llama3')"
         )
     missing = [k for k in _LLAMA3_KEYS if k not in scaling]
     if missing:
@@ -96,6 +150,29 @@ def _gpt2_fields(hf: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+def _layer_types(hf: dict[str, Any], default_pattern: int) -> tuple[str, ...]:
+    """`layer_types`, or Gemma's older `sliding_window_pattern` (every n-th layer global)."""
+    if hf.get("layer_types"):
+        return tuple(hf["layer_types"])
+    n = int(
+        hf.get("sliding_window_pattern") or hf.get("_sliding_window_pattern") or default_pattern
+    )
+    layers = _get(hf, "num_hidden_layers")
+    return tuple("sliding_attention" if (i + 1) % n else "full_attention" for i in range(layers))
+
+
+def _qwen3_layers(hf: dict[str, Any]) -> dict[str, Any]:
+    """Qwen3's optional sliding window (off in every released checkpoint)."""
+    if not hf.get("use_sliding_window"):
+        return {}
+    window = _get(hf, "sliding_window")
+    types = hf.get("layer_types") or [
+        "sliding_attention" if i >= _get(hf, "max_window_layers") else "full_attention"
+        for i in range(_get(hf, "num_hidden_layers"))
+    ]
+    return dict(sliding_window=window, layer_types=tuple(types))
+
+
 def _llama_like_fields(hf: dict[str, Any], family: str) -> dict[str, Any]:
     if family == "qwen2" and hf.get("use_sliding_window"):
         raise ValueError("config.json use_sliding_window=True (qwen2) is not supported")
@@ -119,26 +196,109 @@ def _llama_like_fields(hf: dict[str, Any], family: str) -> dict[str, Any]:
         norm_eps=float(_get(hf, "rms_norm_eps", 1e-6)),
         mlp="swiglu",
         activation=_activation(hf, "hidden_act", "silu"),
-        # Qwen2 always has q/k/v biases and no o_proj bias; Llama's `attention_bias`
-        # switches biases on all four projections.
+        # Qwen2 always has q/k/v biases and no o_proj bias; Llama's and Qwen3's
+        # `attention_bias` switches biases on all four projections.
         qkv_bias=True if family == "qwen2" else attention_bias,
         attn_out_bias=False if family == "qwen2" else attention_bias,
         mlp_bias=bool(_get(hf, "mlp_bias", False)) if family == "llama" else False,
         tie_word_embeddings=bool(_get(hf, "tie_word_embeddings", False)),
+        qk_norm=family == "qwen3",
+        **(_qwen3_layers(hf) if family == "qwen3" else {}),
     )
 
 
+def _gemma_fields(hf: dict[str, Any], model_type: str) -> dict[str, Any]:
+    """Gemma 2 and Gemma 3 (text) fields; missing keys take transformers' defaults."""
+    d = _GEMMA_DEFAULTS[model_type]
+    hf = {**{k: v for k, v in d.items() if k != "pattern"}, **hf}
+    if hf.get("use_bidirectional_attention"):
+        raise ValueError("config.json use_bidirectional_attention=True is not supported")
+    if hf.get("attention_bias"):
+        raise ValueError(f"config.json attention_bias=True ({model_type}) is not supported")
+    fields: dict[str, Any] = dict(
+        vocab_size=_get(hf, "vocab_size"),
+        hidden_size=_get(hf, "hidden_size"),
+        num_layers=_get(hf, "num_hidden_layers"),
+        num_heads=_get(hf, "num_attention_heads"),
+        num_kv_heads=_get(hf, "num_key_value_heads"),
+        head_dim=_get(hf, "head_dim"),
+        intermediate_size=_get(hf, "intermediate_size"),
+        max_position_embeddings=_get(hf, "max_position_embeddings"),
+        position_embedding="rope",
+        norm="gemma_rmsnorm",
+        norm_eps=float(_get(hf, "rms_norm_eps", 1e-6)),
+        mlp="swiglu",
+        activation=_activation(hf, "hidden_activation", "gelu_pytorch_tanh"),
+        tie_word_embeddings=bool(_get(hf, "tie_word_embeddings", True)),
+        post_norms=True,
+        embed_scale=True,
+        query_pre_attn_scalar=_get(hf, "query_pre_attn_scalar"),
+        final_logit_softcap=hf.get("final_logit_softcapping"),
+        sliding_window=hf.get("sliding_window"),
+        layer_types=_layer_types(hf, d["pattern"]),
+    )
+    if model_type == "gemma2":
+        fields.update(family="gemma2", attn_logit_softcap=hf.get("attn_logit_softcapping"))
+        fields["rope_theta"], fields["rope_scaling"] = _rope(hf)
+        return fields
+    # Gemma 3: RoPE by layer type. transformers 5.24's Gemma3Attention does not
+    # apply `attn_logit_softcapping` (it is never passed on), so neither do we.
+    params = dict(hf.get("rope_parameters") or {})
+    nested = "full_attention" in params or "sliding_attention" in params
+    full = params.get("full_attention") if nested else params
+    local = dict(params.get("sliding_attention") or {}) if nested else {}
+    theta, scaling = _rope(hf, full or {}, default_theta=1e6)
+    if local.get("rope_type", "default") != "default":
+        raise ValueError(
+            f"config.json rope_parameters.sliding_attention rope type "
+            f"{local['rope_type']!r} is not supported (only 'default')"
+        )
+    local_theta = local.get("rope_theta", hf.get("rope_local_base_freq", 10000.0))
+    fields.update(
+        family="gemma3",
+        qk_norm=True,
+        rope_theta=theta,
+        rope_scaling=scaling,
+        local_rope_theta=float(local_theta),
+    )
+    return fields
+
+
+def text_config(hf: dict[str, Any]) -> dict[str, Any]:
+    """The language model's config of a multimodal `gemma3` config.json (its
+    `text_config`, token ids from the top level where it lacks them); any
+    other config as is."""
+    if hf.get("model_type") != "gemma3":
+        return hf
+    if not isinstance(hf.get("text_config"), dict):
+        raise KeyError("config.json of model_type='gemma3' lacks key 'text_config'")
+    text = dict(hf["text_config"])
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id", "tie_word_embeddings"):
+        if key not in text and key in hf:
+            text[key] = hf[key]
+    # Gemma3ForConditionalGeneration never applies the final soft-cap (None in
+    # every released checkpoint anyway): the text model computes what it computes.
+    text.update(model_type="gemma3_text", final_logit_softcapping=None)
+    return text
+
+
 def fields_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
-    """Returns `ModelConfig` keyword arguments for a Hugging Face config dict."""
+    """Returns `ModelConfig` keyword arguments for a Hugging Face config dict
+    (of a multimodal `gemma3` checkpoint: its text model's)."""
     model_type = hf.get("model_type")
+    hf = text_config(hf)
     if model_type == "gpt2":
         fields = _gpt2_fields(hf)
-    elif model_type in ("llama", "qwen2"):
+    elif model_type in ("llama", "qwen2", "qwen3"):
         fields = _llama_like_fields(hf, model_type)
+    elif model_type in ("gemma2", "gemma3", "gemma3_text"):
+        # Gemma's token ids default to pad 0, eos 1, bos 2 (Gemma2Config, Gemma3TextConfig).
+        hf = {"pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2, **hf}
+        fields = _gemma_fields(hf, "gemma2" if model_type == "gemma2" else "gemma3_text")
     else:
         raise ValueError(
             f"unsupported architecture: config.json model_type={model_type!r} "
-            f"(architectures={hf.get('architectures')}); supported: {sorted(ARCHITECTURES)}"
+            f"(architectures={hf.get('architectures')}); supported: {list(SUPPORTED_MODEL_TYPES)}"
         )
     eos = hf.get("eos_token_id")
     fields.update(
@@ -154,7 +314,7 @@ def hf_from_fields(config: ModelConfig) -> dict[str, Any]:
     eos = config.eos_token_id
     common = dict(
         architectures=[ARCHITECTURES[config.family]],
-        model_type=config.family,
+        model_type=MODEL_TYPES.get(config.family, config.family),
         vocab_size=config.vocab_size,
         bos_token_id=config.bos_token_id,
         eos_token_id=list(eos) if isinstance(eos, tuple) else eos,
@@ -188,13 +348,53 @@ def hf_from_fields(config: ModelConfig) -> dict[str, Any]:
         head_dim=config.head_dim,
         intermediate_size=config.intermediate_size,
         max_position_embeddings=config.max_position_embeddings,
-        hidden_act=act[config.activation],
         rms_norm_eps=config.norm_eps,
         rope_parameters=rope,
         attention_dropout=0.0,
     )
+    if config.family in ("gemma2", "gemma3"):
+        return _gemma_hf(config, out)
+    out["hidden_act"] = act[config.activation]
     if config.family == "llama":
         out.update(attention_bias=config.qkv_bias, mlp_bias=config.mlp_bias)
+    elif config.family == "qwen3":
+        out.update(attention_bias=config.qkv_bias, **_qwen3_window_hf(config))
     else:
         out.update(use_sliding_window=False, sliding_window=None)
+    return out
+
+
+def _qwen3_window_hf(config: ModelConfig) -> dict[str, Any]:
+    if not config.has_sliding:
+        return dict(use_sliding_window=False, sliding_window=None)
+    return dict(
+        use_sliding_window=True,
+        sliding_window=config.sliding_window,
+        max_window_layers=config.sliding_layers.index(True),
+        layer_types=list(config.layer_types),
+    )
+
+
+def _int_if_whole(x: float) -> int | float:
+    return int(x) if float(x).is_integer() else x
+
+
+def _gemma_hf(config: ModelConfig, out: dict[str, Any]) -> dict[str, Any]:
+    rope = out["rope_parameters"]
+    if config.family == "gemma3":
+        local = {"rope_type": "default", "rope_theta": config.local_rope_theta}
+        rope = {"full_attention": rope, "sliding_attention": local}
+    types = config.layer_types or ("full_attention",) * config.num_layers
+    out.update(
+        hidden_activation="gelu_pytorch_tanh" if config.activation == "gelu_new" else "gelu",
+        rope_parameters=rope,
+        # transformers' strict configs want an int here (Gemma-2-27B's 144 is one).
+        query_pre_attn_scalar=_int_if_whole(config.query_pre_attn_scalar or config.head_dim),
+        sliding_window=config.sliding_window,
+        layer_types=list(types),
+        final_logit_softcapping=config.final_logit_softcap,
+        attn_logit_softcapping=config.attn_logit_softcap,
+        attention_bias=False,
+        use_bidirectional_attention=False,
+    )
     return out

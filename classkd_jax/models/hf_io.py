@@ -92,16 +92,26 @@ def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
     tree[path[-1]] = value
 
 
-def _gpt2_prefix(names) -> str:
-    # GPT2LMHeadModel saves 'transformer.wte.weight'; the original hub files lack the prefix.
-    return "transformer." if "transformer.wte.weight" in names else ""
+def _prefix(config: ModelConfig, names) -> str:
+    """The decoder's tensor-name prefix in this checkpoint."""
+    if config.family == "gpt2":
+        # GPT2LMHeadModel saves 'transformer.wte.weight'; the original hub files lack the prefix.
+        return "transformer." if "transformer.wte.weight" in names else ""
+    for prefix in hf_weights.DECODER_PREFIXES:
+        if prefix + "embed_tokens.weight" in names:
+            return prefix
+    return "model."  # the missing tensor is then named by the reader
 
 
-def _check_unused(reader: _Reader, config: ModelConfig) -> None:
+def _check_unused(reader: _Reader, config: ModelConfig, multimodal: bool) -> None:
     unused = set(reader.files) - reader.used
     if config.tie_word_embeddings:
-        unused.discard("lm_head.weight")  # some tied checkpoints store the copy anyway
+        # Some tied checkpoints store the copy anyway (the hub's Gemma 3 under
+        # its language model).
+        unused -= {"lm_head.weight", "language_model.lm_head.weight"}
     unused = {n for n in unused if not n.endswith(hf_weights.IGNORED_SUFFIXES)}
+    if multimodal:  # the text model of an image-text checkpoint: vision parts skipped
+        unused = {n for n in unused if not any(v in n for v in hf_weights.VISION_PARTS)}
     if unused:
         raise ValueError(
             f"checkpoint {reader.path} has tensors the {config.family} model does not use: "
@@ -117,6 +127,10 @@ def load_hf(
     shardings: Any = None,
 ) -> tuple[ModelConfig, dict]:
     """Loads a Hugging Face causal LM directory (or hub name) into our params.
+
+    A multimodal Gemma 3 checkpoint (`model_type` 'gemma3', 4B and larger)
+    gives its text model: `text_config`, the language model's tensors, the
+    vision tower and projector skipped.
 
     Args:
       path_or_hub_name: a directory with config.json and *.safetensors (single
@@ -139,7 +153,7 @@ def load_hf(
         hf_config, dtype=dtype or "float32", param_dtype=param_dtype or "float32"
     )
     reader = _Reader(path)
-    specs = hf_weights.specs_for(config, _gpt2_prefix(reader.files))
+    specs = hf_weights.specs_for(config, _prefix(config, reader.files))
     np_dtype = np.dtype(config.params_dtype)
     params: dict = {}
     for spec in specs:
@@ -153,7 +167,7 @@ def load_hf(
         else:
             value = spec.to_ours([reader.get(n) for n in spec.hf_names]).astype(np_dtype)
         _set(params, spec.path, value)
-    _check_unused(reader, config)
+    _check_unused(reader, config, hf_config.get("model_type") == "gemma3")
     if shardings is None:
         return config, jax.tree.map(jnp.asarray, params)
     # Each device (on every host) takes only its slice of the host array.

@@ -129,8 +129,14 @@ def gpt2_save_tensors(cfg: ModelConfig, layer: dict, i: int) -> dict[str, np.nda
     return {f"transformer.h.{i}.attn.c_attn.weight": w, f"transformer.h.{i}.attn.c_attn.bias": b}
 
 
-def llama_specs(cfg: ModelConfig) -> list[TensorSpec]:
-    """Llama and Qwen2 (same names; biases present per the config)."""
+def llama_specs(cfg: ModelConfig, prefix: str = "model.") -> list[TensorSpec]:
+    """Llama, Qwen2/3 and Gemma 2/3 (the same projection names; biases, q/k
+    norms and Gemma's extra norms present per the config).
+
+    Args:
+      prefix: of the decoder's tensors: 'model.', or a multimodal Gemma 3's
+        'model.language_model.' (transformers 5) / 'language_model.model.' (hub).
+    """
     d, h, kv, dh, f = (
         cfg.hidden_size,
         cfg.num_heads,
@@ -138,11 +144,14 @@ def llama_specs(cfg: ModelConfig) -> list[TensorSpec]:
         cfg.head_dim,
         cfg.intermediate_size,
     )
-    p = "model.layers.{i}."
+    p = prefix + "layers.{i}."
+    # Gemma's "post_attention_layernorm" normalises the attention output; in
+    # Llama the same name is the MLP's input norm.
+    mlp_norm = "pre_feedforward_layernorm" if cfg.post_norms else "post_attention_layernorm"
     specs = [
-        _same(("embed", "embedding"), "model.embed_tokens.weight"),
+        _same(("embed", "embedding"), prefix + "embed_tokens.weight"),
         _same(("layers", "attn_norm", "scale"), p + "input_layernorm.weight"),
-        _same(("layers", "mlp_norm", "scale"), p + "post_attention_layernorm.weight"),
+        _same(("layers", "mlp_norm", "scale"), p + mlp_norm + ".weight"),
         _linear(("layers", "attn", "q", "kernel"), p + "self_attn.q_proj.weight", (d,), (h, dh)),
         _linear(("layers", "attn", "k", "kernel"), p + "self_attn.k_proj.weight", (d,), (kv, dh)),
         _linear(("layers", "attn", "v", "kernel"), p + "self_attn.v_proj.weight", (d,), (kv, dh)),
@@ -150,8 +159,22 @@ def llama_specs(cfg: ModelConfig) -> list[TensorSpec]:
         _linear(("layers", "mlp", "gate", "kernel"), p + "mlp.gate_proj.weight", (d,), (f,)),
         _linear(("layers", "mlp", "up", "kernel"), p + "mlp.up_proj.weight", (d,), (f,)),
         _linear(("layers", "mlp", "down", "kernel"), p + "mlp.down_proj.weight", (f,), (d,)),
-        _same(("final_norm", "scale"), "model.norm.weight"),
+        _same(("final_norm", "scale"), prefix + "norm.weight"),
     ]
+    if cfg.post_norms:
+        specs.append(
+            _same(("layers", "post_attn_norm", "scale"), p + "post_attention_layernorm.weight")
+        )
+        specs.append(
+            _same(("layers", "post_mlp_norm", "scale"), p + "post_feedforward_layernorm.weight")
+        )
+    if cfg.qk_norm:
+        for name in ("q", "k"):
+            specs.append(
+                _same(
+                    ("layers", "attn", f"{name}_norm", "scale"), p + f"self_attn.{name}_norm.weight"
+                )
+            )
     if cfg.qkv_bias:
         for name, heads in (("q", h), ("k", kv), ("v", kv)):
             specs.append(
@@ -169,11 +192,17 @@ def llama_specs(cfg: ModelConfig) -> list[TensorSpec]:
     return specs
 
 
-def specs_for(cfg: ModelConfig, prefix: str = "transformer.") -> list[TensorSpec]:
+def specs_for(cfg: ModelConfig, prefix: str | None = None) -> list[TensorSpec]:
+    """The tensor specs of `cfg`'s family; `prefix` of the decoder's tensors
+    (default 'transformer.' for GPT-2, 'model.' for the others)."""
     if cfg.family == "gpt2":
-        return gpt2_specs(cfg, prefix)
-    return llama_specs(cfg)
+        return gpt2_specs(cfg, "transformer." if prefix is None else prefix)
+    return llama_specs(cfg, "model." if prefix is None else prefix)
 
 
 # Tensors some checkpoints carry that are buffers, not parameters.
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
+# The decoder's tensor-name prefixes we read, by the embedding's name; the
+# multimodal Gemma 3 ones come with vision tensors that are skipped.
+DECODER_PREFIXES = ("model.", "model.language_model.", "language_model.model.")
+VISION_PARTS = ("vision_tower.", "multi_modal_projector.")

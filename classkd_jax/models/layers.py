@@ -66,23 +66,47 @@ class Projection(nn.Module):
         return y
 
 
+def norm_scale_init(config: ModelConfig) -> float:
+    """The initial norm scale: 0 for Gemma's `(1 + w)` RMSNorm, else 1."""
+    return 0.0 if config.norm == "gemma_rmsnorm" else 1.0
+
+
+def softcap(logits: jax.Array, cap: float | None) -> jax.Array:
+    """Gemma 2's soft-capping `cap * tanh(logits / cap)`; identity when `cap` is None."""
+    if cap is None:
+        return logits
+    return cap * jnp.tanh(logits / cap)
+
+
 class Norm(nn.Module):
-    """LayerNorm (with bias) or RMSNorm, normalising in float32 like Hugging Face."""
+    """LayerNorm (with bias) or RMSNorm, normalising in float32 like Hugging Face.
+
+    Attributes:
+      axis_name: logical name of the normalised (last) axis: 'embed', or
+        'head_dim' for the per-head q/k norms.
+    """
 
     config: ModelConfig
+    axis_name: str = "embed"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg = self.config
         d = x.shape[-1]
-        scale = self.param("scale", const_init(1.0, ("embed",)), (d,), cfg.params_dtype)
+        init = const_init(norm_scale_init(cfg), (self.axis_name,))
+        scale = self.param("scale", init, (d,), cfg.params_dtype)
         x32 = x.astype(jnp.float32)
+        if cfg.norm == "gemma_rmsnorm":
+            # HF Gemma2/3RMSNorm: everything in fp32, (1 + w), then cast (not Llama's order).
+            var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+            y = x32 * jax.lax.rsqrt(var + cfg.norm_eps) * (1.0 + scale.astype(jnp.float32))
+            return y.astype(cfg.compute_dtype)
         if cfg.norm == "rmsnorm":
             # HF LlamaRMSNorm: normalise in fp32, cast back, then scale in the input dtype.
             var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
             y = (x32 * jax.lax.rsqrt(var + cfg.norm_eps)).astype(cfg.compute_dtype)
             return scale.astype(cfg.compute_dtype) * y
-        bias = self.param("bias", const_init(0.0, ("embed",)), (d,), cfg.params_dtype)
+        bias = self.param("bias", const_init(0.0, (self.axis_name,)), (d,), cfg.params_dtype)
         mean = jnp.mean(x32, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
         y = (x32 - mean) * jax.lax.rsqrt(var + cfg.norm_eps)
@@ -123,19 +147,28 @@ class Mlp(nn.Module):
         return proj(cfg.hidden_size, "mlp", "embed", "down")(h)
 
 
-def rope_inv_freq(config: ModelConfig) -> np.ndarray:
-    """Inverse RoPE frequencies [D_h // 2] float32, with Llama 3 scaling if configured.
+def rope_inv_freq(config: ModelConfig, local: bool = False) -> np.ndarray:
+    """Inverse RoPE frequencies [D_h // 2] float32, with the configured scaling.
 
-    Computed in float32 exactly as transformers' `_compute_default_rope_parameters`
-    and `_compute_llama3_parameters` do, so positions match checkpoints bit for bit.
+    Computed in float32 exactly as transformers' `_compute_default_rope_parameters`,
+    `_compute_linear_scaling_rope_parameters` and `_compute_llama3_parameters`
+    do, so positions match checkpoints bit for bit.
+
+    Args:
+      config: the model config.
+      local: the frequencies of sliding-window layers: `local_rope_theta`
+        unscaled where it is set (Gemma 3), else the same as the others.
     """
     dim = config.head_dim
+    local = local and config.local_rope_theta is not None
+    theta = config.local_rope_theta if local else config.rope_theta
     exponent = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
-    inv_freq = (np.float32(1.0) / np.power(np.float32(config.rope_theta), exponent)).astype(
-        np.float32
-    )
-    scaling = config.rope_scaling_dict
-    if scaling.get("rope_type", "default") != "llama3":
+    inv_freq = (np.float32(1.0) / np.power(np.float32(theta), exponent)).astype(np.float32)
+    scaling = {} if local else config.rope_scaling_dict
+    rope_type = scaling.get("rope_type", "default")
+    if rope_type == "linear":
+        return (inv_freq / np.float32(scaling["factor"])).astype(np.float32)
+    if rope_type != "llama3":
         return inv_freq
     factor = scaling["factor"]
     low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]

@@ -22,12 +22,23 @@ import jax.numpy as jnp
 from classkd_jax.models.attention import (
     Attention,
     LayerCache,
+    Sliding,
     attention_mask,
     cache_attention_mask,
+    window_mask,
 )
 from classkd_jax.models.cache import KVCache
 from classkd_jax.models.config import ModelConfig
-from classkd_jax.models.layers import INIT_STDDEV, Mlp, Norm, normal_init
+from classkd_jax.models.layers import (
+    INIT_STDDEV,
+    Mlp,
+    Norm,
+    norm_scale_init,
+    normal_init,
+    softcap,
+)
+
+Masks = tuple[jax.Array, jax.Array | None]  # (full, sliding-window or None)
 
 
 @flax.struct.dataclass
@@ -46,25 +57,40 @@ class ModelOutput:
 
 
 class Block(nn.Module):
-    """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x)). Scan-compatible."""
+    """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x)); with `post_norms`
+    (Gemma) the attention and MLP outputs are normalised before their adds.
+    Scan-compatible.
+
+    Attributes:
+      sliding: the layer's type when unrolled (static); None when scanned, where
+        it comes per layer as the `layer_sliding` argument.
+    """
 
     config: ModelConfig
+    sliding: bool | None = None
 
     @nn.compact
     def __call__(
         self,
         x: jax.Array,
         layer_cache: LayerCache | None,
+        layer_sliding: jax.Array | None,
         positions: jax.Array,
-        mask: jax.Array,
+        masks: Masks,
         index: jax.Array | None,
     ) -> tuple[jax.Array, LayerCache | None]:
         cfg = self.config
+        sliding: Sliding = self.sliding if self.sliding is not None else layer_sliding
         h, new_cache = Attention(cfg, name="attn")(
-            Norm(cfg, name="attn_norm")(x), positions, mask, layer_cache, index
+            Norm(cfg, name="attn_norm")(x), positions, masks, layer_cache, index, sliding
         )
+        if cfg.post_norms:
+            h = Norm(cfg, name="post_attn_norm")(h)
         x = x + h
-        x = x + Mlp(cfg, name="mlp")(Norm(cfg, name="mlp_norm")(x))
+        h = Mlp(cfg, name="mlp")(Norm(cfg, name="mlp_norm")(x))
+        if cfg.post_norms:
+            h = Norm(cfg, name="post_mlp_norm")(h)
+        x = x + h
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         return x, new_cache
 
@@ -78,42 +104,46 @@ def _block(config: ModelConfig) -> type[nn.Module]:
 
 
 def _scanned_blocks(
-    config: ModelConfig, x, layer_caches, positions, mask, index
+    config: ModelConfig, x, layer_caches, positions, masks, index
 ) -> tuple[jax.Array, tuple | None]:
     """Runs the blocks as one `nn.scan`. Per-layer caches are stacked for it and
     split after, i.e. copied on every call: correct, but cached decoding belongs
-    to the unrolled form (`scan_layers=False`)."""
+    to the unrolled form (`scan_layers=False`). The layer types ride along as a
+    scanned [L] bool array, so any pattern (Gemma 3's 5:1 over 26 layers) is one
+    compiled block."""
     stack = nn.scan(
         _block(config),
         variable_axes={"params": 0},
         split_rngs={"params": True},
-        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+        in_axes=(0, 0, nn.broadcast, nn.broadcast, nn.broadcast),
         length=config.num_layers,
         metadata_params={nn.PARTITION_NAME: "layers"},
     )(config, name="layers")
     stacked = None
     if layer_caches is not None:
         stacked = jax.tree.map(lambda *layers: jnp.stack(layers), *layer_caches)
-    x, new = stack(x, stacked, positions, mask, index)
+    flags = jnp.asarray(config.sliding_layers, jnp.bool_)
+    x, new = stack(x, stacked, flags, positions, masks, index)
     if new is None:
         return x, None
     return x, tuple(jax.tree.map(lambda a, i=i: a[i], new) for i in range(config.num_layers))
 
 
 def _unrolled_blocks(
-    config: ModelConfig, x, layer_caches, positions, mask, index
+    config: ModelConfig, x, layer_caches, positions, masks, index
 ) -> tuple[jax.Array, tuple | None]:
     """Runs the blocks one after another (params 'layers_{i}'), each on its own cache."""
     new = []
-    for i in range(config.num_layers):
+    for i, sliding in enumerate(config.sliding_layers):
         layer_cache = None if layer_caches is None else layer_caches[i]
-        x, c = _block(config)(config, name=f"layers_{i}")(x, layer_cache, positions, mask, index)
+        block = _block(config)(config, sliding, name=f"layers_{i}")
+        x, c = block(x, layer_cache, None, positions, masks, index)
         new.append(c)
     return x, (None if layer_caches is None else tuple(new))
 
 
 class Transformer(nn.Module):
-    """Decoder-only LM covering GPT-2, Llama and Qwen2 (see `ModelConfig`)."""
+    """Decoder-only LM of every family in `ModelConfig.family`."""
 
     config: ModelConfig
 
@@ -159,6 +189,9 @@ class Transformer(nn.Module):
             name="embed",
         )
         x = embed(tokens)
+        if cfg.embed_scale:  # sqrt(d) rounded to the param dtype first, as HF
+            scale = jnp.asarray(cfg.hidden_size**0.5, cfg.params_dtype)
+            x = x * scale.astype(cfg.compute_dtype)
         if cfg.position_embedding == "learned":
             x = x + nn.Embed(
                 cfg.max_position_embeddings,
@@ -172,15 +205,19 @@ class Transformer(nn.Module):
 
         if cache is None:
             mask, layer_caches, index = attention_mask(segment_ids), None, None
-            slot_mask = None
+            slot_mask, query_index = None, jnp.arange(t)
         else:
             _check_cache(cfg, cache, tokens.shape)
             index = cache.index
             slot_mask = jax.lax.dynamic_update_slice(cache.mask, segment_ids != 0, (0, index))
             mask = cache_attention_mask(slot_mask, index, t)
             layer_caches = tuple(zip(cache.keys, cache.values, strict=True))
+            query_index = index + jnp.arange(t)
+        window = None
+        if cfg.has_sliding:
+            window = window_mask(mask, query_index, cfg.sliding_window)
         blocks = _scanned_blocks if cfg.scan_layers else _unrolled_blocks
-        x, new_kv = blocks(cfg, x, layer_caches, positions, mask, index)
+        x, new_kv = blocks(cfg, x, layer_caches, positions, (mask, window), index)
         hidden = Norm(cfg, name="final_norm")(x)
 
         new_cache = None
@@ -203,11 +240,13 @@ class Transformer(nn.Module):
 
 
 def project_logits(hidden: jax.Array, head: jax.Array, config: ModelConfig) -> jax.Array:
-    """`hidden` [B, T, D] @ `head` [D, V] in compute dtype, accumulated in float32."""
+    """`hidden` [B, T, D] @ `head` [D, V] in compute dtype, accumulated in float32,
+    then soft-capped by `config.final_logit_softcap` (Gemma 2) if set."""
     dtype = config.compute_dtype
     logits = jnp.einsum(
         "btd,dv->btv", hidden.astype(dtype), head.astype(dtype), preferred_element_type=jnp.float32
     )
+    logits = softcap(logits, config.final_logit_softcap)
     return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
 
@@ -231,11 +270,12 @@ def _check_cache(config: ModelConfig, cache: KVCache, token_shape: tuple[int, in
 def init_params(config: ModelConfig, rng: jax.Array, *, boxed: bool = False):
     """Random-init parameters as Hugging Face's `_init_weights` does.
 
-    Weights (kernels, embeddings, the untied head) ~ N(0, 0.02), norm scales 1,
-    biases 0: the distributions of the modules' own initialisers, drawn leaf by
-    leaf (`fold_in(rng, leaf_index)`) without tracing the forward pass, so the
-    jitted init is small; under `jax.jit(..., out_shardings=...)` each leaf is
-    drawn where it lives and, with threefry keys, equals the unsharded draw.
+    Weights (kernels, embeddings, the untied head) ~ N(0, 0.02), norm scales 1
+    (0 for Gemma's `(1 + w)` norms), biases 0: the distributions of the
+    modules' own initialisers, drawn leaf by leaf (`fold_in(rng, leaf_index)`)
+    without tracing the forward pass, so the jitted init is small; under
+    `jax.jit(..., out_shardings=...)` each leaf is drawn where it lives and,
+    with threefry keys, equals the unsharded draw.
 
     Args:
       config: the model config.
@@ -257,7 +297,7 @@ def _jit_init(config: ModelConfig, boxed: bool, rng: jax.Array):
         shape, dtype = box.value.shape, box.value.dtype
         name = path[-1].key
         if name == "scale":
-            value = jnp.ones(shape, dtype)
+            value = jnp.full(shape, norm_scale_init(config), dtype)
         elif name == "bias":
             value = jnp.zeros(shape, dtype)
         else:
