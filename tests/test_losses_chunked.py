@@ -139,6 +139,40 @@ def test_vocab_major_heads_give_the_same_values_and_gradients(arrays, impl):
     assert not np.any(np.asarray(gw_b[V:]))  # padded rows of the head keep a zero gradient
 
 
+def test_final_logit_softcaps_give_the_reference_values_and_gradients(arrays):
+    """Gemma 2's final soft-cap, per model: chunked (the cap's derivative inside the
+    fused gradient) and dense both equal autodiff of the loss on capped dense logits."""
+    hs, ws, ht, wt, _, _, mask, targets = arrays
+    caps = (1.5, 2.0)  # far below the logits' range (~5): the caps bind
+
+    def token_fn(logits, tgt):
+        s, t = logits
+        return L.forward_kl_per_token(s, t) + 0.3 * L.cross_entropy_per_token(s, tgt)
+
+    def reference(h, w):
+        cap = lambda x, c: c * jnp.tanh(x / c)
+        s, t = cap(_dense_logits(h, w), caps[0]), cap(_dense_logits(ht, wt), caps[1])
+        per = token_fn((s.reshape(-1, V), t.reshape(-1, V)), targets.reshape(-1))
+        return L.masked_mean(per.reshape(B, T), mask)
+
+    def ours(h, w, impl):
+        total, count, _ = L.token_loss(
+            token_fn, (h, ht), (w, wt), mask, targets, impl=impl, vocab_size=V, chunk_size=4,
+            softcaps=caps,
+        )  # fmt: skip
+        return total / count
+
+    v_r, g_r = jax.value_and_grad(reference, (0, 1))(hs, ws)
+    assert np.abs(np.asarray(_dense_logits(hs, ws))).max() > 2 * caps[0]
+    for impl in ("chunked", "dense"):
+        v, g = jax.value_and_grad(ours, (0, 1))(hs, ws, impl)
+        assert _rel_err(v, v_r) <= 1e-5, impl
+        for a, b in zip(g, g_r, strict=True):
+            assert _rel_err(a, b) <= 1e-5, impl
+    uncapped = L.token_loss(token_fn, (hs, ht), (ws, wt), mask, targets, vocab_size=V)
+    assert _rel_err(uncapped[0] / uncapped[1], v_r) > 1e-2  # the caps change the loss
+
+
 def test_vocab_major_head_gradient_accumulates_over_vocabulary_blocks(arrays):
     hs, ws, _, _, _, _, mask, targets = arrays
 

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 
 from classkd_jax.losses.divergences import get_divergence, log_probs
 from classkd_jax.losses.misfeedback import misfeedback_per_token
+from classkd_jax.models.layers import softcap
 
 Array = jax.Array
 TokenFn = Callable[[tuple[Array, ...], Any], Array | tuple[Array, dict[str, Array]]]
@@ -122,8 +123,14 @@ def _make_fused(
     head_dtypes,
     vocab_block: int,
     vocab_major: tuple[bool, ...],
+    caps: tuple[float | None, ...],
 ):
-    """custom_vjp (hs, heads, keep, extras) -> (loss_sum, aux_sums), chunk axis leading."""
+    """custom_vjp (hs, heads, keep, extras) -> (loss_sum, aux_sums), chunk axis leading.
+
+    `caps`: per model its final-logit soft-cap (or None), applied inside the
+    differentiated `reduce`, so the gradients w.r.t. the raw `h @ W` logits
+    that `_project_grads` projects include the cap's derivative.
+    """
     train_idx = [i for i, t in enumerate(trainable) if t]
 
     def chunk_logits(hs, heads):
@@ -132,6 +139,7 @@ def _make_fused(
         )
 
     def reduce(logits, keep, ex):
+        logits = tuple(softcap(lg, c) for lg, c in zip(logits, caps, strict=True))
         out = token_fn(logits, ex)
         per_token, aux = out if isinstance(out, tuple) else (out, {})
         if per_token.shape != keep.shape:
@@ -240,11 +248,13 @@ def chunked_token_loss(
     trainable: Sequence[bool] | None = None,
     vocab_block: int = 16384,
     vocab_major: Sequence[bool] | None = None,
+    softcaps: Sequence[float | None] | None = None,
 ) -> tuple[Array, Array, dict[str, Array]]:
     """Masked sum of a per-token loss over several models' logits, chunk by chunk.
 
     Computes ``sum_{b,t: mask} token_fn((h_0 @ W_0, h_1 @ W_1, ...), extras)[b, t]``
-    without materialising any ``[B, T, V]`` array, forward or backward.
+    without materialising any ``[B, T, V]`` array, forward or backward (each
+    ``h_i @ W_i`` soft-capped by ``softcaps[i]`` where given).
 
     Args:
       token_fn: ``(logits, extras_chunk) -> per_token`` or ``(per_token, aux)``,
@@ -268,6 +278,8 @@ def chunked_token_loss(
       vocab_block: vocabulary columns per gradient-projection matmul (bounds the
         ``[D, block]`` temporaries of the head-gradient accumulation).
       vocab_major: per model whether its head is ``[V, D]``; default all ``[D, V]``.
+      softcaps: per model its final-logit soft-cap (``ModelConfig.final_logit_softcap``,
+        Gemma 2) or None; default none.
 
     Returns:
       ``(loss_sum, count, aux_sums)``: scalar float32 masked sum, number of masked
@@ -282,6 +294,9 @@ def chunked_token_loss(
     vocab_major = tuple(vocab_major) if vocab_major is not None else (False,) * len(heads)
     if len(vocab_major) != len(heads):
         raise ValueError(f"vocab_major has {len(vocab_major)} entries for {len(heads)} models")
+    caps = tuple(softcaps) if softcaps is not None else (None,) * len(heads)
+    if len(caps) != len(heads):
+        raise ValueError(f"softcaps has {len(caps)} entries for {len(heads)} models")
     if mask.ndim != 2:
         raise ValueError(f"mask must be [B, T], got shape {mask.shape}")
     batch, length = mask.shape
@@ -310,7 +325,8 @@ def chunked_token_loss(
     ws = tuple(freeze(w, t) for w, t in zip(heads, trainable, strict=True))
     keep = to_chunks(mask != 0)
     ex = jax.tree.map(lambda x: to_chunks(jax.lax.stop_gradient(jnp.asarray(x))), extras)
-    fused = _make_fused(token_fn, trainable, vocab, [w.dtype for w in ws], vocab_block, vocab_major)
+    dtypes = [w.dtype for w in ws]
+    fused = _make_fused(token_fn, trainable, vocab, dtypes, vocab_block, vocab_major, caps)
     total, aux = fused(hs, ws, keep, ex)
     return total, jnp.sum(mask != 0, dtype=jnp.float32), aux
 

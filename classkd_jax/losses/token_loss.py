@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from classkd_jax.losses.chunked import TokenFn, chunked_token_loss, shared_vocab_size
+from classkd_jax.models.layers import softcap
 
 Array = jax.Array
 IMPLS = ("dense", "chunked")
@@ -36,30 +37,31 @@ def dense_token_loss(
     vocab_size: int | None = None,
     trainable: Sequence[bool] | None = None,
     vocab_major: Sequence[bool] | None = None,
+    softcaps: Sequence[float | None] | None = None,
 ) -> tuple[Array, Array, dict[str, Array]]:
     """:func:`chunked_token_loss` computed on full logits (same arguments and results).
 
     Each model's logits `hidden @ head` (compute dtype, float32 accumulation,
-    real vocabulary) are formed whole, `token_fn` runs on the `[B * T, V]` rows,
-    and autodiff does the rest; frozen models (`trainable` False) are under
-    `stop_gradient`.
+    soft-capped by `softcaps[i]` where given, real vocabulary) are formed whole,
+    `token_fn` runs on the `[B * T, V]` rows, and autodiff does the rest;
+    frozen models (`trainable` False) are under `stop_gradient`.
     """
     hiddens, heads = tuple(hiddens), tuple(heads)
     trainable = tuple(trainable) if trainable is not None else (True,) + (False,) * (len(heads) - 1)
     vocab_major = tuple(vocab_major) if vocab_major is not None else (False,) * len(heads)
+    caps = tuple(softcaps) if softcaps is not None else (None,) * len(heads)
     widths = [w.shape[0 if vm else 1] for w, vm in zip(heads, vocab_major, strict=True)]
     vocab = shared_vocab_size(widths, vocab_size=vocab_size)
     rows = mask.size
 
-    def logits(h, w, train, vm):
+    def logits(h, w, train, vm, cap):
         spec = "btd,vd->btv" if vm else "btd,dv->btv"
         out = jnp.einsum(spec, h.astype(w.dtype), w, preferred_element_type=jnp.float32)
-        out = out[..., :vocab].reshape(rows, vocab)
+        out = softcap(out[..., :vocab].reshape(rows, vocab), cap)
         return out if train else jax.lax.stop_gradient(out)
 
     all_logits = tuple(
-        logits(h, w, t, vm)
-        for h, w, t, vm in zip(hiddens, heads, trainable, vocab_major, strict=True)
+        logits(*args) for args in zip(hiddens, heads, trainable, vocab_major, caps, strict=True)
     )
     flat = jax.tree.map(
         lambda x: jax.lax.stop_gradient(jnp.asarray(x).reshape((rows,) + jnp.shape(x)[2:])),
@@ -85,6 +87,7 @@ def token_loss(
     trainable: Sequence[bool] | None = None,
     chunk_size: int = 128,
     vocab_major: Sequence[bool] | None = None,
+    softcaps: Sequence[float | None] | None = None,
 ) -> tuple[Array, Array, dict[str, Array]]:
     """Masked sum of `token_fn` over the models' logits, by the path `impl`.
 
@@ -102,6 +105,7 @@ def token_loss(
       trainable: per model whether it gets gradients (default: the first only).
       chunk_size: tokens per chunk on the chunked path.
       vocab_major: per model whether its head is `[V, D]` (default: none).
+      softcaps: per model its final-logit soft-cap or None (default: none).
 
     Returns:
       `(loss_sum, count, aux_sums)` float32 scalars (see `chunked_token_loss`).
@@ -116,6 +120,7 @@ def token_loss(
             vocab_size=vocab_size,
             trainable=trainable,
             vocab_major=vocab_major,
+            softcaps=softcaps,
         )
     if impl == "chunked":
         return chunked_token_loss(
@@ -128,5 +133,6 @@ def token_loss(
             chunk_size=chunk_size,
             trainable=trainable,
             vocab_major=vocab_major,
+            softcaps=softcaps,
         )
     raise ValueError(f"loss impl={impl!r}; expected one of {IMPLS}")

@@ -30,6 +30,7 @@ from classkd_jax.models import (
     Transformer,
     init_cache,
     lm_head,
+    softcap,
     unstack_layers,
 )
 from classkd_jax.sampling.processors import (
@@ -141,9 +142,10 @@ class Decoder:
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """[B, D] final hidden states -> [B, V] float32 logits (compute dtype,
-        float32 accumulation: the arithmetic of the model's own head)."""
+        float32 accumulation, final soft-cap: the arithmetic of the model's own head)."""
         hidden = hidden.astype(self.config.compute_dtype)
         logits = jnp.einsum("bd,vd->bv", hidden, self.head, preferred_element_type=jnp.float32)
+        logits = softcap(logits, self.config.final_logit_softcap)  # Gemma 2
         return nn.with_logical_constraint(logits, ("batch", "vocab"))
 
     def prefill(

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from classkd_jax import losses
-from classkd_jax.models import ModelConfig
+from classkd_jax.models import ModelConfig, softcap
 from classkd_jax.training import host_state
 
 ROLLOUT_KEYS = ("old_logprobs", "importance_weights", "rewards")
@@ -44,9 +44,11 @@ def target_logprobs(
     vocab_size: int | None,
     temperature: float = 1.0,
     chunk: int = 128,
+    final_softcap: float | None = None,
 ) -> jax.Array:
-    """log softmax(h W / temperature)[target] per position, a chunk of tokens at a
-    time (no `[B, T, V]` logits): `[B, T, D]`, head, `[B, T]` -> `[B, T]` float32."""
+    """log softmax(softcap(h W) / temperature)[target] per position, a chunk of
+    tokens at a time (no `[B, T, V]` logits): `[B, T, D]`, head, `[B, T]` ->
+    `[B, T]` float32. `final_softcap`: the model's final-logit soft-cap (Gemma 2)."""
     b, t, d = hidden.shape
     n = b * t
     chunks = -(-n // chunk)
@@ -56,7 +58,7 @@ def target_logprobs(
     def one(args):
         hc, yc = args
         logits = hc @ head.T if vocab_major else hc @ head
-        logits = logits.astype(jnp.float32)
+        logits = softcap(logits.astype(jnp.float32), final_softcap)
         if vocab_size is not None:
             logits = losses.shared_vocab_logits(logits, vocab_size)
         return losses.token_log_probs(logits, yc, temperature=temperature)
@@ -94,6 +96,7 @@ def make_scorer(student: ModelConfig, teacher: ModelConfig, m, vocab_size, chunk
                 vocab_size=vocab_size,
                 temperature=temperature,
                 chunk=chunk,
+                final_softcap=config.final_logit_softcap,
             )
 
         mask = batch["loss_mask"]

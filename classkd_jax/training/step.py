@@ -134,15 +134,20 @@ class LossPath:
       vocab_size: the shared real vocabulary.
       vocab_major: (role, bool) pairs: whether that role's head is passed as
         stored `[V, D]` (tied embeddings) rather than `[D, V]`.
+      softcaps: (role, cap) pairs: the role's final-logit soft-cap (Gemma 2), if any.
     """
 
     impl: str
     chunk_size: int
     vocab_size: int | None
     vocab_major: tuple[tuple[str, bool], ...] = ()
+    softcaps: tuple[tuple[str, float | None], ...] = ()
 
     def layout(self, role: str) -> bool:
         return dict(self.vocab_major).get(role, False)
+
+    def softcap(self, role: str) -> float | None:
+        return dict(self.softcaps).get(role)
 
 
 def objective(
@@ -188,6 +193,7 @@ def objective(
             trainable=(True,) + (False,) * len(part.others),
             chunk_size=path.chunk_size,
             vocab_major=(own_layout,) + tuple(path.layout(r) for r in part.others),
+            softcaps=(config.final_logit_softcap,) + tuple(path.softcap(r) for r in part.others),
         )
         total = total + loss_sum / jnp.maximum(inputs["counts"][part.batch], 1.0)
         aux_sums.update(aux)
@@ -271,7 +277,12 @@ class StepBuilder:
             for role in ("teacher", "classmate")
             if getattr(models, role) is not None
         )
-        self.path = LossPath(impl, int(config.loss.chunk_size), models.vocab_size, layouts)
+        caps = tuple(
+            (role, getattr(models, role).config.final_logit_softcap)
+            for role in ("teacher", "classmate")
+            if getattr(models, role) is not None
+        )
+        self.path = LossPath(impl, int(config.loss.chunk_size), models.vocab_size, layouts, caps)
         self.grad_accum = int(config.grad_accum)
         self.rows = NamedSharding(mesh, P(data_axes(mesh) or None))
         self.replicated = NamedSharding(mesh, P())

@@ -62,6 +62,8 @@ def _dev_sums(student_cfg, teacher_cfg, path: LossPath):
             vocab_size=path.vocab_size,
             chunk_size=path.chunk_size,
             vocab_major=[vm for _, vm in heads],
+            softcaps=[student_cfg.final_logit_softcap]
+            + ([teacher_cfg.final_logit_softcap] if teacher is not None else []),
         )
         return {**aux, "count": count}
 
