@@ -32,7 +32,7 @@ from classkd_jax.cli import UserError
 from classkd_jax.data import synthetic_tokenizer_path
 from classkd_jax.models import ModelConfig, abstract_params, get_preset, load_hf, load_tokenizer
 from classkd_jax.models.hf_io import resolve_hf_dir
-from classkd_jax.models.layers import INIT_STDDEV
+from classkd_jax.models.layers import INIT_STDDEV, norm_scale_init
 from classkd_jax.training.state import params_shardings
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
@@ -177,8 +177,23 @@ def _same_tokenizer(a: Any, b: Any) -> bool:
     return len(a) == len(b) and a.get_vocab() == b.get_vocab()
 
 
+def scored_vocab(tokenizer, head_sizes: Sequence[int]) -> int:
+    """The tokenizer's real vocabulary that every head scores: `len(tokenizer)`,
+    or the narrowest head's width where every id past it is a special token no
+    text produces (Gemma 3's `<image_soft_token>` at 262144, which
+    Gemma-3-1B's 262144-row head lacks and the 4B+ 262208-row heads have).
+    A head narrower than that is `_check_vocab`'s error."""
+    size, narrow = len(tokenizer), min(head_sizes)
+    if size <= narrow:
+        return size
+    special = set(tokenizer.all_special_ids)
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    special |= {int(i) for i, tok in added.items() if getattr(tok, "special", False)}
+    return narrow if all(i in special for i in range(narrow, size)) else size
+
+
 def _check_vocab(source: RoleSource, tokenizer, tokenizer_where: str) -> None:
-    size = len(tokenizer)
+    size = scored_vocab(tokenizer, [source.config.vocab_size])
     if (
         source.tokenizer_dir
         and Path(source.tokenizer_dir).resolve() != Path(tokenizer_where).resolve()
@@ -194,7 +209,8 @@ def _check_vocab(source: RoleSource, tokenizer, tokenizer_where: str) -> None:
         raise UserError(
             f"the {source.role} ({source.describe()}) has an output head of "
             f"{source.config.vocab_size} tokens, fewer than the tokenizer's {size} "
-            f"({tokenizer_where}): it was built for another tokenizer"
+            f"({tokenizer_where}; special tokens past the head excepted): it was built for "
+            "another tokenizer"
         )
 
 
@@ -232,8 +248,8 @@ def plan_roles(config, tokenizer, tokenizer_where: str, context: int, why: str) 
 
 
 def host_init(config: ModelConfig, seed: Sequence[int]) -> Any:
-    """Random-init params drawn on the host: N(0, 0.02) weights, unit norm scales,
-    zero biases (the distributions of `classkd_jax.models.init_params`).
+    """Random-init params drawn on the host: N(0, 0.02) weights, unit norm scales
+    (zero for Gemma's), zero biases (the distributions of `classkd_jax.models.init_params`).
 
     numpy rather than a jitted init: no compile (a jitted threefry init of even
     a tiny model compiles for seconds on CPU), and the values depend only on
@@ -244,8 +260,8 @@ def host_init(config: ModelConfig, seed: Sequence[int]) -> Any:
 
     def draw(path, leaf):
         name = getattr(path[-1], "key", "")
-        if name == "scale":
-            return np.ones(leaf.shape, dtype)
+        if name == "scale":  # 1, or 0 for Gemma's (1 + w) norms
+            return np.full(leaf.shape, norm_scale_init(config), dtype)
         if name == "bias":
             return np.zeros(leaf.shape, dtype)
         return (INIT_STDDEV * rng.standard_normal(leaf.shape, np.float32)).astype(dtype)

@@ -196,7 +196,8 @@ def _train(config, workdir: Path) -> int:
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
 
-    models = build_models(config, sources, total, len(tokenizer))
+    vocab = roles.scored_vocab(tokenizer, [s.config.vocab_size for s in sources.values()])
+    models = build_models(config, sources, total, vocab)
     checkpoints = RunCheckpoints(workdir, int(config.checkpoint_keep))
     state, start, meta = load_state(config, models, sources, mesh, checkpoints, data)
     if start > total:
