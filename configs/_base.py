@@ -15,7 +15,13 @@ Variants (the argument after the colon, `--config configs/classkd.py:ARG`):
   0.01, clip 1.0, cosine without warm-up, prompts <= 256 tokens, sequences
   <= 512, 256 new tokens). Pairs: gpt2-xl/gpt2, gpt2-xl/gpt2-medium,
   gpt2-xl/gpt2-large, qwen2.5-7b/qwen2.5-1.5b, qwen2.5-7b/qwen2.5-0.5b,
-  llama-3.2-3b/llama-3.2-1b. Paths default to the Hugging Face hub names;
+  llama-3.2-3b/llama-3.2-1b, and the 2026 families qwen3-8b/qwen3-0.6b,
+  qwen3-8b/qwen3-1.7b, gemma-3-12b/gemma-3-1b, gemma-2-9b/gemma-2-2b,
+  llama-3.1-8b/llama-3.2-1b (bfloat16 compute, FSDP over every chip,
+  `mesh.fsdp=-1`: sized for a v5e-16 slice or one 8 x 80 GB GPU node by the
+  README's table of training states; on v5e add `student.remat=true
+  classmate.remat=true` as qwen2.5-7b/1.5b needs; not compiled for those
+  slices here). Paths default to the Hugging Face hub names;
   the protocol distils from a teacher fine-tuned on Dolly and starts the
   student from its SFT checkpoint: point `teacher.path` / `student.path` at
   them (README, "Train").
@@ -55,6 +61,26 @@ PAIRS = {
         teacher="llama-3.2-3b", student="llama-3.2-1b", lr=1e-5, epochs=3.0, batch=64,
         mesh=(1, -1, 1), dtype="bfloat16",
     ),
+    "llama-3.1-8b/llama-3.2-1b": dict(
+        teacher="llama-3.1-8b", student="llama-3.2-1b", lr=1e-5, epochs=3.0, batch=64,
+        mesh=(1, -1, 1), dtype="bfloat16",
+    ),
+    "qwen3-8b/qwen3-0.6b": dict(
+        teacher="qwen3-8b", student="qwen3-0.6b", lr=2e-5, epochs=3.0, batch=64,
+        mesh=(1, -1, 1), dtype="bfloat16",
+    ),
+    "qwen3-8b/qwen3-1.7b": dict(
+        teacher="qwen3-8b", student="qwen3-1.7b", lr=1e-5, epochs=3.0, batch=64,
+        mesh=(1, -1, 1), dtype="bfloat16",
+    ),
+    "gemma-3-12b/gemma-3-1b": dict(
+        teacher="gemma-3-12b", student="gemma-3-1b", lr=1e-5, epochs=3.0, batch=64,
+        mesh=(1, -1, 1), dtype="bfloat16",
+    ),
+    "gemma-2-9b/gemma-2-2b": dict(
+        teacher="gemma-2-9b", student="gemma-2-2b", lr=1e-5, epochs=3.0, batch=64,
+        mesh=(1, -1, 1), dtype="bfloat16",
+    ),
 }  # fmt: skip
 HUB = {
     "gpt2": "openai-community/gpt2",
@@ -66,6 +92,15 @@ HUB = {
     "qwen2.5-7b": "Qwen/Qwen2.5-7B",
     "llama-3.2-1b": "meta-llama/Llama-3.2-1B",
     "llama-3.2-3b": "meta-llama/Llama-3.2-3B",
+    "llama-3.1-8b": "meta-llama/Llama-3.1-8B",
+    "qwen3-0.6b": "Qwen/Qwen3-0.6B",
+    "qwen3-1.7b": "Qwen/Qwen3-1.7B",
+    "qwen3-8b": "Qwen/Qwen3-8B",
+    # Gemma 3 4B and larger are image-text checkpoints; their text model is read.
+    "gemma-3-1b": "google/gemma-3-1b-pt",
+    "gemma-3-12b": "google/gemma-3-12b-pt",
+    "gemma-2-2b": "google/gemma-2-2b",
+    "gemma-2-9b": "google/gemma-2-9b",
 }
 DEFAULT_PAIR = "gpt2-xl/gpt2"
 # Model fields a random-init role may override (None: the preset's value).

@@ -79,6 +79,11 @@ def test_pairs_are_the_ones_users_run():
         "qwen2.5-7b/qwen2.5-1.5b",
         "qwen2.5-7b/qwen2.5-0.5b",
         "llama-3.2-3b/llama-3.2-1b",
+        "llama-3.1-8b/llama-3.2-1b",
+        "qwen3-8b/qwen3-0.6b",
+        "qwen3-8b/qwen3-1.7b",
+        "gemma-3-12b/gemma-3-1b",
+        "gemma-2-9b/gemma-2-2b",
     }
     config = method_config("classkd", "pair=gpt2-xl/gpt2-large")
     assert config.teacher.preset == "gpt2-xl" and config.student.preset == "gpt2-large"
