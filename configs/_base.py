@@ -75,11 +75,11 @@ PAIRS = {
     ),
     "gemma-3-12b/gemma-3-1b": dict(
         teacher="gemma-3-12b", student="gemma-3-1b", lr=1e-5, epochs=3.0, batch=64,
-        mesh=(1, -1, 1), dtype="bfloat16",
+        mesh=(1, -1, 1), dtype="bfloat16", add_bos=True,
     ),
     "gemma-2-9b/gemma-2-2b": dict(
         teacher="gemma-2-9b", student="gemma-2-2b", lr=1e-5, epochs=3.0, batch=64,
-        mesh=(1, -1, 1), dtype="bfloat16",
+        mesh=(1, -1, 1), dtype="bfloat16", add_bos=True,
     ),
 }  # fmt: skip
 HUB = {
@@ -199,6 +199,7 @@ def _pair(c: ml_collections.ConfigDict, name: str) -> None:
     c.checkpoint_every = 500
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = p["mesh"]
     c.data.batch_size = p["batch"]
+    c.data.add_bos = p.get("add_bos", False)  # Gemma is trained with <bos> first
     c.teacher = _model(p["teacher"], HUB[p["teacher"]], dtype)
     c.student = _model(p["student"], HUB[p["student"]], dtype)
     c.classmate = _model(p["student"], "", dtype)  # '' = the student's initial weights
