@@ -60,9 +60,10 @@ def hf_config(family: str):
     'llama-biased' switches on all of Llama's optional biases;
     'llama-rope-scaled' is Llama with Llama 3 rope scaling whose original context
     (16) is short enough that every frequency band is exercised.
-    'qwen3', 'gemma2', 'gemma3' have 3 layers (an odd count: no repeat of a
-    layer pattern) and a sliding window of 4 tokens, shorter than the test
-    sequences, on layers 0 and 2 (Qwen3's on 1 and 2); see `new_family_config`.
+    'qwen3', 'gemma2', 'gemma3', 'mistral' have 3 layers (an odd count: no
+    repeat of a layer pattern) and a sliding window of 4 tokens, shorter than
+    the test sequences, on layers 0 and 2 (Qwen3's on 1 and 2, Mistral's on
+    all); see `new_family_config`.
     """
     from transformers import GPT2Config, LlamaConfig, Qwen2Config
 
@@ -111,7 +112,7 @@ def hf_config(family: str):
     raise ValueError(f"unknown tiny family {family!r}")
 
 
-NEW_FAMILIES = ("qwen3", "gemma2", "gemma3")
+NEW_FAMILIES = ("qwen3", "gemma2", "gemma3", "mistral")
 WINDOW = 4
 
 
@@ -124,7 +125,7 @@ def new_family_config(family: str):
     linear scaling x2). Qwen3 with q/k norms, tied, and its optional window.
     'FAMILY-small' is the same at width 16 with 2 heads (a student for `FAMILY`).
     """
-    from transformers import Gemma2Config, Gemma3TextConfig, Qwen3Config
+    from transformers import Gemma2Config, Gemma3TextConfig, MistralConfig, Qwen3Config
 
     family, small = family.removesuffix("-small"), family.endswith("-small")
     ids = dict(pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID)
@@ -140,6 +141,8 @@ def new_family_config(family: str):
         sliding_window=WINDOW,
         **ids,
     )
+    if family == "mistral":  # the window on every layer, untied
+        return MistralConfig(**shape, rope_parameters={"rope_type": "default", "rope_theta": 1e6})
     if family == "qwen3":
         return Qwen3Config(
             **shape,

@@ -1,7 +1,7 @@
 """`ModelConfig`: the shape and numerics of one decoder-only transformer.
 
-One frozen dataclass covers GPT-2, Llama, Qwen2, Qwen3, Gemma 2 and Gemma 3
-(text). It is hashable, so it can be a
+One frozen dataclass covers GPT-2, Llama, Mistral, Qwen2, Qwen3, Gemma 2 and
+Gemma 3 (text). It is hashable, so it can be a
 static argument of `jax.jit`, and it converts to and from a Hugging Face
 `config.json` dict (`from_hf_config` / `to_hf_config`).
 """
@@ -13,7 +13,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-FAMILIES = ("gpt2", "llama", "qwen2", "qwen3", "gemma2", "gemma3")
+FAMILIES = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3")
 LAYER_TYPES = ("full_attention", "sliding_attention")
 ROPE_TYPES = ("default", "llama3", "linear")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 ARCHITECTURES = {
     "gpt2": "GPT2LMHeadModel",
     "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
     "gemma2": "Gemma2ForCausalLM",
@@ -27,7 +28,16 @@ ARCHITECTURES = {
 MODEL_TYPES = {"gemma3": "gemma3_text"}
 # config.json model_types we read; 'gemma3' is the multimodal checkpoint
 # (4B and larger), of which we take the text model.
-SUPPORTED_MODEL_TYPES = ("gemma2", "gemma3", "gemma3_text", "gpt2", "llama", "qwen2", "qwen3")
+SUPPORTED_MODEL_TYPES = (
+    "gemma2",
+    "gemma3",
+    "gemma3_text",
+    "gpt2",
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+)
 # transformers 5.24's Gemma2Config / Gemma3TextConfig defaults, for keys a
 # config.json leaves out.
 _GEMMA_DEFAULTS = {
@@ -178,7 +188,8 @@ def _llama_like_fields(hf: dict[str, Any], family: str) -> dict[str, Any]:
         raise ValueError("config.json use_sliding_window=True (qwen2) is not supported")
     heads = _get(hf, "num_attention_heads")
     theta, scaling = _rope(hf)
-    attention_bias = bool(_get(hf, "attention_bias", False))
+    # transformers' Mistral has no attention biases whatever the config says.
+    attention_bias = family != "mistral" and bool(_get(hf, "attention_bias", False))
     return dict(
         family=family,
         vocab_size=_get(hf, "vocab_size"),
@@ -204,7 +215,21 @@ def _llama_like_fields(hf: dict[str, Any], family: str) -> dict[str, Any]:
         tie_word_embeddings=bool(_get(hf, "tie_word_embeddings", False)),
         qk_norm=family == "qwen3",
         **(_qwen3_layers(hf) if family == "qwen3" else {}),
+        **(_mistral_layers(hf) if family == "mistral" else {}),
     )
+
+
+def _mistral_layers(hf: dict[str, Any]) -> dict[str, Any]:
+    """Mistral: one sliding window on every layer, or none (`sliding_window` null)."""
+    if hf.get("layer_types"):
+        raise ValueError(
+            "config.json layer_types (mistral) is not supported: transformers' Mistral "
+            "ignores it (a Ministral checkpoint?)"
+        )
+    window = hf.get("sliding_window", 4096)  # MistralConfig's default
+    if window is None:
+        return {}
+    return dict(sliding_window=window, layer_types=("sliding_attention",) * hf["num_hidden_layers"])
 
 
 def _gemma_fields(hf: dict[str, Any], model_type: str) -> dict[str, Any]:
@@ -289,7 +314,7 @@ def fields_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
     hf = text_config(hf)
     if model_type == "gpt2":
         fields = _gpt2_fields(hf)
-    elif model_type in ("llama", "qwen2", "qwen3"):
+    elif model_type in ("llama", "mistral", "qwen2", "qwen3"):
         fields = _llama_like_fields(hf, model_type)
     elif model_type in ("gemma2", "gemma3", "gemma3_text"):
         # Gemma's token ids default to pad 0, eos 1, bos 2 (Gemma2Config, Gemma3TextConfig).
@@ -357,6 +382,8 @@ def hf_from_fields(config: ModelConfig) -> dict[str, Any]:
     out["hidden_act"] = act[config.activation]
     if config.family == "llama":
         out.update(attention_bias=config.qkv_bias, mlp_bias=config.mlp_bias)
+    elif config.family == "mistral":
+        out.update(sliding_window=config.sliding_window if config.has_sliding else None)
     elif config.family == "qwen3":
         out.update(attention_bias=config.qkv_bias, **_qwen3_window_hf(config))
     else:

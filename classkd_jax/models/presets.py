@@ -93,6 +93,26 @@ def _llama31_8b() -> ModelConfig:
     )
 
 
+def _mistral_7b() -> ModelConfig:
+    """Mistral-7B-v0.3 (no sliding window since v0.2; `sliding_window` would set
+    one on every layer)."""
+    return ModelConfig(
+        family="mistral",
+        vocab_size=32768,
+        hidden_size=4096,
+        num_layers=32,
+        num_heads=32,
+        num_kv_heads=8,
+        head_dim=128,
+        intermediate_size=14336,
+        max_position_embeddings=32768,
+        rope_theta=1000000.0,
+        norm_eps=1e-5,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+
+
 def _qwen3(d, layers, heads, ffn, tied) -> ModelConfig:
     """Qwen3 dense: head_dim 128 and 8 KV heads at every size, q/k norms, no biases."""
     return ModelConfig(
@@ -212,6 +232,7 @@ PRESETS = {
     "llama-3.2-1b": lambda: _llama32(2048, 16, 32, 64),
     "llama-3.2-3b": lambda: _llama32(3072, 28, 24, 128),
     "llama-3.1-8b": _llama31_8b,
+    "mistral-7b": _mistral_7b,
     "qwen3-0.6b": lambda: _qwen3(1024, 28, 16, 3072, True),
     "qwen3-1.7b": lambda: _qwen3(2048, 28, 16, 6144, True),
     "qwen3-4b": lambda: _qwen3(2560, 36, 32, 9728, True),
