@@ -180,6 +180,8 @@ def _qwen3_layers(hf: dict[str, Any]) -> dict[str, Any]:
         "sliding_attention" if i >= _get(hf, "max_window_layers") else "full_attention"
         for i in range(_get(hf, "num_hidden_layers"))
     ]
+    if "sliding_attention" not in types:  # max_window_layers >= the depth: no window
+        return {}
     return dict(sliding_window=window, layer_types=tuple(types))
 
 
