@@ -8,9 +8,9 @@ Usage:
 `to_model_config(config)` turns it (or any sub-config with the same keys, e.g.
 `config.student.model`) back into the frozen dataclass the model takes.
 Presets: gpt2, gpt2-medium, gpt2-large, gpt2-xl, qwen2.5-0.5b, qwen2.5-1.5b,
-qwen2.5-7b, llama-3.2-1b, llama-3.2-3b, llama-3.1-8b, mistral-7b, qwen3-0.6b/1.7b/4b/8b/14b/32b,
-gemma-3-270m/1b/4b/12b/27b, gemma-2-2b/9b/27b, tiny-gpt2, tiny-llama, tiny-qwen2,
-tiny-qwen3, tiny-gemma2, tiny-gemma3.
+qwen2.5-7b, llama-3.2-1b, llama-3.2-3b, llama-3.1-8b, mistral-7b, smollm3-3b,
+qwen3-0.6b/1.7b/4b/8b/14b/32b, gemma-3-270m/1b/4b/12b/27b, gemma-2-2b/9b/27b,
+tiny-gpt2, tiny-llama, tiny-qwen2, tiny-qwen3, tiny-gemma2, tiny-gemma3.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Qwen3, Gemma 2, Gemma 3 and Mistral against transformers: logits, greedy decoding, export.
+"""Qwen3, Gemma 2, Gemma 3, Mistral and SmolLM3 against transformers: logits,
+greedy decoding, export.
 
 Each family's tiny random model (tests/tiny_hf.py) switches every feature on
 at once: q/k norms, a 4-token sliding window (shorter than every sequence
@@ -50,6 +51,7 @@ def test_logits_match_transformers_with_padding_past_the_window(
     config, params = tiny_model(family)
     assert config.has_sliding and config.num_layers % 2
     assert family == "mistral" or not all(config.sliding_layers)  # both layer types
+    assert family != "smollm3" or not all(r for _, r in config.layer_flags)  # a no-RoPE layer
     assert WINDOW < T
     tokens, mask, positions = padded_batch(B, T, [0, 2, 5])
     with torch.no_grad():
@@ -77,10 +79,11 @@ def test_greedy_decoding_with_the_kv_cache_equals_transformers_generate(tiny_hf_
     _assert_same(_ours(model, ids, pad, eos), theirs, pad, eos)
 
 
-def test_scanned_stack_with_the_cache_equals_the_full_forward(tiny_model):
-    """The scanned form (per-layer types as a scanned array) decoding with the
+@pytest.mark.parametrize("family", ["gemma3", "smollm3"])
+def test_scanned_stack_with_the_cache_equals_the_full_forward(tiny_model, family):
+    """The scanned form (per-layer flags as scanned arrays) decoding with the
     cache, one token at a time past the window, equals its full forward."""
-    config, params = tiny_model("gemma3")
+    config, params = tiny_model(family)
     tokens, mask, positions = padded_batch(B, T, [0, 2, 5], seed=1)
     full = np.asarray(forward(config, params, tokens, positions, mask).logits)
 
@@ -167,7 +170,9 @@ def test_the_text_model_of_a_multimodal_gemma3_checkpoint_loads(
     np.testing.assert_allclose(np.asarray(got), want, atol=1e-4, rtol=0)
 
 
-NEW_PRESETS = [n for n in PRESETS if n.startswith(("qwen3-", "gemma-", "llama-3.1", "mistral"))]
+NEW_PRESETS = [
+    n for n in PRESETS if n.startswith(("qwen3-", "gemma-", "llama-3.1", "mistral", "smollm3"))
+]
 
 
 @pytest.mark.parametrize("name", NEW_PRESETS)

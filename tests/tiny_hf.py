@@ -63,7 +63,7 @@ def hf_config(family: str):
     'qwen3', 'gemma2', 'gemma3', 'mistral' have 3 layers (an odd count: no
     repeat of a layer pattern) and a sliding window of 4 tokens, shorter than
     the test sequences, on layers 0 and 2 (Qwen3's on 1 and 2, Mistral's on
-    all); see `new_family_config`.
+    all, SmolLM3's on its no-RoPE layer 1); see `new_family_config`.
     """
     from transformers import GPT2Config, LlamaConfig, Qwen2Config
 
@@ -112,7 +112,7 @@ def hf_config(family: str):
     raise ValueError(f"unknown tiny family {family!r}")
 
 
-NEW_FAMILIES = ("qwen3", "gemma2", "gemma3", "mistral")
+NEW_FAMILIES = ("qwen3", "gemma2", "gemma3", "mistral", "smollm3")
 WINDOW = 4
 
 
@@ -125,7 +125,13 @@ def new_family_config(family: str):
     linear scaling x2). Qwen3 with q/k norms, tied, and its optional window.
     'FAMILY-small' is the same at width 16 with 2 heads (a student for `FAMILY`).
     """
-    from transformers import Gemma2Config, Gemma3TextConfig, MistralConfig, Qwen3Config
+    from transformers import (
+        Gemma2Config,
+        Gemma3TextConfig,
+        MistralConfig,
+        Qwen3Config,
+        SmolLM3Config,
+    )
 
     family, small = family.removesuffix("-small"), family.endswith("-small")
     ids = dict(pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID)
@@ -141,6 +147,9 @@ def new_family_config(family: str):
         sliding_window=WINDOW,
         **ids,
     )
+    if family == "smollm3":  # layer 1 without RoPE, and (so) windowed
+        shape.pop("head_dim")  # SmolLM3's is hidden_size / heads
+        return SmolLM3Config(**shape, no_rope_layers=[1, 0, 1], use_sliding_window=True)
     if family == "mistral":  # the window on every layer, untied
         return MistralConfig(**shape, rope_parameters={"rope_type": "default", "rope_theta": 1e6})
     if family == "qwen3":

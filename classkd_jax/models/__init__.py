@@ -1,5 +1,5 @@
-"""Flax decoder-only transformers (GPT-2, Llama, Mistral, Qwen2, Qwen3, Gemma 2,
-Gemma 3) with Hugging Face I/O.
+"""Flax decoder-only transformers (GPT-2, Llama, Mistral, Qwen2, Qwen3, SmolLM3,
+Gemma 2, Gemma 3) with Hugging Face I/O.
 
 Public API (the model contract shared by the other modules):
   ModelConfig, Transformer, ModelOutput, KVCache, init_cache, init_params,

@@ -17,9 +17,10 @@ from classkd_jax.models.config import ModelConfig
 from classkd_jax.models.layers import Norm, Projection, apply_rope, rope_inv_freq, softcap
 
 LayerCache = tuple[jax.Array, jax.Array]  # keys, values: [B, H_kv, S, D_h] each
-# A layer's "is it a sliding-window layer": a Python bool when the blocks are
-# unrolled (decided at trace time), a [] bool array when scanned (per layer).
-Sliding = bool | jax.Array
+# A per-layer flag (is it a sliding-window layer, does it use RoPE): a Python
+# bool when the blocks are unrolled (decided at trace time), a [] bool array
+# when scanned (one entry of a scanned [L] array).
+Flag = bool | jax.Array
 
 
 def attention_mask(segment_ids: jax.Array) -> jax.Array:
@@ -69,12 +70,12 @@ def window_mask(mask: jax.Array, query_index: jax.Array, window: int) -> jax.Arr
     return mask & near[None]
 
 
-def pick(sliding: Sliding, if_sliding, if_full):
-    """`if_sliding` or `if_full` by a layer's type: statically for a Python bool,
+def pick(flag: Flag, if_true, if_false):
+    """`if_true` or `if_false` by a per-layer flag: statically for a Python bool,
     else `jnp.where` (a scanned stack's per-layer flag)."""
-    if isinstance(sliding, bool):
-        return if_sliding if sliding else if_full
-    return jnp.where(sliding, if_sliding, if_full)
+    if isinstance(flag, bool):
+        return if_true if flag else if_false
+    return jnp.where(flag, if_true, if_false)
 
 
 def dot_product_attention(
@@ -120,7 +121,8 @@ class Attention(nn.Module):
         masks: tuple[jax.Array, jax.Array | None],
         layer_cache: LayerCache | None = None,
         index: jax.Array | None = None,
-        sliding: Sliding = False,
+        sliding: Flag = False,
+        rope: Flag = True,
     ) -> tuple[jax.Array, LayerCache | None]:
         """Attends over the new tokens, or over the cache with them written in.
 
@@ -131,7 +133,8 @@ class Attention(nn.Module):
             mode; window is None when the model has no sliding layer.
           layer_cache: this layer's (keys, values) [B, H_kv, S, D_h], or None.
           index: [] int32 slot of the first new token (cache mode only).
-          sliding: whether this is a sliding-window layer (see `Sliding`).
+          sliding: whether this is a sliding-window layer (see `Flag`).
+          rope: whether this layer rotates q and k (SmolLM3's no-RoPE layers: False).
 
         Returns:
           ([B, T, D] compute dtype, the updated layer cache or None).
@@ -152,7 +155,8 @@ class Attention(nn.Module):
             inv_freq = rope_inv_freq(cfg)
             if cfg.local_rope_theta is not None:
                 inv_freq = pick(sliding, rope_inv_freq(cfg, local=True), inv_freq)
-            q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+            rotated = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+            q, k = pick(rope, rotated[0], q), pick(rope, rotated[1], k)
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
         # Heads-major keys/values [B, H_kv, T, D_h]: the cache layout.
         k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)

@@ -1,7 +1,7 @@
 """`ModelConfig`: the shape and numerics of one decoder-only transformer.
 
-One frozen dataclass covers GPT-2, Llama, Mistral, Qwen2, Qwen3, Gemma 2 and
-Gemma 3 (text). It is hashable, so it can be a
+One frozen dataclass covers GPT-2, Llama, Mistral, Qwen2, Qwen3, SmolLM3,
+Gemma 2 and Gemma 3 (text). It is hashable, so it can be a
 static argument of `jax.jit`, and it converts to and from a Hugging Face
 `config.json` dict (`from_hf_config` / `to_hf_config`).
 """
@@ -13,7 +13,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-FAMILIES = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3")
+FAMILIES = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "smollm3", "gemma2", "gemma3")
 LAYER_TYPES = ("full_attention", "sliding_attention")
 ROPE_TYPES = ("default", "llama3", "linear")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -57,6 +57,8 @@ class ModelConfig:
       sliding_window: W; a sliding layer's query at index t sees keys at
         indices t - W < s <= t (token index in a forward, slot in the cache).
       layer_types: per layer 'full_attention' or 'sliding_attention'; None: all full.
+      rope_layers: per layer whether it applies RoPE (SmolLM3: every 4th does
+        not); None: all do.
       mlp: 'gelu' (up -> act -> down, GPT-2) or 'swiglu' (act(gate) * up -> down;
         with a GELU activation it is Gemma's GeGLU).
       activation: 'gelu_new' (tanh approximation), 'gelu' (exact) or 'silu'.
@@ -98,6 +100,7 @@ class ModelConfig:
     final_logit_softcap: float | None = None
     sliding_window: int | None = None
     layer_types: tuple[str, ...] | None = None
+    rope_layers: tuple[bool, ...] | None = None
     bos_token_id: int | None = None
     eos_token_id: int | tuple[int, ...] | None = None
     pad_token_id: int | None = None
@@ -121,6 +124,9 @@ class ModelConfig:
         if self.layer_types is not None:
             types = tuple(self.layer_types)
             set_("layer_types", None if set(types) <= {"full_attention"} else types)
+        if self.rope_layers is not None:
+            rope = tuple(bool(r) for r in self.rope_layers)
+            set_("rope_layers", None if all(rope) else rope)
         for key in ("local_rope_theta", "query_pre_attn_scalar"):
             if getattr(self, key) is not None:
                 set_(key, float(getattr(self, key)))
@@ -160,6 +166,11 @@ class ModelConfig:
         self._validate_layers()
 
     def _validate_layers(self):
+        if self.rope_layers is not None and len(self.rope_layers) != self.num_layers:
+            raise ValueError(
+                f"ModelConfig.rope_layers has {len(self.rope_layers)} entries for "
+                f"num_layers={self.num_layers}"
+            )
         if self.layer_types is None:
             return
         if len(self.layer_types) != self.num_layers:
@@ -185,6 +196,12 @@ class ModelConfig:
     @property
     def has_sliding(self) -> bool:
         return any(self.sliding_layers)
+
+    @property
+    def layer_flags(self) -> tuple[tuple[bool, bool], ...]:
+        """Per layer (sliding window?, RoPE?): what a block varies by."""
+        rope = self.rope_layers or (True,) * self.num_layers
+        return tuple(zip(self.sliding_layers, rope, strict=True))
 
     @property
     def rope_scaling_dict(self) -> dict[str, Any]:

@@ -21,6 +21,7 @@ ARCHITECTURES = {
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
+    "smollm3": "SmolLM3ForCausalLM",
     "gemma2": "Gemma2ForCausalLM",
     "gemma3": "Gemma3ForCausalLM",
 }
@@ -37,6 +38,7 @@ SUPPORTED_MODEL_TYPES = (
     "mistral",
     "qwen2",
     "qwen3",
+    "smollm3",
 )
 # transformers 5.24's Gemma2Config / Gemma3TextConfig defaults, for keys a
 # config.json leaves out.
@@ -213,12 +215,30 @@ def _llama_like_fields(hf: dict[str, Any], family: str) -> dict[str, Any]:
         # `attention_bias` switches biases on all four projections.
         qkv_bias=True if family == "qwen2" else attention_bias,
         attn_out_bias=False if family == "qwen2" else attention_bias,
-        mlp_bias=bool(_get(hf, "mlp_bias", False)) if family == "llama" else False,
+        mlp_bias=bool(_get(hf, "mlp_bias", False)) if family in ("llama", "smollm3") else False,
         tie_word_embeddings=bool(_get(hf, "tie_word_embeddings", False)),
         qk_norm=family == "qwen3",
         **(_qwen3_layers(hf) if family == "qwen3" else {}),
         **(_mistral_layers(hf) if family == "mistral" else {}),
+        **(_smollm3_layers(hf) if family == "smollm3" else {}),
     )
+
+
+def _smollm3_layers(hf: dict[str, Any]) -> dict[str, Any]:
+    """SmolLM3: no RoPE on every `no_rope_layer_interval`-th layer (`no_rope_layers`
+    1 = RoPE), and its optional window on the layers `layer_types` names."""
+    layers = _get(hf, "num_hidden_layers")
+    rope = hf.get("no_rope_layers") or [
+        int((i + 1) % int(hf.get("no_rope_layer_interval", 4)) != 0) for i in range(layers)
+    ]
+    out: dict[str, Any] = dict(rope_layers=tuple(bool(r) for r in rope))
+    if hf.get("use_sliding_window") and hf.get("sliding_window") is not None:
+        types = hf.get("layer_types") or [
+            "full_attention" if r else "sliding_attention" for r in rope
+        ]
+        if "sliding_attention" in types:
+            out.update(sliding_window=hf["sliding_window"], layer_types=tuple(types))
+    return out
 
 
 def _mistral_layers(hf: dict[str, Any]) -> dict[str, Any]:
@@ -316,7 +336,7 @@ def fields_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
     hf = text_config(hf)
     if model_type == "gpt2":
         fields = _gpt2_fields(hf)
-    elif model_type in ("llama", "mistral", "qwen2", "qwen3"):
+    elif model_type in ("llama", "mistral", "qwen2", "qwen3", "smollm3"):
         fields = _llama_like_fields(hf, model_type)
     elif model_type in ("gemma2", "gemma3", "gemma3_text"):
         # Gemma's token ids default to pad 0, eos 1, bos 2 (Gemma2Config, Gemma3TextConfig).
@@ -388,6 +408,15 @@ def hf_from_fields(config: ModelConfig) -> dict[str, Any]:
         out.update(sliding_window=config.sliding_window if config.has_sliding else None)
     elif config.family == "qwen3":
         out.update(attention_bias=config.qkv_bias, **_qwen3_window_hf(config))
+    elif config.family == "smollm3":
+        out.update(
+            attention_bias=config.qkv_bias,
+            mlp_bias=config.mlp_bias,
+            no_rope_layers=[int(r) for r in (r for _, r in config.layer_flags)],
+            use_sliding_window=config.has_sliding,
+            sliding_window=config.sliding_window if config.has_sliding else None,
+            layer_types=list(config.layer_types or ("full_attention",) * config.num_layers),
+        )
     else:
         out.update(use_sliding_window=False, sliding_window=None)
     return out

@@ -113,6 +113,28 @@ def _mistral_7b() -> ModelConfig:
     )
 
 
+def _smollm3_3b() -> ModelConfig:
+    """SmolLM3-3B: Llama-like, tied, no RoPE on every 4th layer."""
+    return ModelConfig(
+        family="smollm3",
+        vocab_size=128256,
+        hidden_size=2048,
+        num_layers=36,
+        num_heads=16,
+        num_kv_heads=4,
+        head_dim=128,
+        intermediate_size=11008,
+        max_position_embeddings=65536,
+        rope_theta=5000000.0,
+        norm_eps=1e-6,
+        tie_word_embeddings=True,
+        rope_layers=tuple((i + 1) % 4 != 0 for i in range(36)),
+        bos_token_id=128000,
+        eos_token_id=128012,
+        pad_token_id=128004,
+    )
+
+
 def _qwen3(d, layers, heads, ffn, tied) -> ModelConfig:
     """Qwen3 dense: head_dim 128 and 8 KV heads at every size, q/k norms, no biases."""
     return ModelConfig(
@@ -233,6 +255,7 @@ PRESETS = {
     "llama-3.2-3b": lambda: _llama32(3072, 28, 24, 128),
     "llama-3.1-8b": _llama31_8b,
     "mistral-7b": _mistral_7b,
+    "smollm3-3b": _smollm3_3b,
     "qwen3-0.6b": lambda: _qwen3(1024, 28, 16, 3072, True),
     "qwen3-1.7b": lambda: _qwen3(2048, 28, 16, 6144, True),
     "qwen3-4b": lambda: _qwen3(2560, 36, 32, 9728, True),

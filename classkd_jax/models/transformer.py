@@ -21,8 +21,8 @@ import jax.numpy as jnp
 
 from classkd_jax.models.attention import (
     Attention,
+    Flag,
     LayerCache,
-    Sliding,
     attention_mask,
     cache_attention_mask,
     window_mask,
@@ -62,27 +62,30 @@ class Block(nn.Module):
     Scan-compatible.
 
     Attributes:
-      sliding: the layer's type when unrolled (static); None when scanned, where
-        it comes per layer as the `layer_sliding` argument.
+      flags: the layer's (sliding, rope) flags when unrolled (static); None when
+        scanned, where they come per layer as the `layer_flags` argument.
     """
 
     config: ModelConfig
-    sliding: bool | None = None
+    flags: tuple[bool, bool] | None = None
 
     @nn.compact
     def __call__(
         self,
         x: jax.Array,
         layer_cache: LayerCache | None,
-        layer_sliding: jax.Array | None,
+        layer_flags: tuple[jax.Array, jax.Array] | None,
         positions: jax.Array,
         masks: Masks,
         index: jax.Array | None,
     ) -> tuple[jax.Array, LayerCache | None]:
         cfg = self.config
-        sliding: Sliding = self.sliding if self.sliding is not None else layer_sliding
+        sliding, rope = self.flags if self.flags is not None else layer_flags
+        # Flags the config never varies stay static (no per-layer select traced).
+        sliding: Flag = sliding if cfg.has_sliding else False
+        rope: Flag = rope if cfg.rope_layers is not None else True
         h, new_cache = Attention(cfg, name="attn")(
-            Norm(cfg, name="attn_norm")(x), positions, masks, layer_cache, index, sliding
+            Norm(cfg, name="attn_norm")(x), positions, masks, layer_cache, index, sliding, rope
         )
         if cfg.post_norms:
             h = Norm(cfg, name="post_attn_norm")(h)
@@ -108,8 +111,9 @@ def _scanned_blocks(
 ) -> tuple[jax.Array, tuple | None]:
     """Runs the blocks as one `nn.scan`. Per-layer caches are stacked for it and
     split after, i.e. copied on every call: correct, but cached decoding belongs
-    to the unrolled form (`scan_layers=False`). The layer types ride along as a
-    scanned [L] bool array, so any pattern (Gemma 3's 5:1 over 26 layers) is one
+    to the unrolled form (`scan_layers=False`). The per-layer flags (sliding
+    window, RoPE) ride along as scanned [L] bool arrays, so any pattern (Gemma
+    3's 5:1 over 26 layers, SmolLM3's every 4th layer without RoPE) is one
     compiled block."""
     stack = nn.scan(
         _block(config),
@@ -122,7 +126,7 @@ def _scanned_blocks(
     stacked = None
     if layer_caches is not None:
         stacked = jax.tree.map(lambda *layers: jnp.stack(layers), *layer_caches)
-    flags = jnp.asarray(config.sliding_layers, jnp.bool_)
+    flags = tuple(jnp.asarray(f, jnp.bool_) for f in zip(*config.layer_flags, strict=True))
     x, new = stack(x, stacked, flags, positions, masks, index)
     if new is None:
         return x, None
@@ -134,9 +138,9 @@ def _unrolled_blocks(
 ) -> tuple[jax.Array, tuple | None]:
     """Runs the blocks one after another (params 'layers_{i}'), each on its own cache."""
     new = []
-    for i, sliding in enumerate(config.sliding_layers):
+    for i, flags in enumerate(config.layer_flags):
         layer_cache = None if layer_caches is None else layer_caches[i]
-        block = _block(config)(config, sliding, name=f"layers_{i}")
+        block = _block(config)(config, flags, name=f"layers_{i}")
         x, c = block(x, layer_cache, None, positions, masks, index)
         new.append(c)
     return x, (None if layer_caches is None else tuple(new))
