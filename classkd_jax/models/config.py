@@ -132,7 +132,7 @@ class ModelConfig:
                 set_(key, float(getattr(self, key)))
         for key in ("attn_logit_softcap", "final_logit_softcap"):
             if getattr(self, key) is not None:
-                set_(key, float(getattr(self, key)) or None)  # 0 = off, as HF
+                set_(key, float(getattr(self, key)) or None)  # 0 (a division by 0 in HF): off
         self._validate()
 
     def _validate(self):
