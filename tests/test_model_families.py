@@ -235,20 +235,39 @@ def test_unsupported_gemma_features_are_named():
         ModelConfig.from_hf_config({**base, "model_type": "gemma4"})
 
 
-def test_scored_vocab_skips_special_tokens_past_the_narrowest_head(tiny_tokenizer_dir):
+def test_special_tokens_past_the_narrowest_head_are_not_scored(tiny_tokenizer_dir, tmp_path):
     """Gemma 3: the tokenizer's <image_soft_token> (262144) is past Gemma-3-1B's
-    head (262144 rows); a plain token past a head is still an error's size."""
-    from classkd_jax.training.roles import scored_vocab
+    head (262144 rows) and inside the 4B+'s (262208): the pair plans, and scores
+    the first 262144 ids. A plain token past a head is still refused."""
+    from classkd_jax.cli import UserError
+    from classkd_jax.config_utils import import_sibling
+    from classkd_jax.training import roles
+    from tests.test_train_errors import ROOT, _hf_dir
 
     tok = load_tokenizer(tiny_tokenizer_dir)
     n = len(tok)
-    assert scored_vocab(tok, [n, n + 64]) == n
+    assert roles.scored_vocab(tok, [n, n + 64]) == n
     tok.add_special_tokens({"additional_special_tokens": ["<image_soft_token>"]})
     assert len(tok) == n + 1
-    assert scored_vocab(tok, [n, n + 64]) == n  # the 1B's head against the 4B+'s
-    assert scored_vocab(tok, [n + 64]) == n + 1
+    assert roles.scored_vocab(tok, [n, n + 64]) == n  # the 1B's head against the 4B+'s
+    assert roles.scored_vocab(tok, [n + 64]) == n + 1
+    tok_dir = tmp_path / "tok"
+    tok.save_pretrained(str(tok_dir))
+    student = _hf_dir(tmp_path / "student", n, tok_dir)
+    config = import_sibling(str(ROOT / "configs/x.py"), "kd").get_config("size=tiny")
+    with config.unlocked():
+        config.student.path = str(student)
+        config.teacher.path = str(_hf_dir(tmp_path / "teacher", n + 64, tok_dir))
+    sources = roles.plan_roles(config, tok, str(student), 128, "test")
+    assert roles.scored_vocab(tok, [s.config.vocab_size for s in sources.values()]) == n
     tok.add_tokens(["plainword"])
-    assert scored_vocab(tok, [n, n + 64]) == n + 2  # > n: `_check_vocab` refuses
+    assert roles.scored_vocab(tok, [n, n + 64]) == n + 2
+    tok.save_pretrained(str(tok_dir))
+    with config.unlocked():
+        config.student.path = str(_hf_dir(tmp_path / "student2", n, tok_dir))
+        config.teacher.path = str(_hf_dir(tmp_path / "teacher2", n + 64, tok_dir))
+    with pytest.raises(UserError, match=f"head of {n} tokens, fewer than the tokenizer's {n + 2}"):
+        roles.plan_roles(config, tok, config.student.path, 128, "test")
 
 
 # --- ClassKD through the real CLI on local Qwen3 and Gemma directories --------
