@@ -183,7 +183,11 @@ def load_model(
       role: whose params: the item `{role}_params`, config `meta['models'][role]`.
       step: a step to read instead of the latest.
       dtype: override the compute dtype of the returned config.
-      shardings: optional pytree of shardings for the params (placed directly).
+      shardings: optional pytree of shardings for the params (placed directly);
+        default: whole, on this process's first device. The target is always
+        built here, from the config and these shardings, never from the
+        topology the checkpoint was written on, so a checkpoint of any device
+        count, mesh or process count loads (a pod's on one device).
 
     Raises:
       KeyError: `role` is not in the checkpoint (names the roles it has).
@@ -194,10 +198,12 @@ def load_model(
         raise KeyError(f"checkpoint {str(path)!r} has no model {role!r}; it has {sorted(models)}")
     config = model_from_meta(models[role])
     target = nn.meta.unbox(abstract_params(config))
-    if shardings is not None:
-        target = jax.tree.map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), target, shardings
-        )
+    if shardings is None:
+        here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        shardings = jax.tree.map(lambda _: here, target)
+    target = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), target, shardings
+    )
     items, meta = restore_checkpoint(path, {f"{role}_params": target}, step)
     if dtype is not None:
         config = config.replace(dtype=dtype)

@@ -41,7 +41,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from classkd_jax import cli
+from classkd_jax import cli, distributed, supervisor
 from classkd_jax.evaluation import protocol as protocol_lib
 from classkd_jax.evaluation import report, runner
 
@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="cap every benchmark at its first N examples (default: "
         "the protocol's, i.e. Unnatural Instructions at 10,000)",
     )
+    distributed.add_flags(p)  # several processes: --coordinator_address ...
     return p
 
 
@@ -333,10 +334,41 @@ def evaluate_model(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if not args.model and not args.compare:
         raise cli.UserError("give --model to evaluate, --compare RUN ... to compare, or both")
+    try:
+        # Several processes: a parent supervises the one that evaluates (a lost
+        # peer is one line, exit 75), as for the trainer; logs in --out.
+        status = supervisor.run_command(
+            argv, args, prog=PROG, module="classkd_jax.evaluate", **_logs(args)
+        )
+    except ValueError as e:  # only some of the multi-process flags
+        raise cli.UserError(str(e)) from None
+    if status is not None:
+        return status
+    try:
+        return _evaluate(args)
+    except RuntimeError as error:  # JAX only now: bad paths fail fast, without its start-up
+        import jax
+
+        if not isinstance(error, jax.errors.JaxRuntimeError) or jax.process_count() == 1:
+            raise
+        supervisor.collective_failed(error, prog=PROG, **_logs(args))
+
+
+def _logs(args) -> dict:
+    """Where a multi-process evaluation's logs go, and what rerunning it does."""
+    return dict(
+        logdir=Path(args.out).expanduser().absolute(),
+        name="evaluate",
+        rerun="rerunning the command resumes from the seeds already scored",
+    )
+
+
+def _evaluate(args) -> int:
     runs: dict[str, runner.RunResults] = {}
     preds = {}
     extra = {}

@@ -43,7 +43,7 @@ from typing import Any
 
 import jax
 
-from classkd_jax import cli, distributed
+from classkd_jax import cli, distributed, supervisor
 from classkd_jax.models import load_hf, load_tokenizer
 from classkd_jax.sampling.completions import (
     Model,
@@ -186,8 +186,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    distributed.initialize(args)
+    # Several processes: a parent supervises the one that generates (a lost peer
+    # is one line, exit 75), as for the trainer; logs beside --out.
+    where = dict(
+        logdir=Path(args.out).expanduser().absolute().parent,
+        name="generate",
+        rerun="rerun the command to generate again",
+    )
+    status = supervisor.run_command(argv, args, prog=PROG, module="classkd_jax.generate", **where)
+    if status is not None:
+        return status
+    try:
+        return _generate(args)
+    except jax.errors.JaxRuntimeError as error:
+        if jax.process_count() == 1:
+            raise
+        supervisor.collective_failed(error, prog=PROG, **where)
+
+
+def _generate(args) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s")
     logger.setLevel(logging.INFO)  # ours only: JAX's INFO start-up lines are noise here
     lines, records = _read_prompt_lines(args.prompts)

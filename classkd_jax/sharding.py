@@ -230,3 +230,25 @@ def activation_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Iterator[No
     flax_rules = tuple((name, axes) for name, axes in rules)
     with jax.set_mesh(mesh), nn.logical_axis_rules(flax_rules):
         yield
+
+
+def mesh_jit(fn: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES, **jit_kwargs: Any) -> Any:
+    """`jax.jit(fn, **jit_kwargs)` whose calls always trace and run under `mesh` and
+    the logical rules (`activation_sharding`), so the models' activation and
+    weight-gathering constraints apply in every program built this way.
+
+    A program traced without them is still correct, but XLA's partitioner then
+    picks its own layouts: full copies of activations (the 'involuntary full
+    rematerialization' warning) and, on CPU processes joined by gloo, independent
+    collectives that two processes can issue in different orders (a
+    'collective mismatch' abort). Build every multi-device program with this.
+    The jitted object is `.jitted` (for `.lower(...)`).
+    """
+    jitted = jax.jit(fn, **jit_kwargs)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with activation_sharding(mesh, rules):
+            return jitted(*args, **kwargs)
+
+    call.jitted = jitted
+    return call

@@ -67,12 +67,17 @@ class Startup:
     timeout: int
 
 
-def startup_log(workdir: Path, pid: int) -> Path:
+def startup_log(workdir: Path, pid: int, name: str = "train") -> Path:
     """Where a child's C++ output goes until it knows its process index."""
-    return Path(workdir) / f"train.starting.{pid}.log"
+    return Path(workdir) / f"{name}.starting.{pid}.log"
 
 
-def child_start(workdir: Path) -> Child | None:
+def process_log(logdir: Path, process: int, name: str = "train") -> Path:
+    """One log per process: NAME.log (process 0), NAME.<i>.log (the others)."""
+    return Path(logdir) / (f"{name}.log" if process == 0 else f"{name}.{process}.log")
+
+
+def child_start(workdir: Path, name: str = "train") -> Child | None:
     """In a supervised child (None elsewhere): ties its life to the parent's and
     sends the output of C++ code (file descriptors 1 and 2: XLA, the coordination
     service, gloo) to its start-up log; Python's `sys.stdout` and `sys.stderr`
@@ -81,7 +86,7 @@ def child_start(workdir: Path) -> Child | None:
     if not (fd.isdigit() and parent.isdigit()):
         return None
     _die_with_parent(int(parent))
-    child = Child(int(fd), startup_log(workdir, os.getpid()))
+    child = Child(int(fd), startup_log(workdir, os.getpid(), name))
     child.startup_log.parent.mkdir(parents=True, exist_ok=True)
     for name, number in (("stdout", 1), ("stderr", 2)):
         getattr(sys, name).flush()
@@ -113,12 +118,23 @@ def _point_at(path: Path) -> None:
 
 
 def supervise(
-    argv: list[str], *, prog: str, workdir: Path, module: str, startup: Startup | None = None
+    argv: list[str],
+    *,
+    prog: str,
+    workdir: Path,
+    module: str,
+    startup: Startup | None = None,
+    name: str = "train",
+    rerun: str | None = None,
 ) -> int:
     """Runs `python -m module argv` as a supervised child; returns the exit status to use.
 
     Args:
+      workdir: where the child's logs go (a trainer's checkpoints are under it).
       startup: what the child's start-up needs (for the message when it fails there).
+      name: the logs' stem (`NAME.log`, `NAME.<i>.log`, `NAME.starting.<pid>.log`).
+      rerun: what rerunning does, for a command without checkpoints (None: the
+        trainer's hint from the latest checkpoint under `workdir`).
     """
     read, write = os.pipe()
     env = {**os.environ, ENV: f"{write},{os.getpid()}"}
@@ -142,17 +158,19 @@ def supervise(
         report = json.loads(text) if text else None
     except json.JSONDecodeError:  # the child died while writing it
         report = None
-    early = startup_log(workdir, child.pid)
+    early = startup_log(workdir, child.pid, name)
     if returncode >= 0:
         with contextlib.suppress(OSError):
             if early.stat().st_size == 0:
                 early.unlink()
         return returncode
     log = Path(report["log"]) if report else early
-    from classkd_jax import checkpoint
+    step = None
+    if rerun is None:
+        from classkd_jax import checkpoint
 
-    step = checkpoint.latest_step(Path(workdir) / "checkpoints")
-    message, status = explain(-returncode, report, _tail(log), step, startup, log)
+        step = checkpoint.latest_step(Path(workdir) / "checkpoints")
+    message, status = explain(-returncode, report, _tail(log), step, startup, log, rerun)
     print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
     return status
 
@@ -164,6 +182,7 @@ def explain(
     step: int | None,
     startup: Startup | None = None,
     log: Path | None = None,
+    rerun: str | None = None,
 ) -> tuple[str, int]:
     """(the one-line message, the exit status) for a child ended by signal `signum`.
 
@@ -173,6 +192,7 @@ def explain(
       step: the latest checkpoint in the workdir, None when there is none.
       startup: the start-up flags, named when the child died before it was up.
       log: the child's log (its start-up log when it died before it was up).
+      rerun: what rerunning does, instead of the trainer's checkpoint hint.
     """
     if report:
         who = f"process {report['process']} of {report['processes']}"
@@ -182,7 +202,7 @@ def explain(
         who = "this process"
     log = log or (report["log"] if report else None)
     where = f" (its log: {log})" if log else ""
-    resume = resume_hint(step)
+    resume = rerun or resume_hint(step)
     jax_ended = signum == signal.SIGABRT and "distributed service detected fatal errors" in log_tail
     if jax_ended and report is None:
         coordinator = startup.coordinator if startup and startup.coordinator else "the coordinator"
@@ -244,3 +264,60 @@ def _die_with_parent(parent: int) -> None:
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent:  # the parent was already gone before the call
             os._exit(128 + signal.SIGKILL)
+
+
+def run_command(argv, multi, *, prog: str, module: str, logdir: Path, name: str, rerun: str):
+    """A CLI other than the trainer (generate, evaluate) on several processes.
+
+    In the parent (several processes asked for, not yet a child): supervises
+    `python -m module argv` and returns its exit status. Otherwise starts
+    `jax.distributed` when `multi` asks for it (a child moves its C++ output to
+    `logdir/NAME.log` / `NAME.<i>.log` once up) and returns None: run the command.
+    """
+    from classkd_jax import distributed
+
+    several = distributed.requested(multi)
+    if several and wanted():
+        logdir.mkdir(parents=True, exist_ok=True)
+        startup = Startup(
+            multi.coordinator_address,
+            multi.num_processes,
+            multi.process_id,
+            int(getattr(multi, "init_timeout", 300)),
+        )
+        return supervise(
+            list(argv), prog=prog, workdir=logdir, module=module, startup=startup,
+            name=name, rerun=rerun,
+        )  # fmt: skip
+    child = None
+    if several:
+        logdir.mkdir(parents=True, exist_ok=True)
+        child = child_start(logdir, name)
+    distributed.initialize(multi)
+    if child is not None:
+        import jax
+
+        index = jax.process_index()
+        started(child, index, jax.process_count(), process_log(logdir, index, name))
+    return None
+
+
+def collective_failed(error: Exception, *, prog: str, logdir: Path, name: str, rerun: str):
+    """A collective with the other processes failed in a CLI other than the trainer:
+    one line, then exit 75 at once (Python's normal exit would wait in
+    `jax.distributed`'s shutdown barrier for the process that is gone)."""
+    import jax
+
+    from classkd_jax import cli
+
+    cli._record_traceback(error)
+    index = jax.process_index()
+    first = " ".join(str(error).split())[:300]
+    print(
+        f"{prog}: error: process {index} of {jax.process_count()}: a collective with the "
+        f"other processes failed ({first}); another process died or stopped responding "
+        f"(this one's log: {process_log(logdir, index, name)}); {rerun}",
+        file=sys.stderr,
+        flush=True,
+    )
+    os._exit(EXIT_PEER_LOST)

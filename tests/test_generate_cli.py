@@ -178,3 +178,38 @@ def test_distributed_flags_must_come_together():
     with pytest.raises(ValueError, match="--process_id given without --coordinator_address"):
         distributed.initialize(generate.parse_args([*argv, "--process_id", "1"]))
     assert distributed.initialize(generate.parse_args(argv)) is False
+
+
+@pytest.mark.multiprocess
+def test_generate_on_two_processes_reports_a_lost_peer_in_one_line(tiny_hf_model_dir, tmp_path):
+    """generate on 2 processes runs under the trainer's supervisor: when process 0
+    (the coordinator) is killed once both are up, the other leaves with one line
+    and exit 75, with neither a Python traceback nor JAX's C++ stack trace."""
+    import os
+    import sys
+
+    from classkd_jax.supervisor import EXIT_PEER_LOST
+    from tests.multiprocess import Started, free_port
+
+    prompts = tmp_path / "prompts.jsonl"
+    _write_prompts(prompts, ["one two three"] * 64, extra=False)
+    port = free_port()
+    cmds = [
+        [sys.executable, "-m", "classkd_jax.generate", "--model", str(tiny_hf_model_dir("llama")),
+         "--prompts", str(prompts), "--out", str(tmp_path / "out.jsonl"), "--greedy",
+         "--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2",
+         "--process_id", str(i), "--heartbeat_timeout", "10"]
+        for i in (0, 1)
+    ]  # fmt: skip
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    started = Started(cmds, env)
+    logs = (tmp_path / "generate.log", tmp_path / "generate.1.log")
+    started.wait_until(lambda: all(log.exists() for log in logs))
+    started.procs[0].kill()
+    status = started.finish(timeout=90)
+    out = started.output(1)
+    assert status[1] == EXIT_PEER_LOST, out[-3000:]
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("python -m classkd_jax.generate: error: process 1 of 2: "), last
+    assert "died or stopped responding" in last and "rerun the command" in last
+    assert "Traceback" not in out and "stack trace" not in out

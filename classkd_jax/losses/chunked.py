@@ -27,6 +27,7 @@ import math
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -101,13 +102,36 @@ def shared_vocab_logits(logits: Array, vocab_size: int) -> Array:
     return logits[..., :vocab_size]
 
 
-def _to_chunks(x: Array, num_tokens: int, num_chunks: int, chunk: int) -> Array:
-    """``[B, T, ...]`` -> ``[num_chunks, chunk, ...]``, zero-padded at the end."""
-    x = x.reshape((num_tokens,) + x.shape[2:])
-    pad = num_chunks * chunk - num_tokens
+def _to_chunks(x: Array, num_chunks: int, chunk: int) -> Array:
+    """``[B, T, ...]`` -> ``[num_chunks, B, chunk, ...]`` along the length, zero-padded.
+
+    Chunks cut the length, not the batch: a chunk keeps every row, so the
+    batch axis stays sharded over the data axes and each device scans its own
+    rows. (Cutting the flattened ``B * T`` tokens instead would scan along the
+    sharded axis, and XLA would replicate the whole array on every device.)
+    """
+    pad = num_chunks * chunk - x.shape[1]
     if pad:
-        x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
-    return x.reshape((num_chunks, chunk) + x.shape[1:])
+        x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+    x = x.reshape((x.shape[0], num_chunks, chunk) + x.shape[2:])
+    return jnp.moveaxis(x, 1, 0)
+
+
+def _flat(x: Array) -> Array:
+    """A chunk ``[B, C, ...]`` -> ``[B * C, ...]`` tokens (rows stay the major axis)."""
+    return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
+
+
+def _constrain_rows(x: Array) -> Array:
+    """Rows over the data axes, the rest replicated, inside `sharding.activation_sharding`."""
+    names = ("batch",) + (None,) * (x.ndim - 1)
+    return nn.with_logical_constraint(x, names)
+
+
+def _constrain_head(w: Array, vocab_major: bool) -> Array:
+    """The head gathered over 'fsdp' (FSDP: gather the weights, not the activations),
+    its vocabulary split as the params are."""
+    return nn.with_logical_constraint(w, ("vocab", None) if vocab_major else (None, "vocab"))
 
 
 def _logits(h: Array, w: Array, vocab_major: bool) -> Array:
@@ -150,7 +174,7 @@ def _make_fused(
 
     def primal(hs, heads, keep, extras):
         def body(acc, xs):
-            h_c, keep_c, ex_c = xs
+            h_c, keep_c, ex_c = jax.tree.map(_flat, xs)
             out = reduce(chunk_logits(h_c, heads), keep_c, ex_c)
             return jax.tree.map(jnp.add, acc, out), None
 
@@ -160,7 +184,8 @@ def _make_fused(
 
     def fwd(hs, heads, keep, extras):
         def body(acc, xs):
-            h_c, keep_c, ex_c = xs
+            rows = xs[1].shape[0]
+            h_c, keep_c, ex_c = jax.tree.map(_flat, xs)
             logits = chunk_logits(h_c, heads)
 
             def loss_of(trained):
@@ -177,7 +202,7 @@ def _make_fused(
                 dh, dw = _project_grads(
                     h_c[i], heads[i], dl, dheads[k], vocab_block, vocab_major[i]
                 )
-                dhs.append(dh)
+                dhs.append(dh.reshape((rows, -1) + dh.shape[1:]))  # back to [B, C, D]
                 new_dheads.append(dw)
             new = ((tot + out[0], jax.tree.map(jnp.add, aux, out[1])), tuple(new_dheads))
             return new, tuple(dhs)
@@ -230,7 +255,7 @@ def _project_grads(
 
 
 def _zeros_like_output(reduce, chunk_logits, hs, heads, keep, extras):
-    first = jax.tree.map(lambda x: x[0], (hs, keep, extras))
+    first = jax.tree.map(lambda x: _flat(x[0]), (hs, keep, extras))
     shape = jax.eval_shape(lambda h, k, e: reduce(chunk_logits(h, heads), k, e), *first)
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shape)
 
@@ -270,8 +295,10 @@ def chunked_token_loss(
       extras: pytree of ``[B, T, ...]`` arrays (targets, advantages), no gradient.
       vocab_size: shared real vocabulary (see :func:`shared_vocab_size`).
       tokenizer_ids: optional per-model tokenizer identities, checked equal.
-      chunk_size: tokens per chunk. Extra memory is one f32 accumulator per
-        trainable head plus a few ``[chunk, V]`` f32 buffers; at Qwen2.5 size
+      chunk_size: tokens per chunk over the whole batch: each chunk is
+        ``max(1, chunk_size // B)`` positions of every row (the batch axis stays
+        sharded). Extra memory is one f32 accumulator per trainable head plus
+        a few ``[chunk, V]`` f32 buffers; at Qwen2.5 size
         128 gives 10x less peak memory than dense at 0.9x its time
         (benchmarks/README.md).
       trainable: per model whether it receives gradients; default: the first only.
@@ -311,18 +338,21 @@ def chunked_token_loss(
     vocab = shared_vocab_size(widths, vocab_size=vocab_size, tokenizer_ids=tokenizer_ids)
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    num_tokens = batch * length
-    chunk = min(chunk_size, num_tokens)
-    num_chunks = math.ceil(num_tokens / chunk)
+    # `chunk_size` tokens per chunk over the whole batch: `chunk` positions of every row.
+    chunk = max(1, min(length, chunk_size // batch))
+    num_chunks = math.ceil(length / chunk)
 
     def to_chunks(x):
-        return _to_chunks(x, num_tokens, num_chunks, chunk)
+        return _to_chunks(_constrain_rows(x), num_chunks, chunk)
 
     def freeze(x, train):
         return x if train else jax.lax.stop_gradient(x)
 
     hs = tuple(to_chunks(freeze(h, t)) for h, t in zip(hiddens, trainable, strict=True))
-    ws = tuple(freeze(w, t) for w, t in zip(heads, trainable, strict=True))
+    ws = tuple(
+        _constrain_head(freeze(w, t), vm)
+        for w, t, vm in zip(heads, trainable, vocab_major, strict=True)
+    )
     keep = to_chunks(mask != 0)
     ex = jax.tree.map(lambda x: to_chunks(jax.lax.stop_gradient(jnp.asarray(x))), extras)
     dtypes = [w.dtype for w in ws]

@@ -78,6 +78,12 @@ def softcap(logits: jax.Array, cap: float | None) -> jax.Array:
     return cap * jnp.tanh(logits / cap)
 
 
+def _gathered(v: jax.Array) -> jax.Array:
+    """A small parameter vector replicated for use (a no-op outside
+    `classkd_jax.sharding.activation_sharding`)."""
+    return nn.with_logical_constraint(v, (None,))
+
+
 class Norm(nn.Module):
     """LayerNorm (with bias) or RMSNorm, normalising in float32 like Hugging Face.
 
@@ -94,7 +100,10 @@ class Norm(nn.Module):
         cfg = self.config
         d = x.shape[-1]
         init = const_init(norm_scale_init(cfg), (self.axis_name,))
-        scale = self.param("scale", init, (d,), cfg.params_dtype)
+        # Stored sharded like 'embed' but used whole: FSDP gathers this [D] vector,
+        # so the batch-sharded activations are never resharded along D to meet
+        # it (XLA would otherwise replicate them, and their gradients, in full).
+        scale = _gathered(self.param("scale", init, (d,), cfg.params_dtype))
         x32 = x.astype(jnp.float32)
         if cfg.norm == "gemma_rmsnorm":
             # HF Gemma2/3RMSNorm: everything in fp32, (1 + w), then cast (not Llama's order).
@@ -107,6 +116,7 @@ class Norm(nn.Module):
             y = (x32 * jax.lax.rsqrt(var + cfg.norm_eps)).astype(cfg.compute_dtype)
             return scale.astype(cfg.compute_dtype) * y
         bias = self.param("bias", const_init(0.0, (self.axis_name,)), (d,), cfg.params_dtype)
+        bias = _gathered(bias)
         mean = jnp.mean(x32, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
         y = (x32 - mean) * jax.lax.rsqrt(var + cfg.norm_eps)

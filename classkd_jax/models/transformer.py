@@ -192,19 +192,25 @@ class Transformer(nn.Module):
             embedding_init=normal_init(("vocab", "embed")),
             name="embed",
         )
-        x = embed(tokens)
+        # The lookup reads the table gathered over 'fsdp' (FSDP: weights move, not
+        # activations): with it sharded along D, XLA would reshard the batch-sharded
+        # [B, T, D] cotangent of the lookup along D, a full copy on every device.
+        table = nn.with_logical_constraint(embed.embedding, ("vocab", None))
+        x = jnp.take(table.astype(cfg.compute_dtype), tokens, axis=0)
         if cfg.embed_scale:  # sqrt(d) rounded to the param dtype first, as HF
             scale = jnp.asarray(cfg.hidden_size**0.5, cfg.params_dtype)
             x = x * scale.astype(cfg.compute_dtype)
         if cfg.position_embedding == "learned":
-            x = x + nn.Embed(
+            pos_embed = nn.Embed(
                 cfg.max_position_embeddings,
                 cfg.hidden_size,
                 dtype=cfg.compute_dtype,
                 param_dtype=cfg.params_dtype,
                 embedding_init=normal_init((None, "embed")),
                 name="pos_embed",
-            )(positions)
+            )
+            pos_table = nn.with_logical_constraint(pos_embed.embedding, (None, None))
+            x = x + jnp.take(pos_table.astype(cfg.compute_dtype), positions, axis=0)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
         if cache is None:
@@ -231,7 +237,7 @@ class Transformer(nn.Module):
         logits = None
         if compute_logits:
             if cfg.tie_word_embeddings:
-                head = embed.embedding.T
+                head = table.T
             else:
                 head = self.param(
                     "lm_head",

@@ -22,7 +22,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from classkd_jax import checkpoint, cli, sharding
+from classkd_jax import checkpoint, cli, sharding, supervisor
 from classkd_jax.models import save_hf
 from classkd_jax.sampling import data_axes
 from classkd_jax.training import checks, logs, optim, roles
@@ -156,7 +156,7 @@ def export_student(run_dir: Path, state, models: Models, tokenizer, step: int) -
 
 def log_path(workdir: Path, process: int) -> Path:
     """One log per process: train.log (process 0), train.<i>.log (the others)."""
-    return Path(workdir) / ("train.log" if process == 0 else f"train.{process}.log")
+    return supervisor.process_log(workdir, process, "train")
 
 
 def train(config, workdir: Path) -> int:

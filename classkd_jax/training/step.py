@@ -34,6 +34,7 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -118,10 +119,18 @@ def hidden_states(config: ModelConfig, params: Any, batch: Batch) -> jax.Array:
 def head(config: ModelConfig, params: Any) -> tuple[jax.Array, bool]:
     """The output embedding in compute dtype, as stored: `([V, D], True)` for a
     tied embedding (vocab-major, so no transposed copy is made), else the
-    untied head `([D, V], False)`."""
+    untied head `([D, V], False)`.
+
+    Inside `sharding.activation_sharding` the head is gathered over 'fsdp' for
+    use (its vocabulary stays split as stored): the logits contract D, which
+    the stored layout shards, and without the gather XLA would reshard the
+    batch-sharded hidden states along D instead, a full copy on every device.
+    """
     if config.tie_word_embeddings:
-        return params["embed"]["embedding"].astype(config.compute_dtype), True
-    return lm_head(params, config).astype(config.compute_dtype), False
+        w = params["embed"]["embedding"].astype(config.compute_dtype)
+        return nn.with_logical_constraint(w, ("vocab", None)), True
+    w = lm_head(params, config).astype(config.compute_dtype)
+    return nn.with_logical_constraint(w, (None, "vocab")), False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -501,17 +510,12 @@ class StepBuilder:
             batch = scored_batch(samples)
             return {**batch, **score(student_params, teacher_params, batch)}
 
-        jitted = jax.jit(
+        return sharding.mesh_jit(
             program,
+            self.mesh,
             in_shardings=(student_shardings, teacher_shardings, self.rows),
             out_shardings=self.rows,
         )
-
-        def run(student_params, teacher_params, samples):
-            with sharding.activation_sharding(self.mesh):
-                return jitted(student_params, teacher_params, samples)
-
-        return run
 
     # ----- jit -----
 
@@ -527,12 +531,13 @@ class StepBuilder:
         programs: dict[tuple[str, ...], Any] = {}
         fn = functools.partial(StepBuilder.student_step, self)
 
-        def jitted(batch):
+        def program(batch):
             keys = tuple(sorted(batch))
             if keys not in programs:
                 batch_sh = {k: self.replicated if k == "control" else self.rows for k in keys}
-                programs[keys] = jax.jit(
+                programs[keys] = sharding.mesh_jit(
                     fn,
+                    self.mesh,
                     in_shardings=(state_shardings, frozen_shardings, batch_sh, self.replicated),
                     out_shardings=(state_shardings, self.replicated),
                     donate_argnums=(0,),
@@ -540,10 +545,9 @@ class StepBuilder:
             return programs[keys]
 
         def step(state, frozen, batch, rng):
-            with sharding.activation_sharding(self.mesh):
-                return jitted(batch)(state, frozen, batch, rng)
+            return program(batch)(state, frozen, batch, rng)
 
-        step.jitted = jitted
+        step.jitted = lambda batch: program(batch).jitted
         return step
 
 

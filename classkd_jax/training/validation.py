@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from classkd_jax import losses
+from classkd_jax import losses, sharding
 from classkd_jax.data import pipeline, to_global
 from classkd_jax.evaluation import runner
 from classkd_jax.sampling import complete_token_ids, data_axes
@@ -121,8 +121,9 @@ class Validator:
         self.rows = rows
         student_sh = params_shardings(self.student_cfg, mesh)
         teacher_sh = params_shardings(self.teacher_cfg, mesh) if self.teacher_cfg else None
-        self._sums = jax.jit(
+        self._sums = sharding.mesh_jit(
             _dev_sums(self.student_cfg, self.teacher_cfg, path),
+            mesh,
             in_shardings=(student_sh, teacher_sh, rows),
             out_shardings=NamedSharding(mesh, P()),
         )
