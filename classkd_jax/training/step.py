@@ -500,6 +500,7 @@ class StepBuilder:
             with sharding.activation_sharding(self.mesh):
                 return jitted(student_params, teacher_params, samples)
 
+        run.jitted = jitted  # for `.lower(...)` and memory analysis (`classkd_jax.compile`)
         return run
 
     # ----- jit -----
