@@ -99,7 +99,7 @@ def _model(preset: str, path: str = "", dtype: str = "float32", **shape):
             "shape": _shape(**shape),  # preset field overrides for random init
             "dtype": dtype,  # compute dtype
             "param_dtype": "float32",
-            "remat": False,  # rematerialise each block in the backward pass
+            "remat": "none",  # what blocks keep for the backward pass: 'none' | 'full' | 'dots'
         }
     )
 
