@@ -1,7 +1,7 @@
 r"""Compile every program of a run for a TPU slice or a GPU node, from this CPU host.
 
     python -m classkd_jax.compile --config configs/<method>.py[:variant] --topology TOPOLOGY \
-        [--config.key=value ...] [--out FILE.json] [--programs all|largest]
+        [--config.key=value ...] [--out FILE.json] [--programs all|largest|largest-step]
 
 TOPOLOGY is a TPU slice in libtpu's names (`v5e:2x2`, `v5e:4x4`, `v5p:2x2x2`,
 `v6e:4x4`, `v4:2x2x1`, ...) or a GPU node `a100:8`, `h100:8`, `h200:8`
@@ -21,8 +21,10 @@ and a verdict. Exit status 0 when every program fits, 3 when one does not
 line naming the largest program, by how much it is over, and what to try.
 `--out` writes the same as JSON. `--programs largest` compiles only the
 largest bucket of each family of programs (the ones that decide the
-verdict), for quick checks of large configs. Needs the `compile` extra (libtpu and the
-CUDA plugin; no GPU or driver needed): `pip install -e '.[compile]'`.
+verdict), for quick checks of large configs; `largest-step` only the train
+step with the largest buckets (the largest program of every pair measured).
+Needs the `compile` extra (libtpu and the CUDA plugin; no GPU or driver
+needed): `pip install -e '.[compile]'`.
 """
 
 from __future__ import annotations
@@ -51,8 +53,8 @@ def parse_args(argv: Sequence[str]):
     args, rest = parser.parse_known_args(list(argv))
     if not args.topology:
         raise UserError("--topology is required, e.g. --topology v5e:4x4 or --topology h100:8")
-    if args.programs not in ("all", "largest"):
-        raise UserError(f"--programs {args.programs}: expected 'all' or 'largest'")
+    if args.programs not in ("all", "largest", "largest-step"):
+        raise UserError(f"--programs {args.programs}: expected all, largest or largest-step")
     config, _ = parse_flags(rest, workdir=False)
     return config, args.topology, args.out, args.programs
 
@@ -180,6 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.check_batch_sizes(config, mesh, processes=topo.processes)
     plan = programs.plan(config, mesh)
     chosen = plan.programs if which == "all" else programs.largest(plan.programs)
+    if which == "largest-step":  # the step with the largest buckets and most batches
+        steps = [p for p in chosen if p.kind == "step"]
+        chosen = (max(steps, key=lambda p: (p.name.count("="), p.name)),) if steps else chosen
     print(
         f"{config.method} on {topo_name}: {len(topo.devices)} x {topo.device_kind} "
         f"({topo.processes} host(s)), mesh {dict(mesh.shape)}, {len(chosen)} of "
