@@ -30,10 +30,12 @@ needed): `pip install -e '.[compile]'`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 PROG = "python -m classkd_jax.compile"
@@ -141,7 +143,20 @@ def table(rows: list[dict], memory: int) -> str:
     return "\n".join([fmt(head) + "   (GiB per device)", *map(fmt, lines)])
 
 
-def verdict(rows: list[dict], memory: int, topo_name: str) -> tuple[int, str]:
+def _hints(config, mesh) -> str:
+    """What to try, from what the config does not do yet."""
+    roles = ["student", "classmate"] if config.method == "classkd" else ["student"]
+    hints = [f"--config.{r}.remat=full" for r in roles if config[r].remat != "full"]
+    hints.append(f"a larger --config.mesh.fsdp (now {mesh.shape['fsdp']})")
+    rows = int(config.data.batch_size)
+    hints.append(
+        f"a smaller --config.data.batch_size (now {rows}) with --config.grad_accum "
+        f"(now {int(config.grad_accum)}), or a larger slice"
+    )
+    return "try " + ", ".join(hints)
+
+
+def verdict(rows: list[dict], memory: int, topo_name: str, hints: str = "") -> tuple[int, str]:
     """(exit status, the verdict line)."""
     bad = [r for r in rows if r["status"] != "fits"]
     if not bad:
@@ -157,25 +172,42 @@ def verdict(rows: list[dict], memory: int, topo_name: str) -> tuple[int, str]:
     else:
         r = max(bad, key=lambda r: r["total"])
         over = f"needs {_gib(r['total'])} of {_gib(memory)} GiB, {_gib(r['total'] - memory)} over"
-    try_ = (
-        "try --config.student.remat=full (and classmate.remat), a larger --config.mesh.fsdp, "
-        "or a smaller --config.data.batch_size with --config.grad_accum"
-    )
     return EXIT_DOES_NOT_FIT, (
         f"does not fit {topo_name}: {len(bad)} of {len(rows)} programs; the largest, "
-        f"{r['program']}, {over}; {try_}"
+        f"{r['program']}, {over}; {hints}"
     )
+
+
+@contextlib.contextmanager
+def no_persistent_cache() -> Iterator[None]:
+    """JAX's persistent compilation cache off while compiling for the topology: a
+    compile-only executable cannot be loaded back from it (the read warns, then
+    compiles again), and it has no business in a cache of runnable programs.
+    The cache is re-initialised from the config afterwards (in-process callers)."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    before = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    compilation_cache.reset_cache()
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", before)
+        compilation_cache.reset_cache()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from classkd_jax import topology
+    from classkd_jax.training import logs
 
     topology.quiet()
+    logs.quiet_libraries()  # before transformers is imported: no advisory lines
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing reaches the network
     config, topo_name, out, which = parse_args(argv)
-    from classkd_jax.training import checks, logs, programs, run
+    from classkd_jax.training import checks, programs, run
 
-    logs.quiet_libraries()
     checks.validate(config)
     topo = topology.get(topo_name)
     mesh = run.make_mesh(config, devices=topo.devices)
@@ -191,13 +223,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{len(plan.programs)} programs",
         file=sys.stderr,
     )
-    donated = programs.state_bytes(plan.state) if plan.state is not None else 0
-    rows = [compile_program(p, topo.memory_bytes, donated) for p in chosen]
+    with no_persistent_cache():
+        donated = programs.state_bytes(plan.state) if plan.state is not None else 0
+        rows = [compile_program(p, topo.memory_bytes, donated) for p in chosen]
     print(table(rows, topo.memory_bytes))
     steps = [r for r in rows if r["kind"] == "step"]
     step_flops = max(r["flops"] for r in steps) if steps else 0.0
     print(f"FLOPs per training step (the largest step program): {step_flops:.4g}")
-    status, line = verdict(rows, topo.memory_bytes, topo_name)
+    status, line = verdict(rows, topo.memory_bytes, topo_name, _hints(config, mesh))
     print(line)
     if out:
         record = {

@@ -65,10 +65,11 @@ def test_a_run_that_cannot_fit_exits_3_with_one_line(tmp_path):
     big = dict(hidden_size=16384, intermediate_size=65536)
     cmd = [sys.executable, "-m", "classkd_jax.compile", "--config", TINY, "--topology", "v5e:2x2"]
     cmd += [f"--config.teacher.shape.{k}={v}" for k, v in big.items()]
+    cmd += ["--programs", "largest-step"]  # the one program that decides it
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 3, proc.stderr
     last = proc.stdout.strip().splitlines()[-1]
-    assert last.startswith("does not fit v5e:2x2: ") and "remat" in last and "fsdp" in last
+    assert last.startswith("does not fit v5e:2x2: ") and "remat=full" in last and "fsdp" in last
     assert "GiB" in last or "refused" in last
     # the terminal stays quiet: one header line, no plugin or libtpu chatter
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
