@@ -96,8 +96,10 @@ def _gpu(name: str, kind: str, shape: str) -> Topology:
 
 
 def _gpu_hint(error: Exception) -> str:
-    if "cuda" in str(error).lower() and "unknown" in str(error).lower():
-        return " (install the compile extra: pip install -e '.[compile]')"
+    from classkd_jax import plugins
+
+    if not plugins.cuda_plugin_installed():
+        return " (the CUDA plugin is not installed: pip install -e '.[compile]')"
     return ""
 
 
