@@ -91,6 +91,19 @@ def test_pairs_are_the_ones_users_run():
     assert config.classmate.path == ""  # the student's initial weights
 
 
+@pytest.mark.parametrize("pair", PAIRS)
+def test_pairs_compute_in_bfloat16_with_float32_trained_params(pair):
+    """MaxText's dtype / weight_dtype: the trained roles keep float32 params (and
+    so float32 Adam moments), the frozen teacher bfloat16 ones; all compute in
+    bfloat16, and the trained roles rematerialise their blocks."""
+    config = method_config("classkd", f"pair={pair}")
+    for role in ("teacher", "student", "classmate"):
+        assert config[role].dtype == "bfloat16"
+    assert config.teacher.param_dtype == "bfloat16"
+    for role in ("student", "classmate"):
+        assert config[role].param_dtype == "float32" and config[role].remat in ("full", "dots")
+
+
 def test_the_baselines_carry_their_reference_recipes():
     base = method_config("distillm", "pair=gpt2-xl/gpt2").distillm
     assert (base.divergence, base.alpha, base.init_phi, base.capacity) == (
