@@ -17,11 +17,11 @@ Variants (the argument after the colon, `--config configs/classkd.py:ARG`):
   gpt2-xl/gpt2-large, qwen2.5-7b/qwen2.5-1.5b, qwen2.5-7b/qwen2.5-0.5b,
   llama-3.2-3b/llama-3.2-1b, and the 2026 families qwen3-8b/qwen3-0.6b,
   qwen3-8b/qwen3-1.7b, gemma-3-12b/gemma-3-1b, gemma-2-9b/gemma-2-2b,
-  llama-3.1-8b/llama-3.2-1b (bfloat16 compute, FSDP over every chip,
-  `mesh.fsdp=-1`: sized for a v5e-16 slice or one 8 x 80 GB GPU node by the
-  README's table of training states; on v5e add `student.remat=true
-  classmate.remat=true` as qwen2.5-7b/1.5b needs; not compiled for those
-  slices here). Paths default to the Hugging Face hub names;
+  llama-3.1-8b/llama-3.2-1b (`PAIR_DEFAULTS` below: bfloat16 compute, FSDP
+  over every chip, `remat=full`). Checked with `python -m classkd_jax.compile
+  --topology ...` (README, "What the pairs need"): every GPT-2, Qwen and Llama
+  pair fits a v5e:4x4 slice and an 8 x H100 node; the Gemma pairs need a v5p
+  slice (v5p:2x2x2) or an 8 x H100 node. Paths default to the Hugging Face hub names;
   the protocol distils from a teacher fine-tuned on Dolly and starts the
   student from its SFT checkpoint: point `teacher.path` / `student.path` at
   them (README, "Train").
