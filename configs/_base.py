@@ -20,8 +20,8 @@ Variants (the argument after the colon, `--config configs/classkd.py:ARG`):
   llama-3.1-8b/llama-3.2-1b (`PAIR_DEFAULTS` below: bfloat16 compute, FSDP
   over every chip, `remat=full`). Checked with `python -m classkd_jax.compile
   --topology ...` (README, "What the pairs need"): every GPT-2, Qwen and Llama
-  pair fits a v5e:4x4 slice and an 8 x H100 node; the Gemma pairs need a v5p
-  slice (v5p:2x2x2) or an 8 x H100 node. Paths default to the Hugging Face hub names;
+  pair fits a v5e:4x4 slice (the first six also 8 x H100); the Gemma pairs
+  do not fit v5e:4x4 and fit v5p:2x2x2 or 8 x H100. Paths default to the Hugging Face hub names;
   the protocol distils from a teacher fine-tuned on Dolly and starts the
   student from its SFT checkpoint: point `teacher.path` / `student.path` at
   them (README, "Train").
