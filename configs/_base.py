@@ -150,6 +150,11 @@ def _optimizer(role: ml_collections.ConfigDict, lr: float) -> None:
     role.b2 = 0.999
     role.eps = 1e-8
     role.clip = 1.0  # global-norm clipping; 0 = off
+    # Dropout of its training forward: None = the model's own rates (a Hugging
+    # Face config.json's embd/attn/resid_pdrop or attention_dropout; 0 for a
+    # preset); a number sets all three rates. The teacher and every sampling,
+    # scoring and validation pass run without dropout.
+    role.dropout = config_dict.placeholder(float)
 
 
 def _data(source: str):

@@ -182,6 +182,43 @@ def test_sigterm_then_resume_is_bit_identical_to_an_uninterrupted_run(
     assert logged == list(range(2, 25, 2)), logged  # each step logged once across the stop
 
 
+def test_dropout_trains_and_resumes_bit_identically(runs, tmp_path, monkeypatch, capfd):
+    """KD with the student's dropout on: the loss is not the dropout-free run's,
+    and a run stopped by SIGTERM at step 4 resumes to the uninterrupted run's
+    very arrays (the masks come from the step's key, a function of the step)."""
+    from classkd_jax.training.rollout import BatchPlan
+
+    argv = lambda w: (
+        ["--config", "configs/kd.py:size=tiny", "--workdir", str(w)]
+        + ["--config.student.dropout=0.1"]
+    )
+    reference = tmp_path / "reference"
+    assert train.main(argv(reference)) == 0
+    with_dropout = [r["loss"] for r in _records(reference) if "loss" in r]
+    without = [r["loss"] for r in runs["kd"][1] if "loss" in r]
+    assert all(np.isfinite(with_dropout)) and with_dropout[0] != without[0]
+
+    workdir = tmp_path / "preempted"
+    original = BatchPlan.batch
+
+    def batch(self, step, *args):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, step, *args)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(BatchPlan, "batch", batch)
+        assert train.main(argv(workdir)) == 143
+    assert checkpoint.latest_step(workdir / "checkpoints") == 4
+    assert train.main(argv(workdir)) == 0
+    assert "resuming from step 4" in capfd.readouterr().err
+    a, b = (
+        checkpoint.restore_checkpoint(w / "checkpoints", {"student_params": None}, 6)[0]
+        for w in (reference, workdir)
+    )
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
 # ----- several processes (issue: beyond one machine) -----
 
 COMPARED = ("loss", "off_kd", "on_kd", "misfeedback", "classmate_loss", "gap", "student_grad_norm")
