@@ -274,6 +274,10 @@ def method_config(method: str, arg: str | None) -> ml_collections.ConfigDict:
     c.gkd = ml_collections.ConfigDict(
         {"lmbda": 0.5, "beta": 0.5, "temperature": 1.0, "seq_kd": False}
     )
+    # ClassKD's on-policy terms (D_on and the misfeedback) are the token-level
+    # surrogate of the write-up's sequence-level expectations: per-position KL on
+    # sampled prefixes, no gradient through sampling (same value in expectation,
+    # not the same gradient: configs/classkd.py, losses/misfeedback.py).
     c.classkd = ml_collections.ConfigDict(
         {
             "off_policy_divergence": "forward_kl",  # on dataset responses
