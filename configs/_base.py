@@ -241,6 +241,7 @@ def method_config(method: str, arg: str | None) -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
     c.log_every = 50
     c.eval_every = 500  # 0 = no validation
+    c.eval_every_epochs = 0.0  # > 0: validate every this many epochs instead of eval_every
     c.checkpoint_every = 500
     c.checkpoint_keep = 3  # last k checkpoints kept (plus the best, under best/)
     c.best_metric = "dev_rougeL"  # 'dev_rougeL' (higher is better) or 'dev_loss' (lower)
@@ -313,6 +314,7 @@ def method_config(method: str, arg: str | None) -> ml_collections.ConfigDict:
             "phi_step": 0.1,  # phi += phi_step when the dev loss rose by loss_threshold
             "loss_threshold": 0.1,
             "capacity": 1000,  # replay buffer rows (held on the host, checkpointed)
+            "capacity_batches": 0.0,  # > 0: the buffer holds this many global batches instead
         }
     )
     c.minillm = ml_collections.ConfigDict(

@@ -41,8 +41,8 @@ import numpy as np
 from classkd_jax import sharding
 from classkd_jax.data import to_global
 from classkd_jax.sampling import Sampler, SamplingConfig
+from classkd_jax.training import checks, host_state, objectives
 from classkd_jax.training import flops as flops_lib
-from classkd_jax.training import host_state, objectives
 from classkd_jax.training.data import TrainData
 from classkd_jax.training.distillm import AdaptiveSchedule
 from classkd_jax.training.minillm import Phases, RolloutStore
@@ -109,7 +109,8 @@ class BatchPlan:
             self.schedule = AdaptiveSchedule(
                 float(d.init_phi), float(d.loss_threshold), float(d.phi_step), bool(d.adaptive)
             )
-            self.buffer = ReplayBuffer(int(d.capacity), prompt_width, int(s.max_new_tokens))
+            capacity = checks.replay_capacity(config)
+            self.buffer = ReplayBuffer(capacity, prompt_width, int(s.max_new_tokens))
             self.kinds = {"sample": 0, "replay": 0, "data": 0}
         if config.method == "minillm":
             m = config.minillm
