@@ -273,7 +273,10 @@ def method_config(method: str, arg: str | None) -> ml_collections.ConfigDict:
         {"divergence": "forward_kl", "temperature": 1.0, "ce_weight": 0.0}
     )
     c.gkd = ml_collections.ConfigDict(
-        {"lmbda": 0.5, "beta": 0.5, "temperature": 1.0, "seq_kd": False}
+        # replay: DistiLLM's mixed-jsd schedule: an on-policy step pushes its
+        # samples into a replay buffer (sized by distillm.capacity[_batches]) and
+        # trains on a uniform batch drawn from it (configs/gkd.py recipe=distillm).
+        {"lmbda": 0.5, "beta": 0.5, "temperature": 1.0, "seq_kd": False, "replay": False}
     )
     # ClassKD's on-policy terms (D_on and the misfeedback) are the token-level
     # surrogate of the write-up's sequence-level expectations: per-position KL on

@@ -90,6 +90,20 @@ def test_gkd_with_seq_kd_trains_on_the_teachers_samples(tmp_path):
     assert all(r["scored_tokens_off"] <= 2 * 8 * 16 for r in steps)
 
 
+def test_gkd_as_distillms_mixed_jsd_trains_on_replayed_samples(tmp_path):
+    """configs/gkd.py:recipe=distillm: on-policy steps push their samples into the
+    replay buffer and train on a batch drawn from it (DistiLLM's mixed-jsd)."""
+    workdir = tmp_path / "gkd_distillm"
+    argv = ["--config", "configs/gkd.py:size=tiny,recipe=distillm", "--workdir", str(workdir)]
+    assert train.main([*argv, "--config.eval_every=0"]) == 0
+    steps = [r for r in _records(workdir) if "loss" in r]
+    assert all(np.isfinite(r["loss"]) for r in steps)
+    # 8 rows pushed per on-policy step (lmbda 0.5), the tiny buffer holds 16.
+    assert 0 < steps[-1]["replay_buffer_rows"] <= 16 and steps[-1]["sampling_share"] > 0
+    config = json.loads((workdir / "config.json").read_text())
+    assert (config["gkd"]["beta"], config["gkd"]["replay"]) == (0.1, True)
+
+
 def test_a_finished_run_reruns_as_a_no_op(runs):
     workdir, records = runs["sft"]
     before = (workdir / "student_hf" / "model.safetensors").stat().st_mtime_ns
@@ -190,7 +204,7 @@ def test_dropout_trains_and_resumes_bit_identically(runs, tmp_path, monkeypatch,
 
     argv = lambda w: (
         ["--config", "configs/kd.py:size=tiny", "--workdir", str(w)]
-        + ["--config.student.dropout=0.1"]
+        + ["--config.student.dropout=0.1", "--config.eval_every=0"]
     )
     reference = tmp_path / "reference"
     assert train.main(argv(reference)) == 0

@@ -116,6 +116,10 @@ def validate(c) -> None:
     _unit("gkd.lmbda", c.gkd.lmbda)
     _unit("gkd.beta", c.gkd.beta)
     _require(c.gkd.temperature > 0, "gkd.temperature", c.gkd.temperature, "> 0")
+    if c.method == "gkd" and c.gkd.replay:
+        if c.gkd.seq_kd:
+            raise UserError("gkd.replay=True replays the student's samples; drop gkd.seq_kd")
+        _replay_sizes(c, "gkd.replay=True")
     _require(c.eval.num_examples >= 0, "eval.num_examples", c.eval.num_examples, ">= 0")
     _require(c.eval.max_new_tokens >= 1, "eval.max_new_tokens", c.eval.max_new_tokens, ">= 1")
     _require(c.eval.batch_size >= 1, "eval.batch_size", c.eval.batch_size, ">= 1")
@@ -163,6 +167,18 @@ def _distillm(c) -> None:
     _unit("distillm.init_phi", d.init_phi)
     _require(d.phi_step >= 0, "distillm.phi_step", d.phi_step, ">= 0")
     _require(d.loss_threshold >= 0, "distillm.loss_threshold", d.loss_threshold, ">= 0")
+    _replay_sizes(c, "DistiLLM")
+    if d.adaptive and not validates(c):
+        raise UserError(
+            "distillm.adaptive=True moves phi at each validation, but eval_every=0 and "
+            "eval_every_epochs=0: set one > 0, or distillm.adaptive=False to keep phi at "
+            "distillm.init_phi"
+        )
+
+
+def _replay_sizes(c, who: str) -> None:
+    """The replay buffer (`replay_capacity`) holds a batch; samples come a batch at a time."""
+    d = c.distillm
     _require(d.capacity_batches >= 0, "distillm.capacity_batches", d.capacity_batches, ">= 0")
     _require(
         replay_capacity(c) >= c.data.batch_size,
@@ -171,15 +187,9 @@ def _distillm(c) -> None:
         f"a buffer of >= data.batch_size ({c.data.batch_size}) rows: a replay batch is drawn "
         "without replacement",
     )
-    if d.adaptive and not validates(c):
-        raise UserError(
-            "distillm.adaptive=True moves phi at each validation, but eval_every=0 and "
-            "eval_every_epochs=0: set one > 0, or distillm.adaptive=False to keep phi at "
-            "distillm.init_phi"
-        )
     if int(c.sampling.batch_size) not in (0, int(c.data.batch_size)):
         raise UserError(
-            f"sampling.batch_size={c.sampling.batch_size}: DistiLLM trains on its samples in "
+            f"sampling.batch_size={c.sampling.batch_size}: {who} trains on its samples in "
             f"place of the dataset batch, so it must equal data.batch_size "
             f"({c.data.batch_size}) or be 0"
         )
