@@ -28,6 +28,15 @@ INSTALL_REQUIRES = [
     "tensorboardX==2.6.5",  # TensorBoard event files without TensorFlow
 ]
 
+# Compile-only TPU and GPU backends for `python -m classkd_jax.compile` on a CPU host:
+# libtpu (213 MB wheel, 684 MB installed) and the CUDA plugin (182 MB of wheels,
+# 478 MB installed; no CUDA libraries, no driver needed).
+COMPILE_REQUIRES = [
+    "jax[tpu]==0.10.2",
+    "jax-cuda12-plugin==0.10.2",
+    "jax-cuda12-pjrt==0.10.2",
+]
+
 # torch is the numerical reference in tests only. It is pinned to the CPU build
 # in the same requirement set as trl, so pip never pulls a CUDA torch.
 TEST_REQUIRES = [
@@ -36,6 +45,7 @@ TEST_REQUIRES = [
     "ruff==0.17.6",
     "torch==2.13.0",
     "trl==1.16.0",
+    *COMPILE_REQUIRES,  # tests/test_compile.py compiles for v5e:2x2 and h100:8
 ]
 
 setup(
@@ -54,5 +64,6 @@ setup(
         # accelerator builds of jaxlib, for launch/tpu_pod.sh and launch/slurm_gpu.sbatch
         "tpu": ["jax[tpu]==0.10.2"],
         "cuda": ["jax[cuda12]==0.10.2"],
+        "compile": COMPILE_REQUIRES,
     },
 )

@@ -109,3 +109,24 @@ def split_flags(argv):
     args, rest = parser.parse_known_args(list(argv))
     args.auto_detect = True
     return args, rest
+
+
+def agreed(value: int) -> int:
+    """Process 0's value of a host-side decision that leads to collectives.
+
+    Which batch a step trains on (dataset rows, fresh samples, a replay) decides
+    which programs run; every process must run the same ones in the same order.
+    The trainer's decisions are functions of (seed, step) and of state every
+    process holds alike, so they agree by construction; taking them through
+    this one helper keeps it so when a host's view differs (another data file,
+    a float that rounds the other way), at the cost of one tiny broadcast.
+    One process: `value`, no collective.
+    """
+    import jax
+
+    if jax.process_count() == 1:
+        return int(value)
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return int(multihost_utils.broadcast_one_to_all(np.int32(value)))

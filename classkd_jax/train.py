@@ -53,8 +53,11 @@ from classkd_jax.supervisor import EXIT_PEER_LOST  # noqa: F401 (75: rerun; it r
 PROG = "python -m classkd_jax.train"
 
 
-def parse_flags(argv: Sequence[str]):
-    """(config, workdir) from the command line; every mistake is a `UserError`."""
+def parse_flags(argv: Sequence[str], *, workdir: bool = True):
+    """(config, workdir) from the command line; every mistake is a `UserError`.
+
+    `workdir=False` (`classkd_jax.compile`): no --workdir flag; the path returned is None.
+    """
     from absl import flags
     from ml_collections import config_flags
 
@@ -69,7 +72,9 @@ def parse_flags(argv: Sequence[str]):
         lock_config=True,
         sys_argv=[PROG, *argv],  # where it looks for --config.key overrides
     )
-    workdir = flags.DEFINE_string("workdir", None, "the run's directory", flag_values=fv)
+    wants_workdir = workdir
+    if wants_workdir:
+        workdir = flags.DEFINE_string("workdir", None, "the run's directory", flag_values=fv)
     path = _config_path(argv)
     if path is None:
         raise UserError("--config is required, e.g. --config configs/classkd.py:size=tiny")
@@ -81,6 +86,8 @@ def parse_flags(argv: Sequence[str]):
         raise UserError(f"config has no key {_unknown_key(e, argv)}") from None
     except flags.Error as e:
         raise UserError(_flag_error(e)) from None
+    if not wants_workdir:
+        return holder.value, None
     if not workdir.value:
         raise UserError("--workdir is required (the run's directory)")
     if "://" in workdir.value:  # before Path() folds 'gs://b' into 'gs:/b'

@@ -38,50 +38,50 @@ from classkd_jax.config_utils import import_sibling, parse_arg
 
 METHODS = ("sft", "kd", "gkd", "classkd", "seqkd", "distillm", "minillm")
 
-# teacher preset, student preset, hub names, and the recipe's optimizer settings.
+# teacher preset, student preset, and the recipe's optimizer settings and global batch.
 PAIRS = {
-    "gpt2-xl/gpt2": dict(
-        teacher="gpt2-xl", student="gpt2", lr=5e-4, epochs=20.0, batch=64, mesh=(-1, 1, 1)
-    ),
+    "gpt2-xl/gpt2": dict(teacher="gpt2-xl", student="gpt2", lr=5e-4, epochs=20.0, batch=64),
     "gpt2-xl/gpt2-medium": dict(
-        teacher="gpt2-xl", student="gpt2-medium", lr=5e-4, epochs=20.0, batch=64, mesh=(-1, 1, 1)
+        teacher="gpt2-xl", student="gpt2-medium", lr=5e-4, epochs=20.0, batch=64
     ),
     "gpt2-xl/gpt2-large": dict(
-        teacher="gpt2-xl", student="gpt2-large", lr=1e-4, epochs=10.0, batch=32, mesh=(-1, 1, 1)
+        teacher="gpt2-xl", student="gpt2-large", lr=1e-4, epochs=10.0, batch=32
     ),
     "qwen2.5-7b/qwen2.5-1.5b": dict(
-        teacher="qwen2.5-7b", student="qwen2.5-1.5b", lr=1e-5, epochs=3.0, batch=64,
-        mesh=(1, -1, 1), dtype="bfloat16",
+        teacher="qwen2.5-7b", student="qwen2.5-1.5b", lr=1e-5, epochs=3.0, batch=64
     ),
     "qwen2.5-7b/qwen2.5-0.5b": dict(
-        teacher="qwen2.5-7b", student="qwen2.5-0.5b", lr=2e-5, epochs=3.0, batch=64,
-        mesh=(1, -1, 1), dtype="bfloat16",
+        teacher="qwen2.5-7b", student="qwen2.5-0.5b", lr=2e-5, epochs=3.0, batch=64
     ),
     "llama-3.2-3b/llama-3.2-1b": dict(
-        teacher="llama-3.2-3b", student="llama-3.2-1b", lr=1e-5, epochs=3.0, batch=64,
-        mesh=(1, -1, 1), dtype="bfloat16",
+        teacher="llama-3.2-3b", student="llama-3.2-1b", lr=1e-5, epochs=3.0, batch=64
     ),
     "llama-3.1-8b/llama-3.2-1b": dict(
-        teacher="llama-3.1-8b", student="llama-3.2-1b", lr=1e-5, epochs=3.0, batch=64,
-        mesh=(1, -1, 1), dtype="bfloat16",
+        teacher="llama-3.1-8b", student="llama-3.2-1b", lr=1e-5, epochs=3.0, batch=64
     ),
     "qwen3-8b/qwen3-0.6b": dict(
-        teacher="qwen3-8b", student="qwen3-0.6b", lr=2e-5, epochs=3.0, batch=64,
-        mesh=(1, -1, 1), dtype="bfloat16",
+        teacher="qwen3-8b", student="qwen3-0.6b", lr=2e-5, epochs=3.0, batch=64
     ),
     "qwen3-8b/qwen3-1.7b": dict(
-        teacher="qwen3-8b", student="qwen3-1.7b", lr=1e-5, epochs=3.0, batch=64,
-        mesh=(1, -1, 1), dtype="bfloat16",
+        teacher="qwen3-8b", student="qwen3-1.7b", lr=1e-5, epochs=3.0, batch=64
     ),
     "gemma-3-12b/gemma-3-1b": dict(
-        teacher="gemma-3-12b", student="gemma-3-1b", lr=1e-5, epochs=3.0, batch=64,
-        mesh=(1, -1, 1), dtype="bfloat16", add_bos=True,
+        teacher="gemma-3-12b", student="gemma-3-1b", lr=1e-5, epochs=3.0, batch=64, add_bos=True
     ),
     "gemma-2-9b/gemma-2-2b": dict(
-        teacher="gemma-2-9b", student="gemma-2-2b", lr=1e-5, epochs=3.0, batch=64,
-        mesh=(1, -1, 1), dtype="bfloat16", add_bos=True,
+        teacher="gemma-2-9b", student="gemma-2-2b", lr=1e-5, epochs=3.0, batch=64, add_bos=True
     ),
-}  # fmt: skip
+}
+# How every pair runs on accelerators unless its entry says otherwise (checked by
+# `python -m classkd_jax.compile` on the README's slices: benchmarks/bench_compile.py).
+# Precision as MaxText's dtype / weight_dtype: bfloat16 compute; float32 params (and so
+# float32 Adam moments) for the trained roles; the frozen teacher's params in bfloat16;
+# softmaxes and divergences in float32 (the losses' logits are float32). FSDP over the
+# whole slice (rows split over it too); the trained roles' blocks rematerialised ('full':
+# with 'dots', ClassKD's on-policy step of qwen2.5-7b/1.5b needs 17.3 GiB a v5e chip).
+PAIR_DEFAULTS = dict(
+    dtype="bfloat16", teacher_param_dtype="bfloat16", remat="full", mesh=(1, -1, 1), grad_accum=1
+)
 HUB = {
     "gpt2": "openai-community/gpt2",
     "gpt2-medium": "openai-community/gpt2-medium",
@@ -134,7 +134,7 @@ def _model(preset: str, path: str = "", dtype: str = "float32", **shape):
             "shape": _shape(**shape),  # preset field overrides for random init
             "dtype": dtype,  # compute dtype
             "param_dtype": "float32",
-            "remat": False,  # rematerialise each block in the backward pass
+            "remat": "none",  # what blocks keep for the backward pass: 'none' | 'full' | 'dots'
         }
     )
 
@@ -195,8 +195,8 @@ def _tiny(c: ml_collections.ConfigDict) -> None:
 def _pair(c: ml_collections.ConfigDict, name: str) -> None:
     if name not in PAIRS:
         raise ValueError(f"pair={name!r}; expected one of {sorted(PAIRS)}")
-    p = PAIRS[name]
-    dtype = p.get("dtype", "float32")
+    p = {**PAIR_DEFAULTS, **PAIRS[name]}
+    dtype = p["dtype"]
     c.steps = 0
     c.epochs = p["epochs"]
     c.log_every = 50
@@ -205,11 +205,14 @@ def _pair(c: ml_collections.ConfigDict, name: str) -> None:
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = p["mesh"]
     c.data.batch_size = p["batch"]
     c.data.add_bos = p.get("add_bos", False)  # Gemma is trained with <bos> first
+    c.grad_accum = p["grad_accum"]
     c.teacher = _model(p["teacher"], HUB[p["teacher"]], dtype)
+    c.teacher.param_dtype = p["teacher_param_dtype"]
     c.student = _model(p["student"], HUB[p["student"]], dtype)
     c.classmate = _model(p["student"], "", dtype)  # '' = the student's initial weights
     for role in ("student", "classmate"):
         _optimizer(c[role], p["lr"])
+        c[role].remat = p["remat"]
     c.loss.impl = "chunked"
 
 

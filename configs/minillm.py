@@ -47,9 +47,10 @@ gradient-accumulation steps:
     accumulation steps = 256 rows), 4 steps of 256 per phase.
 The plain-text LM stream's batch is the same global batch (the reference
 draws one LM batch of `batch_size` per GPU with each PPO minibatch:
-`data.lm_batch_size=0`). `grad_accum` splits each step into micro-batches of
-64 rows (32 for gpt2-large, its pair batch), the activation memory the pair's
-other methods use; with more data shards than rows / grad_accum, lower it.
+`data.lm_batch_size=0`). `grad_accum` is the pair's times the batch's growth
+(x4 from the pair batch 64, x2 for gpt2-large's 32), so a micro-batch holds
+what the pair's other methods put in one: the same activation memory; with
+more data shards than rows / grad_accum, lower it.
 Sampling draws `data.batch_size` rows per call (the reference's chunk size
 per GPU times 16 for gpt2; set `sampling.batch_size` to a divisor of
 `num_rollouts` to sample in smaller calls).
@@ -68,11 +69,12 @@ def get_config(arg=None):
         c.student.warmup_steps = 100
         c.student.b2 = 0.95
         c.student.weight_decay = 1e-6
+        pair_batch = c.data.batch_size
         small_batch = c.student.preset in ("gpt2-medium", "gpt2-large")
         c.data.batch_size = 64 if small_batch else 256  # see the docstring
         c.data.lm_batch_size = 0  # = data.batch_size, as the reference
         c.minillm.num_rollouts = 256
         c.minillm.ppo_epochs = 4
-        c.grad_accum = c.data.batch_size // (32 if c.student.preset == "gpt2-large" else 64)
+        c.grad_accum *= c.data.batch_size // pair_batch  # the pair's micro-batch kept
     c.lock()
     return c

@@ -27,10 +27,12 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 # suite rebuild the same ones many times over.
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-
-
 # --- Shared tiny models (models helper) -------------------------------------
 import pytest  # noqa: E402
+
+# Before any test module imports jax: with the test extra's CUDA plugin installed,
+# `import jax` prints driver messages unless classkd_jax imports it (`plugins`).
+import classkd_jax  # noqa: E402, F401
 
 
 @pytest.fixture(scope="session")

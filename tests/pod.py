@@ -40,6 +40,9 @@ COMMON = [
     "--config.eval_every=2",
     "--config.checkpoint_every=2",
 ]
+# A replay buffer full after one sampled batch, so that the 4 steps sample (step 2)
+# and replay (step 4) on both runs.
+EXTRA = {"distillm": ["--config.distillm.capacity=8"]}
 # Per-step values compared between the runs (when the method logs them).
 COMPARED = (
     "loss",
@@ -85,6 +88,7 @@ def _argv(method: str, workdir: Path, mesh: tuple[int, int, int]) -> list[str]:
         f"--config.mesh.data={data}",
         f"--config.mesh.fsdp={fsdp}",
         f"--config.mesh.tensor={tensor}",
+        *EXTRA.get(method, []),
     ]
 
 
@@ -175,6 +179,14 @@ def check_pod_run(run: PodRun) -> None:
     assert checkpoint.latest_step(run.two / "best") in (2, 4)
     # Every logged value of the 2-process run is the 1-process run's.
     assert_same_records(records(run.one), two)
+    # The method's own host-side machinery ran on both processes.
+    steps = [r for r in two if "loss" in r]
+    if run.method in ("gkd", "minillm", "distillm", "classkd"):
+        assert any(r["sampling_share"] > 0 for r in steps), "no step sampled"
+    if run.method == "distillm":
+        assert steps[-1]["distillm_replay_steps"] >= 1 and steps[-1]["replay_buffer_rows"] > 0
+    if run.method == "seqkd":
+        assert any((run.two / "seqkd").iterdir())  # the teacher's generated responses
     # The reference runs on another mesh (other reduction orders): after 4 Adam
     # steps, whose update divides by sqrt(v), weights agree to ~3e-5, not 1e-5.
     assert_same_weights(run.one / "student_hf", run.two / "student_hf", atol=1e-4)

@@ -172,8 +172,11 @@ def test_remat_gives_the_same_loss_and_gradients(loaded):
         return -jnp.mean(jax.nn.log_softmax(logits)[..., 0])
 
     grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
-    plain, remat = grad(params, config), grad(params, config.replace(remat=True))
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6), plain, remat)
+    plain = grad(params, config)
+    assert config.replace(remat=True).remat == "full" and config.remat == "none"
+    for policy in ("full", "dots"):  # everything recomputed / the matmul outputs kept
+        remat = grad(params, config.replace(remat=policy))
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6), plain, remat)
     # Unrolled blocks, rematerialised: the same gradients, layer by layer.
     unrolled = config.replace(remat=True, scan_layers=False)
     value, grads = grad(unstack_layers(params, config), unrolled)

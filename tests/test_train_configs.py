@@ -91,6 +91,19 @@ def test_pairs_are_the_ones_users_run():
     assert config.classmate.path == ""  # the student's initial weights
 
 
+@pytest.mark.parametrize("pair", PAIRS)
+def test_pairs_compute_in_bfloat16_with_float32_trained_params(pair):
+    """MaxText's dtype / weight_dtype: the trained roles keep float32 params (and
+    so float32 Adam moments), the frozen teacher bfloat16 ones; all compute in
+    bfloat16, and the trained roles rematerialise their blocks."""
+    config = method_config("classkd", f"pair={pair}")
+    for role in ("teacher", "student", "classmate"):
+        assert config[role].dtype == "bfloat16"
+    assert config.teacher.param_dtype == "bfloat16"
+    for role in ("student", "classmate"):
+        assert config[role].param_dtype == "float32" and config[role].remat in ("full", "dots")
+
+
 def test_the_baselines_carry_their_reference_recipes():
     base = method_config("distillm", "pair=gpt2-xl/gpt2").distillm
     assert (base.divergence, base.alpha, base.init_phi, base.capacity) == (
@@ -112,9 +125,11 @@ def test_minillm_and_distillm_pairs_have_the_references_batch_phase_and_cadence(
     """MiniLLM: the global batch of the reference's 16 GPUs (256 for gpt2, 64 for
     medium/large), 256 rollouts and 4 PPO epochs a phase, the LM stream at the
     same batch. DistiLLM: validation once an epoch, a buffer of 125 batches."""
-    for pair, batch, accum in (("gpt2-xl/gpt2", 256, 4), ("gpt2-xl/gpt2-large", 64, 2)):
+    for pair, batch, growth in (("gpt2-xl/gpt2", 256, 4), ("gpt2-xl/gpt2-large", 64, 2)):
         c = method_config("minillm", f"pair={pair}")
-        assert (c.data.batch_size, c.grad_accum, c.data.lm_batch_size) == (batch, accum, 0)
+        base = method_config("kd", f"pair={pair}")  # the pair's batch and micro-batch
+        assert (c.data.batch_size, c.data.lm_batch_size) == (batch, 0)
+        assert c.grad_accum == growth * base.grad_accum and batch == growth * base.data.batch_size
         steps_per_phase = c.minillm.ppo_epochs * c.minillm.num_rollouts // c.data.batch_size
         assert steps_per_phase == 4 * 256 // batch
     c = method_config("distillm", "pair=gpt2-xl/gpt2")

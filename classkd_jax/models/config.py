@@ -18,6 +18,7 @@ LAYER_TYPES = ("full_attention", "sliding_attention")
 ROPE_TYPES = ("default", "llama3", "linear")
 # Training-time rates, not part of the function the model computes.
 DROPOUT_FIELDS = ("embed_dropout", "attention_dropout", "residual_dropout")
+REMAT = ("none", "full", "dots")  # rematerialisation policies (ModelConfig.remat)
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 # The HF `torch_dtype` / `dtype` written by save_hf, by our param dtype name.
 _HF_DTYPE = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
@@ -74,7 +75,12 @@ class ModelConfig:
         The three apply only in a forward called with `deterministic=False`
         and a 'dropout' rng (the trained roles' training forward); every other
         pass (teacher, sampling, scoring, validation) ignores them.
-      remat: rematerialise each block in the backward pass (`nn.remat`).
+      remat: what each block keeps for the backward pass (`REMAT` policies):
+        'none' keeps every activation; 'full' keeps only the block's input and
+        recomputes the rest (`nn.remat`); 'dots' keeps the outputs of the
+        weight matmuls (projections, MLP) and recomputes attention scores and
+        elementwise ops (`jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims`,
+        MaxText's 'minimal' `remat_policy`). True / False mean 'full' / 'none'.
       scan_layers: stack the blocks with `nn.scan` (params under 'layers' with a
         leading 'layers' axis: one compiled block, what training wants). False
         unrolls them (params under 'layers_0' .. 'layers_{L-1}'), which is what
@@ -119,7 +125,7 @@ class ModelConfig:
     residual_dropout: float = 0.0
     dtype: str = "float32"
     param_dtype: str = "float32"
-    remat: bool = False
+    remat: str = "none"
     scan_layers: bool = True
 
     def __post_init__(self):
@@ -127,6 +133,8 @@ class ModelConfig:
         set_ = lambda k, v: object.__setattr__(self, k, v)
         set_("dtype", _canonical_dtype(self.dtype, "dtype"))
         set_("param_dtype", _canonical_dtype(self.param_dtype, "param_dtype"))
+        if isinstance(self.remat, bool) or self.remat is None:
+            set_("remat", "full" if self.remat else "none")
         if isinstance(self.eos_token_id, list | tuple):
             eos = tuple(int(e) for e in self.eos_token_id)
             set_("eos_token_id", eos[0] if len(eos) == 1 else eos)
@@ -157,6 +165,7 @@ class ModelConfig:
             "norm": ("layernorm", "rmsnorm", "gemma_rmsnorm"),
             "mlp": ("gelu", "swiglu"),
             "activation": ("gelu_new", "gelu", "silu", "relu"),
+            "remat": REMAT,
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:

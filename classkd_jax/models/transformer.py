@@ -103,11 +103,14 @@ class Block(nn.Module):
 
 
 def _block(config: ModelConfig) -> type[nn.Module]:
-    if config.remat:
-        # Inside scan, CSE cannot merge the recomputation, so prevent_cse is only
-        # needed for unrolled blocks.
-        return nn.remat(Block, prevent_cse=not config.scan_layers)
-    return Block
+    if config.remat == "none":
+        return Block
+    policy = None  # 'full': only the block's input is kept
+    if config.remat == "dots":  # keep the weight matmuls' outputs, recompute the rest
+        policy = jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
+    # Inside scan, CSE cannot merge the recomputation, so prevent_cse is only
+    # needed for unrolled blocks.
+    return nn.remat(Block, prevent_cse=not config.scan_layers, policy=policy)
 
 
 def _scanned_blocks(

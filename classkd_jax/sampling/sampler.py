@@ -166,6 +166,12 @@ class Sampler:
         shapes = jax.eval_shape(lambda: init_cache(config, batch, slots))
         return sharding.cache_shardings(shapes, self.mesh, self.rules)
 
+    def jitted(self, cfg: SamplingConfig):
+        """The `jax.jit` object of `cfg`'s program, called as
+        `(params, teacher_params, tokens, mask, row_valid, rng)`; for `.lower(...)`
+        (under `sharding.activation_sharding(mesh)`) and memory analysis."""
+        return self._program(cfg)
+
     def _program(self, cfg: SamplingConfig):
         if cfg in self._programs:
             return self._programs[cfg]

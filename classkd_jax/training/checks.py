@@ -16,6 +16,7 @@ from typing import Any
 
 from classkd_jax import losses
 from classkd_jax.cli import UserError
+from classkd_jax.models.config import REMAT
 from classkd_jax.training.optim import SCHEDULES
 
 METHODS = ("sft", "kd", "gkd", "classkd", "seqkd", "distillm", "minillm")
@@ -56,6 +57,7 @@ def _role(c, role: str, trainable: bool) -> None:
     block = c[role]
     _choice(f"{role}.dtype", block.dtype, DTYPES)
     _choice(f"{role}.param_dtype", block.param_dtype, DTYPES)
+    _choice(f"{role}.remat", block.remat, REMAT)
     if not trainable:
         return
     _require(block.lr > 0, f"{role}.lr", block.lr, "> 0")

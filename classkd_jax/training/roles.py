@@ -80,13 +80,37 @@ def _is_hub_name(path: str) -> bool:
     )
 
 
-def resolve_tokenizer(config) -> tuple[Any, str]:
+@dataclasses.dataclass(frozen=True)
+class ConfigVocab:
+    """A tokenizer's size and special ids read off a model config: what compiling a
+    run needs of a hub tokenizer, without reaching the hub (`offline=True`)."""
+
+    size: int
+    bos_token_id: int | None
+    eos_token_id: int | None
+    pad_token_id: int | None
+
+    def __len__(self) -> int:
+        return self.size
+
+    @classmethod
+    def of(cls, config: ModelConfig) -> ConfigVocab:
+        eos = config.eos_token_ids[0] if config.eos_token_ids else None
+        return cls(config.vocab_size, config.bos_token_id, eos, config.pad_token_id)
+
+
+def resolve_tokenizer(config, offline: bool = False) -> tuple[Any, str]:
     """(tokenizer, where it came from): `tokenizer` if set, else the student's
-    directory's (HF dir or the checkpoint's), else the shipped synthetic one."""
+    directory's (HF dir or the checkpoint's), else the shipped synthetic one.
+
+    `offline`: a hub name is not fetched; its size and ids come from the
+    student's preset (`ConfigVocab`)."""
     if config.tokenizer:
         path = Path(config.tokenizer).expanduser()
         if not path.is_dir() and not _is_hub_name(config.tokenizer):
             raise UserError(f"tokenizer={config.tokenizer}: no such tokenizer directory")
+        if offline and not path.is_dir():
+            return _preset_vocab(config.student), f"{config.tokenizer} (size from a preset)"
         return load_tokenizer(config.tokenizer), str(config.tokenizer)
     student = config.student.path
     if student:
@@ -108,9 +132,18 @@ def resolve_tokenizer(config) -> tuple[Any, str]:
                 )
             return load_tokenizer(path), str(path)
         if _is_hub_name(student):
+            if offline:
+                return _preset_vocab(config.student), f"{student} (size from a preset)"
             return load_tokenizer(student), student
     path = synthetic_tokenizer_path()
     return load_tokenizer(path), str(path)
+
+
+def _preset_vocab(role_cfg) -> ConfigVocab:
+    try:
+        return ConfigVocab.of(get_preset(role_cfg.preset))
+    except ValueError as e:
+        raise UserError(f"{role_cfg.path}: {e}") from None
 
 
 def _random_config(role_cfg, tokenizer, context: int) -> ModelConfig:
@@ -142,12 +175,18 @@ def _hf_config(path: Path) -> ModelConfig:
     return config
 
 
-def _source(role: str, role_cfg, tokenizer, context: int) -> RoleSource:
+def _source(role: str, role_cfg, tokenizer, context: int, offline: bool = False) -> RoleSource:
     path_str = role_cfg.path
     if not path_str:
         return RoleSource(role, "random", "", _random_config(role_cfg, tokenizer, context))
     path = Path(path_str).expanduser()
     dtypes = dict(dtype=role_cfg.dtype, param_dtype=role_cfg.param_dtype, remat=role_cfg.remat)
+    if offline and not path.exists() and _is_hub_name(path_str):  # the preset's shapes
+        try:
+            config = get_preset(role_cfg.preset, **dtypes)
+        except ValueError as e:
+            raise UserError(f"{_key(role, 'preset')}: {e}") from None
+        return RoleSource(role, "hub", path_str, config)
     if checkpoint.is_checkpoint(path):
         meta = checkpoint.read_meta(path)
         models = meta.get("models", {})
@@ -223,8 +262,13 @@ def _check_context(source: RoleSource, context: int, why: str) -> None:
         )
 
 
-def plan_roles(config, tokenizer, tokenizer_where: str, context: int, why: str) -> dict:
-    """{role: RoleSource} for the roles `config.method` uses, checked (see module docstring)."""
+def plan_roles(
+    config, tokenizer, tokenizer_where: str, context: int, why: str, offline: bool = False
+) -> dict:
+    """{role: RoleSource} for the roles `config.method` uses, checked (see module docstring).
+
+    `offline`: a hub name is not resolved; the role gets its preset's shapes
+    (`<role>.preset`, kind 'hub'), as `classkd_jax.compile` needs."""
     roles = ["student"]
     if config.method != "sft":
         roles.insert(0, "teacher")
@@ -240,7 +284,7 @@ def plan_roles(config, tokenizer, tokenizer_where: str, context: int, why: str) 
             )
             sources[role] = RoleSource(role, "student_init", student.path, cm_config)
             continue
-        sources[role] = _source(role, role_cfg, tokenizer, context)
+        sources[role] = _source(role, role_cfg, tokenizer, context, offline)
     for role, source in sources.items():
         rate = config[role].get("dropout")
         if rate is not None:  # a trained role's override of its model's dropout

@@ -40,6 +40,7 @@ import numpy as np
 
 from classkd_jax import sharding
 from classkd_jax.data import to_global
+from classkd_jax.distributed import agreed
 from classkd_jax.sampling import Sampler, SamplingConfig
 from classkd_jax.training import checks, host_state, objectives
 from classkd_jax.training import flops as flops_lib
@@ -49,6 +50,7 @@ from classkd_jax.training.minillm import Phases, RolloutStore
 from classkd_jax.training.replay import ReplayBuffer
 from classkd_jax.training.state import RunState
 
+DISTILLM_KINDS = ("sample", "replay", "data")  # AdaptiveSchedule.choose's answers
 STREAMS = ("gkd", "classkd", "distillm", "replay", "sample_student", "sample_teacher", "step")
 
 
@@ -172,6 +174,7 @@ class BatchPlan:
         kind = self.schedule.choose(
             u, step, self.total_steps, len(self.buffer), self.buffer.capacity
         )
+        kind = DISTILLM_KINDS[agreed(DISTILLM_KINDS.index(kind))]
         if kind == "sample":
             out = sample("student", state.student.params)
             self.buffer.push(sharding.fetch(out))
@@ -288,7 +291,7 @@ class BatchPlan:
             batch["off"], kind = self._distillm(step, state, sample)
             self.kinds[kind] = self.kinds.get(kind, 0) + 1
         elif c.method == "gkd":
-            if draw(seed, step, "gkd") < float(c.gkd.lmbda):
+            if agreed(draw(seed, step, "gkd") < float(c.gkd.lmbda)):
                 batch["off"] = sample("student", state.student.params)
                 if self.buffer is not None:  # DistiLLM's mixed-jsd: push, then replay
                     self.buffer.push(sharding.fetch(batch["off"]))
@@ -299,7 +302,10 @@ class BatchPlan:
                 batch["off"] = self.data.next_off(self.rows)
         else:
             batch["off"] = self.data.next_off(self.rows)
-            if c.method == "classkd" and draw(seed, step, "classkd") < float(c.classkd.lmbda):
+            on_policy = c.method == "classkd" and (
+                agreed(draw(seed, step, "classkd") < float(c.classkd.lmbda))
+            )
+            if on_policy:
                 batch["on"] = sample("student", state.student.params)
         if c.method == "classkd":
             batch["control"] = objectives.control(c, step)

@@ -45,29 +45,34 @@ from classkd_jax.training.validation import Validator
 EXIT_STOPPED = {"SIGTERM": 143, "SIGINT": 130}
 
 
-def make_mesh(config) -> jax.sharding.Mesh:
+def make_mesh(config, devices=None) -> jax.sharding.Mesh:
+    """The config's mesh over `devices` (default all of JAX's; compile-only devices
+    of another topology for `classkd_jax.compile`)."""
     m = config.mesh
+    count = jax.device_count() if devices is None else len(devices)
     try:
-        return sharding.make_mesh(data=m.data, fsdp=m.fsdp, tensor=m.tensor)
+        return sharding.make_mesh(data=m.data, fsdp=m.fsdp, tensor=m.tensor, devices=devices)
     except ValueError as e:
         raise cli.UserError(
             f"mesh.data={m.data}, mesh.fsdp={m.fsdp}, mesh.tensor={m.tensor} does not fit the "
-            f"{jax.device_count()} devices: {e}"
+            f"{count} devices: {e}"
         ) from None
 
 
-def check_batch_sizes(config, mesh) -> int:
-    """The sampling batch size; both batch sizes must split over the data shards."""
+def check_batch_sizes(config, mesh, processes: int | None = None) -> int:
+    """The sampling batch size; both batch sizes must split over the data shards
+    and the `processes` (default this job's process count)."""
     shards = math.prod(mesh.shape[a] for a in data_axes(mesh))
+    processes = jax.process_count() if processes is None else int(processes)
     sampling = int(config.sampling.batch_size) or int(config.data.batch_size)
     for key, value in (
         ("data.batch_size", config.data.batch_size),
         ("sampling.batch_size", sampling),
     ):
-        if value % shards or value % jax.process_count():
+        if value % shards or value % processes:
             raise cli.UserError(
                 f"{key}={value} does not split over the mesh's {shards} data shards "
-                f"(mesh {dict(mesh.shape)}) and {jax.process_count()} process(es)"
+                f"(mesh {dict(mesh.shape)}) and {processes} process(es)"
             )
     rows = config.data.batch_size // shards
     if config.grad_accum > 1 and rows % config.grad_accum:

@@ -1,0 +1,256 @@
+r"""Compile every program of a run for a TPU slice or a GPU node, from this CPU host.
+
+    python -m classkd_jax.compile --config configs/<method>.py[:variant] --topology TOPOLOGY \
+        [--config.key=value ...] [--out FILE.json] [--programs all|largest|largest-step]
+
+TOPOLOGY is a TPU slice in libtpu's names (`v5e:2x2`, `v5e:4x4`, `v5p:2x2x2`,
+`v6e:4x4`, `v4:2x2x1`, ...) or a GPU node `a100:8`, `h100:8`, `h200:8`
+(`h100:2x8`: two nodes). The config and its overrides are the trainer's
+(same parser, same checks); `mesh.*` resolves against the topology's
+devices and the batch checks use its hosts. No weight is loaded and nothing
+reaches the network: shapes come from the presets (roles named by a hub id)
+or a local model directory's config.json (`classkd_jax.training.programs`
+lists the programs).
+
+Prints one row per program: per-device arguments / outputs / aliased (donated)
+/ temporaries / total GiB (arguments + outputs - aliased + temporaries),
+the device's memory, the headroom, the compile time and the program's
+FLOPs (`training/flops.py`, whole batch); then the FLOPs of one training step
+and a verdict. Exit status 0 when every program fits, 3 when one does not
+(a compile XLA refuses for lack of memory counts as not fitting), with one
+line naming the largest program, by how much it is over, and what to try.
+`--out` writes the same as JSON. `--programs largest` compiles only the
+largest bucket of each family of programs (the ones that decide the
+verdict), for quick checks of large configs; `largest-step` only the train
+step with the largest buckets (the largest program of every pair measured).
+Needs the `compile` extra (libtpu and the CUDA plugin; no GPU or driver
+needed): `pip install -e '.[compile]'`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+PROG = "python -m classkd_jax.compile"
+EXIT_DOES_NOT_FIT = 3
+GIB = 1024**3
+
+
+def parse_args(argv: Sequence[str]):
+    """(config, topology name, out path | None); every mistake is a `UserError`."""
+    from classkd_jax.cli import UserError
+    from classkd_jax.train import parse_flags
+
+    parser = argparse.ArgumentParser(prog=PROG, add_help=False, allow_abbrev=False)
+    parser.add_argument("--topology")
+    parser.add_argument("--out")
+    parser.add_argument("--programs", default="all")
+    args, rest = parser.parse_known_args(list(argv))
+    if not args.topology:
+        raise UserError("--topology is required, e.g. --topology v5e:4x4 or --topology h100:8")
+    if args.programs not in ("all", "largest", "largest-step"):
+        raise UserError(f"--programs {args.programs}: expected all, largest or largest-step")
+    config, _ = parse_flags(rest, workdir=False)
+    return config, args.topology, args.out, args.programs
+
+
+def _is_oom(error: Exception) -> bool:
+    text = str(error).lower()
+    return (
+        "resource_exhausted" in text
+        or "out of memory" in text
+        or "exceeds" in text
+        and "memory" in text
+    )
+
+
+def compile_program(program, memory: int, donated: int = 0) -> dict:
+    """One program's row: compiled, its memory analysis, or XLA's refusal for memory."""
+    start = time.perf_counter()
+    lowered = program.lower()
+    row = {"program": program.name, "kind": program.kind, "flops": program.flops}
+    try:
+        compiled = lowered.compile()
+    except Exception as e:  # noqa: BLE001 - XLA raises JaxRuntimeError / XlaRuntimeError
+        if not _is_oom(e):
+            raise
+        first = " ".join(str(e).split())[:300]
+        row.update(status="out of memory", error=first, compile_s=time.perf_counter() - start)
+        return row
+    m = compiled.memory_analysis()
+    args, out = m.argument_size_in_bytes, m.output_size_in_bytes
+    alias, temp = m.alias_size_in_bytes, m.temp_size_in_bytes
+    total = args + out - alias + temp
+    row.update(
+        status="fits" if total <= memory else "does not fit",
+        arguments=args,
+        outputs=out,
+        aliased=alias,
+        temporaries=temp,
+        total=total,
+        donated=donated if program.donates else 0,
+        headroom=memory - total,
+        compile_s=time.perf_counter() - start,
+    )
+    return row
+
+
+def _gib(value) -> str:
+    return "-" if value is None else f"{value / GIB:.2f}"
+
+
+def table(rows: list[dict], memory: int) -> str:
+    head = (
+        "program",
+        "args",
+        "outs",
+        "alias",
+        "temp",
+        "total",
+        "HBM",
+        "headroom",
+        "compile",
+        "TFLOP",
+    )
+    lines = []
+    for r in rows:
+        lines.append(
+            (
+                r["program"],
+                _gib(r.get("arguments")),
+                _gib(r.get("outputs")),
+                _gib(r.get("aliased")),
+                _gib(r.get("temporaries")),
+                _gib(r.get("total")) if "total" in r else "OOM",
+                _gib(memory),
+                _gib(r.get("headroom")),
+                f"{r['compile_s']:.1f}s",
+                f"{r['flops'] / 1e12:.2f}",
+            )
+        )
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *lines, strict=True)]
+    fmt = lambda cells: "  ".join(
+        str(c).ljust(w) if i == 0 else str(c).rjust(w)
+        for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+    )
+    return "\n".join([fmt(head) + "   (GiB per device)", *map(fmt, lines)])
+
+
+def _hints(config, mesh) -> str:
+    """What to try, from what the config does not do yet."""
+    roles = ["student", "classmate"] if config.method == "classkd" else ["student"]
+    hints = [f"--config.{r}.remat=full" for r in roles if config[r].remat != "full"]
+    hints.append(f"a larger --config.mesh.fsdp (now {mesh.shape['fsdp']})")
+    rows = int(config.data.batch_size)
+    hints.append(
+        f"a smaller --config.data.batch_size (now {rows}) with --config.grad_accum "
+        f"(now {int(config.grad_accum)}), or a larger slice"
+    )
+    return "try " + ", ".join(hints)
+
+
+def verdict(rows: list[dict], memory: int, topo_name: str, hints: str = "") -> tuple[int, str]:
+    """(exit status, the verdict line)."""
+    bad = [r for r in rows if r["status"] != "fits"]
+    if not bad:
+        worst = max(rows, key=lambda r: r["total"])
+        return 0, (
+            f"fits: every program fits {topo_name}; the largest, {worst['program']}, needs "
+            f"{_gib(worst['total'])} of {_gib(memory)} GiB per device"
+        )
+    oom = [r for r in bad if "total" not in r]
+    if oom:
+        r = oom[0]
+        over = "XLA refused it: its temporaries alone exceed the device's memory"
+    else:
+        r = max(bad, key=lambda r: r["total"])
+        over = f"needs {_gib(r['total'])} of {_gib(memory)} GiB, {_gib(r['total'] - memory)} over"
+    return EXIT_DOES_NOT_FIT, (
+        f"does not fit {topo_name}: {len(bad)} of {len(rows)} programs; the largest, "
+        f"{r['program']}, {over}; {hints}"
+    )
+
+
+@contextlib.contextmanager
+def no_persistent_cache() -> Iterator[None]:
+    """JAX's persistent compilation cache off while compiling for the topology: a
+    compile-only executable cannot be loaded back from it (the read warns, then
+    compiles again), and it has no business in a cache of runnable programs.
+    The cache is re-initialised from the config afterwards (in-process callers)."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    before = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    compilation_cache.reset_cache()
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", before)
+        compilation_cache.reset_cache()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from classkd_jax import topology
+    from classkd_jax.training import logs
+
+    topology.quiet()
+    logs.quiet_libraries()  # before transformers is imported: no advisory lines
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing reaches the network
+    config, topo_name, out, which = parse_args(argv)
+    from classkd_jax.training import checks, programs, run
+
+    checks.validate(config)
+    topo = topology.get(topo_name)
+    mesh = run.make_mesh(config, devices=topo.devices)
+    run.check_batch_sizes(config, mesh, processes=topo.processes)
+    plan = programs.plan(config, mesh)
+    chosen = plan.programs if which == "all" else programs.largest(plan.programs)
+    if which == "largest-step":  # the step with the largest buckets and most batches
+        steps = [p for p in chosen if p.kind == "step"]
+        chosen = (max(steps, key=lambda p: (p.name.count("="), p.name)),) if steps else chosen
+    print(
+        f"{config.method} on {topo_name}: {len(topo.devices)} x {topo.device_kind} "
+        f"({topo.processes} host(s)), mesh {dict(mesh.shape)}, {len(chosen)} of "
+        f"{len(plan.programs)} programs",
+        file=sys.stderr,
+    )
+    with no_persistent_cache():
+        donated = programs.state_bytes(plan.state) if plan.state is not None else 0
+        rows = [compile_program(p, topo.memory_bytes, donated) for p in chosen]
+    print(table(rows, topo.memory_bytes))
+    steps = [r for r in rows if r["kind"] == "step"]
+    step_flops = max(r["flops"] for r in steps) if steps else 0.0
+    print(f"FLOPs per training step (the largest step program): {step_flops:.4g}")
+    status, line = verdict(rows, topo.memory_bytes, topo_name, _hints(config, mesh))
+    print(line)
+    if out:
+        record = {
+            "config": config.to_dict() if hasattr(config, "to_dict") else None,
+            "topology": topo_name,
+            "devices": len(topo.devices),
+            "device_kind": topo.device_kind,
+            "hosts": topo.processes,
+            "device_memory": topo.memory_bytes,
+            "mesh": dict(mesh.shape),
+            "programs": rows,
+            "step_flops": step_flops,
+            "fits": status == 0,
+            "verdict": line,
+        }
+        Path(out).write_text(json.dumps(record, indent=2, default=str) + "\n")
+    return status
+
+
+if __name__ == "__main__":
+    from classkd_jax import cli
+
+    sys.exit(cli.run(main, prog=PROG))

@@ -1,0 +1,433 @@
+"""Every program a training run compiles, built abstractly for any mesh.
+
+    plan = programs.plan(config, mesh)        # no weights, no data, no network
+    for program in plan.programs:
+        compiled = program.lower().compile()
+
+The same builders as the trainer's (`StepBuilder`, `Sampler`, the
+validator's dev-loss sums, MiniLLM's scorer, SeqKD's generation), fed
+`jax.ShapeDtypeStruct`s with the run's shardings instead of arrays: the
+states from `jax.eval_shape`, the batches from the config's shapes. Which
+programs exist follows the config the way the run's choices do:
+
+  train step   one per batch structure the method can draw (`rollout.BatchPlan`):
+               each off-policy length bucket; with samples, each prompt bucket;
+               with `data.lm_path`, the LM stream beside them
+  sampler      the on-policy sampler per prompt bucket (teacher-mixed for MiniLLM,
+               the teacher's for GKD's seq_kd)
+  scorer       MiniLLM's rollout scoring per rollout width
+  seqkd        the teacher's generation per prompt bucket of `complete_token_ids`
+  greedy       validation's greedy sampler per prompt bucket
+  dev_loss     validation's dev sums per length bucket
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from classkd_jax import sharding
+from classkd_jax.models import ModelConfig, abstract_params
+from classkd_jax.sampling import Sampler, SamplingConfig, data_axes, default_buckets
+from classkd_jax.training import checks, objectives, roles
+from classkd_jax.training import flops as flops_lib
+from classkd_jax.training.data import SCORED_KEYS
+from classkd_jax.training.run import build_models
+from classkd_jax.training.state import abstract_run_state, params_shardings, run_state_shardings
+from classkd_jax.training.step import Models, StepBuilder
+from classkd_jax.training.validation import _dev_sums
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """One compiled program of the run.
+
+    Attributes:
+      name: e.g. 'step off=512 on=256', 'sampler P=256'.
+      kind: 'step' | 'sampler' | 'scorer' | 'seqkd' | 'greedy' | 'dev_loss'.
+      lower: () -> `jax.stages.Lowered`, traced under the mesh's sharding rules.
+      flops: counted FLOPs of one call (`training/flops.py`), whole batch.
+      donates: whether it donates its first argument (the state: train steps).
+    """
+
+    name: str
+    kind: str
+    lower: Callable[[], Any]
+    flops: float
+    donates: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The run's models (`step.Models`), its mesh, its programs and its abstract
+    `RunState` (sharded `ShapeDtypeStruct`s: what the steps donate)."""
+
+    models: Models
+    mesh: jax.sharding.Mesh
+    programs: tuple[Program, ...]
+    state: Any = None
+
+
+def abstract(shapes: Any, shardings: Any) -> Any:
+    """`ShapeDtypeStruct`s of `shapes` carrying `shardings` (same tree)."""
+    return jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
+    )
+
+
+def abstract_model_params(config: ModelConfig, mesh) -> Any:
+    return abstract(nn.meta.unbox(abstract_params(config)), params_shardings(config, mesh))
+
+
+def state_bytes(state: Any) -> int:
+    """Bytes per device of the abstract `state` as the target lays it out (tiles
+    padded): the arguments of a program that only passes it through."""
+    shardings = jax.tree.map(lambda a: a.sharding, state)
+    identity = jax.jit(lambda s: s, out_shardings=shardings, donate_argnums=0)
+    return int(identity.lower(state).compile().memory_analysis().argument_size_in_bytes)
+
+
+def _used(buckets, limit: int) -> tuple[int, ...]:
+    """The buckets a batch can take when nothing is longer than `limit`."""
+    buckets = sorted(int(b) for b in buckets)
+    top = next((b for b in buckets if b >= limit), buckets[-1])
+    return tuple(b for b in buckets if b <= top)
+
+
+def _rows(shape: tuple[int, ...], dtype, rows) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=rows)
+
+
+def _scored(batch: int, length: int, rows) -> dict:
+    out = {k: _rows((batch, length), jnp.int32, rows) for k in SCORED_KEYS}
+    out["loss_mask"] = _rows((batch, length), jnp.float32, rows)
+    return out
+
+
+def _samples(batch: int, prompt: int, new: int, rows) -> dict:
+    return {
+        "prompt_tokens": _rows((batch, prompt), jnp.int32, rows),
+        "prompt_mask": _rows((batch, prompt), jnp.bool_, rows),
+        "tokens": _rows((batch, new), jnp.int32, rows),
+        "mask": _rows((batch, new), jnp.bool_, rows),
+    }
+
+
+def _control(config, replicated) -> dict:
+    values = objectives.control(config, 0)
+    return {
+        k: jax.ShapeDtypeStruct((), np.asarray(v).dtype, sharding=replicated)
+        for k, v in values.items()
+    }
+
+
+class _Builder:
+    """Collects the programs of one config on one mesh."""
+
+    def __init__(self, config, models: Models, mesh):
+        self.c, self.models, self.mesh = config, models, mesh
+        self.builder = StepBuilder(config, models, mesh)
+        self.rows, self.replicated = self.builder.rows, self.builder.replicated
+        self.shards = int(np.prod([mesh.shape[a] for a in data_axes(mesh)]))
+        self.programs: list[Program] = []
+        self.state = None
+        d = config.data
+        self.lengths = _used(d.length_buckets, int(d.max_length))
+        self.prompts = _used(d.prompt_buckets, int(d.max_prompt_length))
+        self.batch = int(d.batch_size)
+        self.sampling_batch = int(config.sampling.batch_size) or self.batch
+        self.new = int(config.sampling.max_new_tokens)
+        key = jax.eval_shape(lambda: jax.random.key(0))
+        self.key = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=self.replicated)
+        self.student = abstract_model_params(models.student.config, mesh)
+        self.teacher = None
+        if models.teacher is not None:
+            self.teacher = abstract_model_params(models.teacher.config, mesh)
+
+    # ----- train steps -----
+
+    def steps(self) -> None:
+        m = self.models
+        student = (m.student.config, m.student.optimizer)
+        classmate = None if m.classmate is None else (m.classmate.config, m.classmate.optimizer)
+        state = abstract_run_state(self.mesh, student, classmate)
+        frozen = {} if self.teacher is None else {"teacher": self.teacher}
+        frozen_sh = jax.tree.map(lambda a: a.sharding, frozen)
+        step = self.builder.jit(run_state_shardings(self.mesh, student, classmate), frozen_sh)
+        self.state = state
+        for name, batch in self._step_batches():
+            jitted = step.jitted(batch)
+
+            def lower(jitted=jitted, batch=batch):
+                with sharding.activation_sharding(self.mesh):
+                    return jitted.lower(state, frozen, batch, self.key)
+
+            self.programs.append(Program(name, "step", lower, self._step_flops(batch), True))
+
+    def _step_batches(self):
+        """(name, abstract batch) of every batch structure `BatchPlan` can build."""
+        c, rows = self.c, self.rows
+        offs = [(f"off={t}", _scored(self.batch, t, rows)) for t in self.lengths]
+        samples = [
+            (f"P={p}", _samples(self.sampling_batch, p, self.new, rows)) for p in self.prompts
+        ]
+        out = []
+        if c.method == "classkd":
+            lmbda, control = float(c.classkd.lmbda), _control(c, self.replicated)
+            for name, off in offs:
+                if lmbda < 1:
+                    out.append((f"step {name}", {"off": off, "control": control}))
+                if lmbda > 0:
+                    for sname, on in samples:
+                        out.append(
+                            (f"step {name} on {sname}", {"off": off, "on": on, "control": control})
+                        )
+        elif c.method == "gkd":
+            if float(c.gkd.lmbda) < 1 and not c.gkd.seq_kd:
+                out += [(f"step {n}", {"off": b}) for n, b in offs]
+            if float(c.gkd.lmbda) > 0 or c.gkd.seq_kd:
+                out += [(f"step samples {n}", {"off": b}) for n, b in samples]
+        elif c.method == "distillm":
+            out += [(f"step {n}", {"off": b}) for n, b in offs]
+            out += [(f"step samples {n}", {"off": b}) for n, b in samples]
+        elif c.method == "minillm":
+            for p in self.prompts:
+                out.append((f"step rollouts W={p + self.new}", {"on": self._rollout(p)}))
+        else:  # sft, kd, seqkd
+            out += [(f"step {n}", {"off": b}) for n, b in offs]
+        if c.method in ("distillm", "minillm") and c.data.lm_path:
+            d = c.data
+            lm = _scored(
+                int(d.lm_batch_size) or self.batch, int(d.lm_max_length) or int(d.max_length), rows
+            )
+            out = [(f"{n} +lm", {**b, "lm": lm}) for n, b in out]
+        return out
+
+    def _rollout(self, prompt: int) -> dict:
+        """MiniLLM's scored rollouts of width prompt + new tokens (the scorer's output)."""
+        samples = _samples(self.batch, prompt, self.new, self.rows)
+        scorer = self._scorer_program()
+        shapes = jax.eval_shape(scorer, self.student, self.teacher, samples)
+        return jax.tree.map(lambda s: _rows(s.shape, s.dtype, self.rows), shapes)
+
+    def _step_flops(self, batch) -> float:
+        """The trainer's count (`StepBuilder._flops`): the student's forward and
+        backward on each batch its parts read, each frozen forward once, and for
+        ClassKD the classmate's measuring forward and (counted as taken) update."""
+        m, c = self.models, self.c
+        shapes = {k: v["tokens"].shape for k, v in batch.items() if k != "control"}
+        if "prompt_tokens" in batch.get("on", batch.get("off", {})):
+            key = "on" if "on" in batch else "off"
+            b, p = batch[key]["prompt_tokens"].shape
+            shapes[key] = (b, p + batch[key]["tokens"].shape[1])
+        parts = objectives.student_parts(
+            c, on_policy=c.method == "classkd" and "on" in batch, lm="lm" in batch
+        )
+        total, frozen = 0.0, set()
+        for part in parts:
+            if part.batch not in frozen:
+                total += 3 * flops_lib.forward_flops(m.student.config, *shapes[part.batch])
+            frozen.add(part.batch)
+        others = {(r, p.batch) for p in parts for r in p.others}
+        for role, name in others:
+            total += flops_lib.forward_flops(getattr(m, role).config, *shapes[name])
+        if m.classmate is not None:
+            total += 3 * flops_lib.forward_flops(m.classmate.config, *shapes["off"])
+        return total
+
+    # ----- sampling -----
+
+    def _sampling_config(self, new: int, **kw) -> SamplingConfig:
+        s = self.c.sampling
+        return SamplingConfig(
+            max_new_tokens=new,
+            temperature=float(s.temperature),
+            top_k=int(s.top_k),
+            top_p=float(s.top_p),
+            eos_ids=self.models.student.config.eos_token_ids,
+            pad_id=0,
+            **kw,
+        )
+
+    def _sampler(self, kind, name, sampler, params, cfg, batch, prompts, teacher=None):
+        batch = -(-batch // self.shards) * self.shards
+        for p in prompts:
+            tokens = _rows((batch, p), jnp.int32, self.rows)
+            mask = _rows((batch, p), jnp.bool_, self.rows)
+            valid = _rows((batch,), jnp.bool_, self.rows)
+            jitted = sampler.jitted(cfg)
+
+            def lower(jitted=jitted, tokens=tokens, mask=mask, valid=valid):
+                with sharding.activation_sharding(self.mesh):
+                    return jitted.lower(params, teacher, tokens, mask, valid, self.key)
+
+            flops = flops_lib.sampling_flops(
+                sampler.config, batch, p, cfg.max_new_tokens, cfg.max_new_tokens
+            )
+            if teacher is not None:
+                flops *= 2  # the teacher's cache runs beside the student's (an upper bound)
+            self.programs.append(Program(f"{name} P={p}", kind, lower, flops))
+
+    def samplers(self) -> None:
+        c, m = self.c, self.models
+        if not checks.samples_prompts(c):
+            return
+        cfg = self._sampling_config(self.new)
+        if c.method == "minillm" and float(c.minillm.teacher_mix) > 0:
+            sampler = Sampler(m.student.config, mesh=self.mesh, teacher_config=m.teacher.config)
+            mixed = dataclasses.replace(cfg, teacher_mix=float(c.minillm.teacher_mix))
+            self._sampler(
+                "sampler",
+                "sampler (teacher-mixed)",
+                sampler,
+                self.student,
+                mixed,
+                self.sampling_batch,
+                self.prompts,
+                self.teacher,
+            )
+        else:
+            sampler = Sampler(m.student.config, mesh=self.mesh)
+            self._sampler(
+                "sampler", "sampler", sampler, self.student, cfg, self.sampling_batch, self.prompts
+            )
+        if c.method == "gkd" and c.gkd.seq_kd:
+            sampler = Sampler(m.teacher.config, mesh=self.mesh)
+            self._sampler(
+                "sampler",
+                "teacher sampler",
+                sampler,
+                self.teacher,
+                cfg,
+                self.sampling_batch,
+                self.prompts,
+            )
+
+    def scorer(self) -> None:
+        if self.c.method != "minillm":
+            return
+        program = self._scorer_program()
+        for p in self.prompts:
+            samples = _samples(self.sampling_batch, p, self.new, self.rows)
+
+            def lower(samples=samples):
+                with sharding.activation_sharding(self.mesh):
+                    return program.lower(self.student, self.teacher, samples)
+
+            rows, width = self.sampling_batch, p + self.new
+            flops = sum(
+                flops_lib.forward_flops(r.config, rows, width)
+                for r in (self.models.student, self.models.teacher)
+            )
+            self.programs.append(Program(f"scorer W={width}", "scorer", lower, flops))
+
+    def _scorer_program(self):
+        student_sh = jax.tree.map(lambda a: a.sharding, self.student)
+        teacher_sh = jax.tree.map(lambda a: a.sharding, self.teacher)
+        return self.builder.scorer(student_sh, teacher_sh).jitted
+
+    def seqkd(self) -> None:
+        """The teacher's answers (`seqkd.teacher_dataset` -> `complete_token_ids`:
+        default buckets up to the longest prompt, `seqkd.batch_size` rows)."""
+        c, m = self.c, self.models
+        if c.method != "seqkd":
+            return
+        limit = m.teacher.config.max_position_embeddings - self.new
+        buckets = _used(default_buckets(limit), int(c.data.max_prompt_length))
+        cfg = SamplingConfig(
+            max_new_tokens=self.new,
+            greedy=bool(c.seqkd.greedy),
+            temperature=float(c.sampling.temperature),
+            top_k=int(c.sampling.top_k),
+            top_p=float(c.sampling.top_p),
+            eos_ids=(m.teacher.config.eos_token_ids or (0,))[:1],
+            pad_id=0,
+        )
+        sampler = Sampler(m.teacher.config, mesh=self.mesh)
+        self._sampler(
+            "seqkd",
+            "seqkd generation",
+            sampler,
+            self.teacher,
+            cfg,
+            int(c.seqkd.batch_size),
+            buckets,
+        )
+
+    # ----- validation -----
+
+    def validation(self) -> None:
+        c, m = self.c, self.models
+        if c.eval_every <= 0:
+            return
+        if int(c.eval.num_examples) > 0:
+            new = int(c.eval.max_new_tokens)
+            cfg = SamplingConfig(
+                max_new_tokens=new, greedy=True, eos_ids=m.student.config.eos_token_ids, pad_id=0
+            )
+            sampler = Sampler(m.student.config, mesh=self.mesh)
+            self._sampler(
+                "greedy", "greedy", sampler, self.student, cfg, int(c.eval.batch_size), self.prompts
+            )
+        teacher_cfg = m.teacher.config if m.teacher is not None else None
+        student_sh = jax.tree.map(lambda a: a.sharding, self.student)
+        teacher_sh = (
+            None if self.teacher is None else jax.tree.map(lambda a: a.sharding, self.teacher)
+        )
+        sums = jax.jit(
+            _dev_sums(m.student.config, teacher_cfg, self.builder.path),
+            in_shardings=(student_sh, teacher_sh, self.rows),
+            out_shardings=self.replicated,
+        )
+        rows = int(c.data.eval_batch_size)
+        for t in self.lengths:
+            batch = _scored(rows, t, self.rows)
+
+            def lower(batch=batch):
+                with sharding.activation_sharding(self.mesh):
+                    return sums.lower(self.student, self.teacher, batch)
+
+            flops = sum(
+                flops_lib.forward_flops(r.config, rows, t)
+                for r in (m.student, m.teacher)
+                if r is not None
+            )
+            self.programs.append(Program(f"dev_loss T={t}", "dev_loss", lower, flops))
+
+
+def largest(programs: Sequence[Program]) -> tuple[Program, ...]:
+    """Of each family of programs (names equal but for their bucket sizes), the
+    one with the largest buckets: the programs that decide whether a run fits
+    (memory grows with every bucket), for quick checks of large configs."""
+    last = {re.sub(r"\d+", "N", p.name): p for p in programs}  # buckets come in ascending order
+    keep = set(map(id, last.values()))
+    return tuple(p for p in programs if id(p) in keep)
+
+
+def plan(config, mesh) -> Plan:
+    """The run's programs on `mesh` (see the module docstring). Roles whose `path`
+    is a hub name take their preset's shapes; nothing is read from the network."""
+    tokenizer, where = roles.resolve_tokenizer(config, offline=True)
+    context, why = checks.context_length(config)
+    sources = roles.plan_roles(config, tokenizer, where, context, why, offline=True)
+    steps = int(config.steps) or 1000  # the schedules' horizon changes no shape
+    models = build_models(config, sources, steps, len(tokenizer))
+    b = _Builder(config, models, mesh)
+    if config.method == "seqkd":  # the teacher answers before training, then leaves
+        b.seqkd()
+        student_only = {k: v for k, v in sources.items() if k != "teacher"}
+        b.models = models = build_models(config, student_only, steps, len(tokenizer))
+        b.builder = StepBuilder(config, models, mesh)
+        b.teacher = None
+    b.steps()
+    b.samplers()
+    b.scorer()
+    b.validation()
+    return Plan(models, mesh, tuple(b.programs), b.state)

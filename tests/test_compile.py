@@ -1,0 +1,152 @@
+"""`python -m classkd_jax.compile`: every program of a run compiled for a TPU slice and a
+GPU node on this CPU host, with per-device memory and a verdict (exit 0 fits, 3 does not).
+
+Needs the test extra's libtpu and CUDA plugin wheels (no GPU, no driver).
+"""
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import pytest
+
+from classkd_jax import compile as compile_cli
+from classkd_jax import train as train_cli
+from classkd_jax.training import checks, programs, rollout, run
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = "configs/classkd.py:size=tiny"
+# Both step structures (off-policy only, and with samples) in a few steps.
+MIXED = ["--config.classkd.lmbda=0.5"]
+EXPECTED = {
+    "step off=128",
+    "step off=128 on P=112",
+    "sampler P=112",
+    "greedy P=112",
+    "dev_loss T=128",
+}
+
+
+def _compile(tmp_path, topology, *extra):
+    out = tmp_path / f"{topology.replace(':', '_')}.json"
+    argv = ["--config", TINY, "--topology", topology, *MIXED, *extra, "--out", str(out)]
+    status = compile_cli.main(argv)
+    return status, json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("topology", ["v5e:2x2", "h100:8"])
+def test_tiny_classkd_compiles_every_program(tmp_path, capsys, topology):
+    status, record = _compile(tmp_path, topology)
+    assert status == 0 and record["fits"], record["verdict"]
+    rows = {r["program"]: r for r in record["programs"]}
+    assert set(rows) == EXPECTED
+    assert record["devices"] == (4 if topology.startswith("v5e") else 8)
+    for row in rows.values():
+        assert row["status"] == "fits" and 0 < row["total"] < record["device_memory"]
+        assert row["total"] == (
+            row["arguments"] + row["outputs"] - row["aliased"] + row["temporaries"]
+        )
+        assert row["flops"] > 0
+    for name in ("step off=128", "step off=128 on P=112"):
+        # the donated state is aliased to the new state, byte for byte
+        assert rows[name]["aliased"] == rows[name]["donated"] > 0
+    assert all(r["aliased"] == 0 for n, r in rows.items() if not n.startswith("step"))
+    printed = capsys.readouterr().out
+    assert all(name in printed for name in EXPECTED)
+    assert printed.strip().splitlines()[-1].startswith(f"fits: every program fits {topology}")
+
+
+def test_a_run_that_cannot_fit_exits_3_with_one_line(tmp_path):
+    """A tiny run with a teacher of 2 x 3.2G MLP parameters: 25 GiB of float32
+    weights on every 16 GiB v5e chip (mesh data=4 replicates them)."""
+    big = dict(hidden_size=16384, intermediate_size=65536)
+    cmd = [sys.executable, "-m", "classkd_jax.compile", "--config", TINY, "--topology", "v5e:2x2"]
+    cmd += [f"--config.teacher.shape.{k}={v}" for k, v in big.items()]
+    cmd += ["--programs", "largest-step"]  # the one program that decides it
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3, proc.stderr
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("does not fit v5e:2x2: ") and "remat=full" in last and "fsdp" in last
+    assert "GiB" in last or "refused" in last
+    # the terminal stays quiet: one header line, no plugin or libtpu chatter
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith("classkd on v5e:2x2: 4 x TPU v5 lite")
+
+
+def test_user_errors_name_the_flag():
+    cases = [
+        (["--config", TINY], "--topology is required"),
+        (["--config", TINY, "--topology", "v5e"], "expected KIND:SHAPE"),
+        (["--config", TINY, "--topology", "v5e:3x3"], "--topology v5e:3x3: "),
+        (["--config", TINY, "--topology", "v5e:2x2", "--config.mesh.fsdp=3"], "the 4 devices"),
+        (["--config", TINY, "--topology", "v5e:2x2", "--config.wrong=1"], "no key wrong"),
+        # 8 rows split over 16 data shards of v5e:4x4 (4 hosts)
+        (["--config", TINY, "--topology", "v5e:4x4"], "data.batch_size=8 does not split"),
+    ]
+    from classkd_jax import cli
+
+    for argv, expected in cases:
+        with pytest.raises(cli.UserError) as e:
+            compile_cli.main(argv)
+        assert expected in str(e.value), (argv, str(e.value))
+
+
+def test_batch_checks_use_the_topology_hosts(tmp_path):
+    """v5e:4x4 has 4 hosts: a mesh with one data shard (tensor over the 16 chips)
+    still needs the rows to split over the 4 hosts, whatever this host runs."""
+    config, _ = train_cli.parse_flags(["--config", TINY], workdir=False)
+    from classkd_jax import topology
+
+    topo = topology.get("v5e:4x4")
+    assert topo.processes == 4 and len(topo.devices) == 16
+    with config.unlocked():
+        config.mesh.data, config.mesh.tensor = 1, 16
+        config.data.batch_size = 4
+    mesh = run.make_mesh(config, devices=topo.devices)
+    assert run.check_batch_sizes(config, mesh, processes=topo.processes) == 4
+    with config.unlocked():
+        config.data.batch_size = 2
+    with pytest.raises(Exception, match="4 process"):
+        run.check_batch_sizes(config, mesh, processes=topo.processes)
+
+
+class _Lowerings(logging.Handler):
+    """Counts the jitted programs JAX lowers, by name (`jax_log_compiles`)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.names: list[str] = []
+
+    def emit(self, record):
+        if record.getMessage().startswith("Compiling "):
+            self.names.append(record.args[0])
+
+
+def test_the_program_list_is_what_a_real_tiny_run_compiles(tmp_path):
+    argv = ["--config", TINY, *MIXED, "--workdir", str(tmp_path / "run")]
+    argv += ["--config.steps=4", "--config.eval_every=4", "--config.log_every=4"]
+    config, workdir = train_cli.parse_flags(argv)
+    draws = [rollout.draw(int(config.seed), s, "classkd") < 0.5 for s in range(4)]
+    assert any(draws) and not all(draws)  # both step structures occur
+    mesh = run.make_mesh(config)
+    listed = programs.plan(config, mesh).programs
+    assert {p.name for p in listed} == EXPECTED
+    assert checks.samples_prompts(config)
+
+    logger = logging.getLogger("jax._src.interpreters.pxla")
+    counter = _Lowerings()
+    logger.addHandler(counter)
+    jax.config.update("jax_log_compiles", True)
+    try:
+        assert run.train(config, workdir) == 0
+    finally:
+        jax.config.update("jax_log_compiles", False)
+        logger.removeHandler(counter)
+    names = counter.names
+    kinds = {"jit(student_step)": "step", "jit(run)": "sampler", "jit(sums)": "dev_loss"}
+    compiled = {k: names.count(n) for n, k in kinds.items()}
+    listed_kinds = [("sampler" if p.kind == "greedy" else p.kind) for p in listed]
+    assert compiled == {k: listed_kinds.count(k) for k in compiled}, names
