@@ -51,9 +51,11 @@ draws one LM batch of `batch_size` per GPU with each PPO minibatch:
 (x4 from the pair batch 64, x2 for gpt2-large's 32), so a micro-batch holds
 what the pair's other methods put in one: the same activation memory; with
 more data shards than rows / grad_accum, lower it.
-Sampling draws `data.batch_size` rows per call (the reference's chunk size
-per GPU times 16 for gpt2; set `sampling.batch_size` to a divisor of
-`num_rollouts` to sample in smaller calls).
+Sampling and scoring go in calls of the pair's own batch
+(`sampling.batch_size`: 64, 32 for gpt2-large; 4 or 8 calls a phase), so the
+samplers' KV caches and the scorer need what they needed before the batch
+grew (the reference samples 16 per GPU, 256 at once; raise
+`sampling.batch_size` to a divisor of `num_rollouts` where memory allows).
 """
 
 from classkd_jax.config_utils import import_sibling
@@ -73,6 +75,7 @@ def get_config(arg=None):
         small_batch = c.student.preset in ("gpt2-medium", "gpt2-large")
         c.data.batch_size = 64 if small_batch else 256  # see the docstring
         c.data.lm_batch_size = 0  # = data.batch_size, as the reference
+        c.sampling.batch_size = pair_batch  # the pair's memory for sampling and scoring
         c.minillm.num_rollouts = 256
         c.minillm.ppo_epochs = 4
         c.grad_accum *= c.data.batch_size // pair_batch  # the pair's micro-batch kept

@@ -130,6 +130,7 @@ def test_minillm_and_distillm_pairs_have_the_references_batch_phase_and_cadence(
         base = method_config("kd", f"pair={pair}")  # the pair's batch and micro-batch
         assert (c.data.batch_size, c.data.lm_batch_size) == (batch, 0)
         assert c.grad_accum == growth * base.grad_accum and batch == growth * base.data.batch_size
+        assert c.sampling.batch_size == base.data.batch_size  # sampled and scored as before
         steps_per_phase = c.minillm.ppo_epochs * c.minillm.num_rollouts // c.data.batch_size
         assert steps_per_phase == 4 * 256 // batch
     c = method_config("distillm", "pair=gpt2-xl/gpt2")
