@@ -15,7 +15,15 @@ Part 1, ours vs TRL (the two sides alternate rep by rep, `--steps` timed
 optimizer steps each after `--warmup` steps; our compiles are excluded):
 - TRL: `trl.experimental.gkd.GKDTrainer` with transformers GPT2LMHeadModel
   student and teacher, float32 (`bf16=False`: TRL's SFTConfig defaults to
-  bf16 autocast, ~30x slower on this CPU), `trainer.train()` per rep; a step
+  bf16 autocast, ~30x slower on this CPU), in its fastest correct
+  configuration for these shapes (`--trl-config fastest`, the default):
+  `gradient_checkpointing=False` (GKDConfig defaults it to True, which both
+  recomputes every block in the backward and makes GKDTrainer generate with
+  `use_cache=False`, re-running the whole prefix for every new token), sdpa
+  attention, `optim='adamw_torch_fused'`; `--trl-config default` keeps
+  GKDConfig's defaults (but float32) for the labelled second row. Both sides'
+  students drop out at `--dropout` (GPT-2's 0.1: TRL trains in
+  `model.train()`). `trainer.train()` per rep; a step
   is the time between two `on_step_end` callbacks (data loading, collation, generation, forwards,
   backward, optimizer: all of it); `generate_on_policy_outputs` is timed by a
   wrapper (the sampling share) and `compute_loss` counts the batch's
@@ -233,6 +241,8 @@ def our_config(method: str, args, tokenizer_dir: Path, data_path: Path, **change
         "sampling.temperature": 0.9,
         "gkd.lmbda": args.lmbda,
         "gkd.beta": 0.5,
+        "student.dropout": args.dropout,  # TRL's GPT-2 students drop at the same rates
+        "classmate.dropout": args.dropout,
     }
     for role, (width, layers) in (
         ("teacher", (args.teacher_width, args.teacher_layers)),
@@ -509,6 +519,12 @@ class Fused:
 # ----- TRL side -----------------------------------------------------------------------------
 
 
+TRL_LABELS = {
+    "fastest": "TRL GKDTrainer (fastest: no checkpointing, KV cache, sdpa, fused AdamW)",
+    "default": "TRL GKDTrainer (GKDConfig defaults but float32: checkpointing, no KV cache)",
+}
+
+
 class TRLSide:
     """TRL's GKDTrainer on transformers GPT-2 models of the same shapes."""
 
@@ -535,6 +551,8 @@ class TRLSide:
         self.mismatches = check_same_tokens(tok, our_tokenizer, examples[:64])
         cuda = torch.cuda.is_available()
         self.device = "cuda" if cuda else "cpu"
+        fastest = args.trl_config == "fastest"
+        self.label = TRL_LABELS[args.trl_config]
 
         def gpt2(width, layers):
             heads = max(width // 64, 1)
@@ -547,7 +565,12 @@ class TRLSide:
                 bos_token_id=tok.bos_token_id,
                 eos_token_id=tok.eos_token_id,
                 pad_token_id=tok.pad_token_id,
+                embd_pdrop=args.dropout,
+                attn_pdrop=args.dropout,
+                resid_pdrop=args.dropout,
             )
+            if fastest:  # PyTorch's fused attention kernel (GPT-2 supports it)
+                cfg._attn_implementation = "sdpa"
             return GPT2LMHeadModel(cfg)
 
         student = gpt2(args.student_width, args.student_layers)
@@ -606,6 +629,14 @@ class TRLSide:
             bf16=False,
             fp16=False,
         )
+        if fastest:
+            # A tuned user's choices for these shapes (memory is no concern): TRL's
+            # GKDConfig defaults gradient_checkpointing=True, which recomputes each
+            # block's forward in the backward AND makes the trainer generate with
+            # use_cache=False (GKDTrainer's generation_kwargs), so every new token
+            # re-runs the whole prefix; off, generation keeps its KV cache.
+            # PyTorch's fused AdamW runs on CPU too.
+            self.config_kwargs.update(gradient_checkpointing=False, optim="adamw_torch_fused")
         self.GKDConfig = GKDConfig
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -622,6 +653,7 @@ class TRLSide:
         for cb in (PrinterCallback, ProgressCallback):  # no end-of-train prints
             self.trainer.remove_callback(cb)
         assert not self.trainer.args.bf16 and not self.trainer.args.fp16
+        assert self.trainer.args.gradient_checkpointing == (not fastest)
         self.calls = 0
 
     def run(self, steps: int) -> list[dict]:
@@ -758,6 +790,20 @@ def add_shape_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pack", action="store_true", help="pack our dataset rows (TRL cannot)")
     p.add_argument("--torch-threads", type=int, default=2)
     p.add_argument(
+        "--trl-config",
+        choices=("fastest", "default"),
+        default="fastest",
+        help="TRL's side: a tuned user's configuration (gradient_checkpointing=False, "
+        "so generation keeps its KV cache; sdpa attention; fused AdamW) or GKDConfig's "
+        "defaults (checkpointing on); float32 either way",
+    )
+    p.add_argument(
+        "--dropout",
+        type=float,
+        default=0.1,
+        help="the students' dropout on both sides (GPT-2's 0.1: TRL trains in model.train())",
+    )
+    p.add_argument(
         "--wait-idle",
         type=float,
         default=0.0,
@@ -796,7 +842,9 @@ def main():
         trl = TRLSide(args, tok_dir, examples, gkd.tokenizer)
         if trl.mismatches:
             print(f"WARNING: {trl.mismatches}/64 examples tokenise differently in TRL")
-        sides = {"TRL GKDTrainer": trl.run, "ours (GKD)": gkd.run}
+        trl_name = "TRL GKDTrainer"
+        print(f"TRL side: {trl.label}", flush=True)
+        sides = {trl_name: trl.run, "ours (GKD)": gkd.run}
         recs = {k: [] for k in sides}
         loads = {k: [] for k in sides}
         per_rep = []

@@ -150,6 +150,11 @@ def _optimizer(role: ml_collections.ConfigDict, lr: float) -> None:
     role.b2 = 0.999
     role.eps = 1e-8
     role.clip = 1.0  # global-norm clipping; 0 = off
+    # Dropout of its training forward: None = the model's own rates (a Hugging
+    # Face config.json's embd/attn/resid_pdrop or attention_dropout; 0 for a
+    # preset); a number sets all three rates. The teacher and every sampling,
+    # scoring and validation pass run without dropout.
+    role.dropout = config_dict.placeholder(float)
 
 
 def _data(source: str):
@@ -239,6 +244,7 @@ def method_config(method: str, arg: str | None) -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
     c.log_every = 50
     c.eval_every = 500  # 0 = no validation
+    c.eval_every_epochs = 0.0  # > 0: validate every this many epochs instead of eval_every
     c.checkpoint_every = 500
     c.checkpoint_keep = 3  # last k checkpoints kept (plus the best, under best/)
     c.best_metric = "dev_rougeL"  # 'dev_rougeL' (higher is better) or 'dev_loss' (lower)
@@ -270,8 +276,15 @@ def method_config(method: str, arg: str | None) -> ml_collections.ConfigDict:
         {"divergence": "forward_kl", "temperature": 1.0, "ce_weight": 0.0}
     )
     c.gkd = ml_collections.ConfigDict(
-        {"lmbda": 0.5, "beta": 0.5, "temperature": 1.0, "seq_kd": False}
+        # replay: DistiLLM's mixed-jsd schedule: an on-policy step pushes its
+        # samples into a replay buffer (sized by distillm.capacity[_batches]) and
+        # trains on a uniform batch drawn from it (configs/gkd.py recipe=distillm).
+        {"lmbda": 0.5, "beta": 0.5, "temperature": 1.0, "seq_kd": False, "replay": False}
     )
+    # ClassKD's on-policy terms (D_on and the misfeedback) are the token-level
+    # surrogate of the write-up's sequence-level expectations: per-position KL on
+    # sampled prefixes, no gradient through sampling (same value in expectation,
+    # not the same gradient: configs/classkd.py, losses/misfeedback.py).
     c.classkd = ml_collections.ConfigDict(
         {
             "off_policy_divergence": "forward_kl",  # on dataset responses
@@ -307,6 +320,7 @@ def method_config(method: str, arg: str | None) -> ml_collections.ConfigDict:
             "phi_step": 0.1,  # phi += phi_step when the dev loss rose by loss_threshold
             "loss_threshold": 0.1,
             "capacity": 1000,  # replay buffer rows (held on the host, checkpointed)
+            "capacity_batches": 0.0,  # > 0: the buffer holds this many global batches instead
         }
     )
     c.minillm = ml_collections.ConfigDict(

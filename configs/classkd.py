@@ -15,6 +15,16 @@ Student loss, per step (../shared/classkd-method.md):
 w(step) is 0 before `misfeedback.start_step`, then ramps linearly to
 `misfeedback.weight` over `misfeedback.warmup_steps`.
 
+The estimator: the write-up's on-policy KD and misfeedback are sequence-level
+expectations over the student's samples (E_{y~q}[log q(y|x)/p(y|x)],
+-E_{y~q}[log q(y|x)/c(y|x)]); the step optimises their token-level surrogate,
+the exact per-position divergence over the vocabulary on the sampled prefixes
+with no gradient through the sampling, as GKD does. The values agree in
+expectation (chain rule); the gradients do not: the surrogate drops the
+long-horizon term (how a token changes the prefixes of later positions) that a
+policy gradient such as MiniLLM's estimates. Details:
+classkd_jax/losses/misfeedback.py.
+
 The classmate (`classmate.path`, default the student's initial weights)
 learns from the teacher only, off-policy, on the student's dataset batch; it
 never trains on its own or the student's samples. Its pace is config:

@@ -25,6 +25,19 @@ the dataset batch. phi starts at `init_phi` (the recipes: 0) and rises by
 above the reference (the dev loss before training, then the loss at the
 last rise). `adaptive=False` keeps phi fixed.
 
+Validation cadence and replay buffer (pair variants), the reference's
+(`finetune.py`, scripts/gpt2/distillm/*.sh: `--eval-interval -1`, 8 rows per
+GPU, `--capacity 1000`): it validates once per epoch, at the epoch's end, so
+phi can rise at most once an epoch: `eval_every_epochs=1` (converted to steps
+by `checks.eval_interval`, one epoch = the first epoch's batch count; the
+step-count `eval_every` is then unused). Its replay buffer is per rank, 1000
+rows on each GPU at 8 rows per GPU step, i.e. 125 steps' worth of samples
+whatever the GPU count: `distillm.capacity_batches=125` holds 125 global
+batches (125 x data.batch_size rows; 8000 at the pair batch 64), so the
+buffer spans as many steps as the reference's and its fill-up phase (phi
+applied unconditionally while the buffer is not full) lasts as long. Size
+and tiny variants keep `capacity` in rows and `eval_every` in steps.
+
 Where we differ from the reference on purpose: its sampled batches put the
 generated tokens as labels at their own positions (unshifted) and keep the
 dataset batch's loss mask; here samples are scored like every on-policy
@@ -40,6 +53,9 @@ def get_config(arg=None):
     c = import_sibling(__file__, "_base").method_config("distillm", arg)
     c.lm.kd_ratio = 0.0  # DistiLLM's pre-training term is plain CE
     pair = parse_arg(arg, size="full", pair="").pair
+    if c.student.preset != "tiny-llama":  # the pair recipe (see the docstring)
+        c.eval_every_epochs = 1.0
+        c.distillm.capacity_batches = 125.0  # 1000 rows per GPU / 8 rows per GPU step
     if pair and pair.split("/")[1] in ("gpt2-medium", "gpt2-large"):
         c.distillm.divergence = "skew_reverse_kl"  # the recipes' choice for medium and large
     c.lock()

@@ -185,6 +185,55 @@ def test_remat_gives_the_same_loss_and_gradients(loaded):
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6), stacked, plain[1])
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def train_forward(config, params, tokens, positions, segment_ids, rng):
+    return Transformer(config).apply(
+        {"params": params},
+        tokens,
+        positions=positions,
+        segment_ids=segment_ids,
+        deterministic=False,
+        rngs={"dropout": rng},
+    )
+
+
+def test_dropout_is_read_from_hf_configs_and_applies_only_to_a_training_forward(loaded):
+    from transformers import GPT2Config, LlamaConfig
+
+    gpt2 = ModelConfig.from_hf_config(GPT2Config(n_layer=2, n_embd=32, n_head=4).to_dict())
+    assert (gpt2.embed_dropout, gpt2.attention_dropout, gpt2.residual_dropout) == (0.1,) * 3
+    llama_hf = LlamaConfig(hidden_size=32, num_attention_heads=4, attention_dropout=0.25)
+    llama = ModelConfig.from_hf_config(llama_hf.to_dict())
+    assert (llama.embed_dropout, llama.attention_dropout, llama.residual_dropout) == (0, 0.25, 0)
+    back = ModelConfig.from_hf_config(gpt2.with_dropout(0.2).to_hf_config())
+    assert back == gpt2.with_dropout(0.2)  # GPT-2 writes all three back
+
+    config, params, _ = loaded("gpt2")
+    assert not config.has_dropout  # tests/tiny_hf.py writes 0 rates
+    tokens, mask, positions = padded_batch(B, T, [0, 2, 5])
+    plain = np.asarray(forward(config, params, tokens, positions, mask).logits)
+    # The default forward ignores the rates: bit-equal to the rate-0 model, so
+    # test_logits_match_transformers_with_padding (PyTorch in eval mode) holds for it.
+    dropped = config.with_dropout(0.1)
+    np.testing.assert_array_equal(
+        np.asarray(forward(dropped, params, tokens, positions, mask).logits), plain
+    )
+    key = jax.random.key
+    valid = mask.astype(bool)
+    for field in ("embed_dropout", "attention_dropout", "residual_dropout"):
+        one = config.replace(**{field: 0.1})
+        a, again, b = (
+            np.asarray(train_forward(one, params, tokens, positions, mask, key(k)).logits)
+            for k in (0, 0, 1)
+        )
+        np.testing.assert_array_equal(a, again)  # the masks are the key's
+        assert np.abs(a - plain)[valid].max() > 1e-3, field
+        assert np.abs(a - b)[valid].max() > 1e-3, field
+    # Rates of 0: the training forward is the plain one, whatever the key.
+    zero = np.asarray(train_forward(config, params, tokens, positions, mask, key(3)).logits)
+    np.testing.assert_array_equal(zero, plain)
+
+
 def test_init_params_follows_config_dtypes_and_logical_names():
     bf16_config = get_preset("tiny-gpt2", param_dtype="bfloat16")
     bf16 = jax.eval_shape(lambda key: init_params(bf16_config, key), jax.random.key(0))

@@ -90,6 +90,20 @@ def test_gkd_with_seq_kd_trains_on_the_teachers_samples(tmp_path):
     assert all(r["scored_tokens_off"] <= 2 * 8 * 16 for r in steps)
 
 
+def test_gkd_as_distillms_mixed_jsd_trains_on_replayed_samples(tmp_path):
+    """configs/gkd.py:recipe=distillm: on-policy steps push their samples into the
+    replay buffer and train on a batch drawn from it (DistiLLM's mixed-jsd)."""
+    workdir = tmp_path / "gkd_distillm"
+    argv = ["--config", "configs/gkd.py:size=tiny,recipe=distillm", "--workdir", str(workdir)]
+    assert train.main([*argv, "--config.eval_every=0"]) == 0
+    steps = [r for r in _records(workdir) if "loss" in r]
+    assert all(np.isfinite(r["loss"]) for r in steps)
+    # 8 rows pushed per on-policy step (lmbda 0.5), the tiny buffer holds 16.
+    assert 0 < steps[-1]["replay_buffer_rows"] <= 16 and steps[-1]["sampling_share"] > 0
+    config = json.loads((workdir / "config.json").read_text())
+    assert (config["gkd"]["beta"], config["gkd"]["replay"]) == (0.1, True)
+
+
 def test_a_finished_run_reruns_as_a_no_op(runs):
     workdir, records = runs["sft"]
     before = (workdir / "student_hf" / "model.safetensors").stat().st_mtime_ns
@@ -180,6 +194,43 @@ def test_sigterm_then_resume_is_bit_identical_to_an_uninterrupted_run(
     jax.tree.map(np.testing.assert_array_equal, a, b)
     logged = [r["step"] for r in _records(workdir) if "loss" in r]
     assert logged == list(range(2, 25, 2)), logged  # each step logged once across the stop
+
+
+def test_dropout_trains_and_resumes_bit_identically(runs, tmp_path, monkeypatch, capfd):
+    """KD with the student's dropout on: the loss is not the dropout-free run's,
+    and a run stopped by SIGTERM at step 4 resumes to the uninterrupted run's
+    very arrays (the masks come from the step's key, a function of the step)."""
+    from classkd_jax.training.rollout import BatchPlan
+
+    argv = lambda w: (
+        ["--config", "configs/kd.py:size=tiny", "--workdir", str(w)]
+        + ["--config.student.dropout=0.1", "--config.eval_every=0"]
+    )
+    reference = tmp_path / "reference"
+    assert train.main(argv(reference)) == 0
+    with_dropout = [r["loss"] for r in _records(reference) if "loss" in r]
+    without = [r["loss"] for r in runs["kd"][1] if "loss" in r]
+    assert all(np.isfinite(with_dropout)) and with_dropout[0] != without[0]
+
+    workdir = tmp_path / "preempted"
+    original = BatchPlan.batch
+
+    def batch(self, step, *args):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, step, *args)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(BatchPlan, "batch", batch)
+        assert train.main(argv(workdir)) == 143
+    assert checkpoint.latest_step(workdir / "checkpoints") == 4
+    assert train.main(argv(workdir)) == 0
+    assert "resuming from step 4" in capfd.readouterr().err
+    a, b = (
+        checkpoint.restore_checkpoint(w / "checkpoints", {"student_params": None}, 6)[0]
+        for w in (reference, workdir)
+    )
+    jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
 # ----- several processes (issue: beyond one machine) -----

@@ -121,6 +121,32 @@ def test_the_baselines_carry_their_reference_recipes():
     assert m.lm.kd_ratio == 0.5 and m.lm.coef == 1.0
 
 
+def test_minillm_and_distillm_pairs_have_the_references_batch_phase_and_cadence():
+    """MiniLLM: the global batch of the reference's 16 GPUs (256 for gpt2, 64 for
+    medium/large), 256 rollouts and 4 PPO epochs a phase, the LM stream at the
+    same batch. DistiLLM: validation once an epoch, a buffer of 125 batches."""
+    for pair, batch, growth in (("gpt2-xl/gpt2", 256, 4), ("gpt2-xl/gpt2-large", 64, 2)):
+        c = method_config("minillm", f"pair={pair}")
+        base = method_config("kd", f"pair={pair}")  # the pair's batch and micro-batch
+        assert (c.data.batch_size, c.data.lm_batch_size) == (batch, 0)
+        assert c.grad_accum == growth * base.grad_accum and batch == growth * base.data.batch_size
+        assert c.sampling.batch_size == base.data.batch_size  # sampled and scored as before
+        steps_per_phase = c.minillm.ppo_epochs * c.minillm.num_rollouts // c.data.batch_size
+        assert steps_per_phase == 4 * 256 // batch
+    c = method_config("distillm", "pair=gpt2-xl/gpt2")
+    assert checks.replay_capacity(c) == 125 * c.data.batch_size
+    assert checks.eval_interval(c, batches_per_epoch=37) == 37  # once per epoch
+    with c.unlocked():
+        c.eval_every_epochs = 0.5
+    assert checks.eval_interval(c, batches_per_epoch=37) == 18 and checks.validates(c)
+    tiny = method_config("distillm")  # rows and steps as given
+    assert (checks.replay_capacity(tiny), checks.eval_interval(tiny, 37)) == (16, tiny.eval_every)
+    with tiny.unlocked():
+        tiny.eval_every = 0
+        tiny.eval_every_epochs = 1.0
+    checks.validate(tiny)  # adaptive phi is satisfied by epoch validation
+
+
 @pytest.mark.parametrize(
     "method, key, value, message",
     [

@@ -97,15 +97,17 @@ class Harness:
         out["control"] = objectives.control(config, 0)
         return out
 
-    def run(self, config=None, batches=None):
-        """Trains STEPS steps; `config` changes only the host-side schedule values."""
+    def run(self, config=None, batches=None, keys=None):
+        """Trains STEPS steps; `config` changes only the host-side schedule values;
+        `keys` are the steps' rngs (default `key(t)` at step t)."""
         config = config or self.config
         state = initial_state(self.config, self.models, self.sources, self.mesh)
         history = []
         for t, batch in enumerate(batches or self.batches):
             placed = self.place(batch, config)
             placed["control"] = objectives.control(config, t)
-            state, metrics = self.step(state, {"teacher": self.teacher}, placed, jax.random.key(t))
+            rng = jax.random.key(t) if keys is None else keys[t]
+            state, metrics = self.step(state, {"teacher": self.teacher}, placed, rng)
             history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
         return jax.device_get(state), history
 
@@ -237,6 +239,26 @@ def test_with_misfeedback_a_classmate_schedule_changes_the_student(eight):
         )
     )
     assert diff > 0
+
+
+def test_dropout_draws_its_masks_from_the_steps_key(eight):
+    """The trained roles' dropout masks are the step key's: the same keys train
+    the same arrays (what makes a resumed run bit-exact), other keys other
+    losses; with rates of 0 the key changes nothing."""
+    other_keys = [jax.random.key(100 + t) for t in range(STEPS)]
+    harness, default = eight
+    same = harness.run(keys=other_keys)
+    jax.tree.map(np.testing.assert_array_equal, default[0], same[0])
+
+    rates = {"student.dropout": 0.1, "classmate.dropout": 0.1}
+    harness = Harness(tiny_config(**rates), make_mesh(data=-1))
+    assert harness.models.student.config.has_dropout
+    assert not harness.models.teacher.config.has_dropout  # the teacher never drops
+    a, again, b = harness.run(), harness.run(), harness.run(keys=other_keys)
+    jax.tree.map(np.testing.assert_array_equal, a[0], again[0])
+    for key in ("loss", "classmate_loss"):
+        assert a[1][0][key] != b[1][0][key], key
+        assert a[1][0][key] != default[1][0][key], key
 
 
 def test_bfloat16_compute_trains_like_float32():

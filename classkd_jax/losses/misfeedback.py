@@ -1,8 +1,21 @@
 """ClassKD's misfeedback term and its bounded variants.
 
-The write-up's objective on the student's own samples y ~ q is
--E_y[log q(y)/c(y)], which at token level is -sum_t KL(q_t || c_t), c = classmate.
-Minimising it pushes the student away from the classmate. The raw form is
+The write-up's objective on the student's own samples y ~ q is the
+sequence-level -E_{y~q}[log q(y|x)/c(y|x)], c = classmate. What the train step
+optimises is its token-level surrogate -sum_t KL(q_t || c_t): the exact KL over
+the vocabulary at each position t of a sampled sequence, given its sampled
+prefix y_<t, with no gradient through the sampling (as GKD's on-policy loss,
+and as ClassKD's own on-policy KD term). The two are equal in value, not in
+gradient. By the chain rule E_y[sum_t KL(q_t || c_t)] = E_y[log q(y)/c(y)], so
+the surrogate's expectation is the sequence-level objective. Its gradient
+E_y[sum_t grad KL(q_t || c_t)] is only the part at fixed prefixes; the
+sequence-level gradient also has the score-function term
+E_y[sum_t grad log q(y_t|y_<t) * sum_{s>t} KL(q_s || c_s)], how changing token
+t changes the prefixes every later position is scored at (the long-horizon
+term), which the surrogate drops. MiniLLM's policy gradient estimates that
+term; GKD and ClassKD do not. Whether it matters for ClassKD is an open
+question, not settled here.
+Minimising the misfeedback pushes the student away from the classmate. The raw form is
 unbounded below: the student can always gain by moving mass to entries where
 c is tiny. Variants (``variant=``):
 

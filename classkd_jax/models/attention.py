@@ -86,6 +86,8 @@ def dot_product_attention(
     dtype: jnp.dtype,
     scale_dim: float | None = None,
     logit_cap: float | None = None,
+    dropout_rate: float = 0.0,
+    dropout_rng: jax.Array | None = None,
 ) -> jax.Array:
     """Attention of `q` [B, T, H, D_h] over `k`, `v` [B, H_kv, S, D_h] with `mask` [B, T, S].
 
@@ -94,7 +96,8 @@ def dot_product_attention(
     h // (H // H_kv), as Hugging Face's `repeat_kv`. Logits are scaled by
     `scale_dim ** -0.5` (default D_h), soft-capped by `logit_cap` if given,
     then masked (HF's order). Fully masked rows (padding queries) give finite
-    garbage, never NaN.
+    garbage, never NaN. With `dropout_rng`, the probabilities are dropped at
+    `dropout_rate` and the kept ones scaled by `1 / (1 - rate)` (HF's attention dropout).
     """
     b, t, h, d = q.shape
     kv = k.shape[1]
@@ -103,15 +106,24 @@ def dot_product_attention(
     logits = logits * (1.0 / jnp.sqrt(jnp.float32(scale_dim or d)))
     logits = softcap(logits, logit_cap)
     logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
+    probs = jax.nn.softmax(logits, axis=-1)
+    if dropout_rng is not None and dropout_rate > 0.0:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+    probs = probs.astype(dtype)
     out = jnp.einsum("bkgts,bksd->btkgd", probs, v.astype(dtype))
     return out.reshape(b, t, h, d)
 
 
 class Attention(nn.Module):
-    """Multi-head / grouped-query self-attention of every family (see `ModelConfig`)."""
+    """Multi-head / grouped-query self-attention of every family (see `ModelConfig`).
+
+    Attributes:
+      deterministic: no dropout (every pass but a trained role's training forward).
+    """
 
     config: ModelConfig
+    deterministic: bool = True
 
     @nn.compact
     def __call__(
@@ -169,8 +181,18 @@ class Attention(nn.Module):
             new_cache = (k, v)
         full, window = masks
         mask = full if window is None else pick(sliding, window, full)
+        rate = cfg.attention_dropout
+        drop_rng = None if self.deterministic or rate == 0.0 else self.make_rng("dropout")
         out = dot_product_attention(
-            q, k, v, mask, cfg.compute_dtype, cfg.query_pre_attn_scalar, cfg.attn_logit_softcap
+            q,
+            k,
+            v,
+            mask,
+            cfg.compute_dtype,
+            cfg.query_pre_attn_scalar,
+            cfg.attn_logit_softcap,
+            rate,
+            drop_rng,
         )
         out = Projection(
             cfg,

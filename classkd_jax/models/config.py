@@ -16,6 +16,8 @@ import jax.numpy as jnp
 FAMILIES = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "smollm3", "gemma2", "gemma3")
 LAYER_TYPES = ("full_attention", "sliding_attention")
 ROPE_TYPES = ("default", "llama3", "linear")
+# Training-time rates, not part of the function the model computes.
+DROPOUT_FIELDS = ("embed_dropout", "attention_dropout", "residual_dropout")
 REMAT = ("none", "full", "dots")  # rematerialisation policies (ModelConfig.remat)
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 # The HF `torch_dtype` / `dtype` written by save_hf, by our param dtype name.
@@ -65,6 +67,14 @@ class ModelConfig:
       activation: 'gelu_new' (tanh approximation), 'gelu' (exact) or 'silu'.
       eos_token_id: an int or a tuple of ints (Llama 3 has several).
       dtype: compute dtype name; `param_dtype`: storage dtype name of params.
+      embed_dropout: dropout rate on the input embeddings (GPT-2's `embd_pdrop`).
+      attention_dropout: dropout rate on the attention probabilities (GPT-2's
+        `attn_pdrop`, the others' `attention_dropout`).
+      residual_dropout: dropout rate on each attention and MLP output before
+        its residual add (GPT-2's `resid_pdrop`).
+        The three apply only in a forward called with `deterministic=False`
+        and a 'dropout' rng (the trained roles' training forward); every other
+        pass (teacher, sampling, scoring, validation) ignores them.
       remat: what each block keeps for the backward pass (`REMAT` policies):
         'none' keeps every activation; 'full' keeps only the block's input and
         recomputes the rest (`nn.remat`); 'dots' keeps the outputs of the
@@ -110,6 +120,9 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_id: int | tuple[int, ...] | None = None
     pad_token_id: int | None = None
+    embed_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    residual_dropout: float = 0.0
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: str = "none"
@@ -135,6 +148,8 @@ class ModelConfig:
         if self.rope_layers is not None:
             rope = tuple(bool(r) for r in self.rope_layers)
             set_("rope_layers", None if all(rope) else rope)
+        for key in DROPOUT_FIELDS:
+            set_(key, float(getattr(self, key)))
         for key in ("local_rope_theta", "query_pre_attn_scalar"):
             if getattr(self, key) is not None:
                 set_(key, float(getattr(self, key)))
@@ -158,6 +173,9 @@ class ModelConfig:
         for key in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"ModelConfig.{key}={getattr(self, key)} must be positive")
+        for key in DROPOUT_FIELDS:
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ValueError(f"ModelConfig.{key}={getattr(self, key)} must be in [0, 1)")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"ModelConfig.num_heads={self.num_heads} is not a multiple of "
@@ -213,6 +231,15 @@ class ModelConfig:
         return tuple(zip(self.sliding_layers, rope, strict=True))
 
     @property
+    def has_dropout(self) -> bool:
+        """Whether any dropout rate is nonzero (a training forward needs an rng)."""
+        return any(getattr(self, k) > 0 for k in DROPOUT_FIELDS)
+
+    def with_dropout(self, rate: float) -> ModelConfig:
+        """This config with every dropout rate set to `rate`."""
+        return self.replace(**dict.fromkeys(DROPOUT_FIELDS, float(rate)))
+
+    @property
     def rope_scaling_dict(self) -> dict[str, Any]:
         return dict(self.rope_scaling or ())
 
@@ -259,12 +286,16 @@ class ModelConfig:
         out = hf_config.hf_from_fields(self)
         # A field the family's HF config cannot express (e.g. a GPT-2 with RMSNorm)
         # would be silently dropped: refuse instead, naming it.
+        # Dropout is written where the family's config has a key for it (GPT-2:
+        # all three; the others: `attention_dropout`) and is not checked: it is a
+        # training setting, not part of what the model computes.
         back = ModelConfig.from_hf_config(
             out,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             remat=self.remat,
             scan_layers=self.scan_layers,
+            **{k: getattr(self, k) for k in DROPOUT_FIELDS},
         )
         lost = [
             f.name

@@ -159,6 +159,10 @@ def _gpt2_fields(hf: dict[str, Any]) -> dict[str, Any]:
         attn_out_bias=True,
         mlp_bias=True,
         tie_word_embeddings=bool(_get(hf, "tie_word_embeddings", True)),
+        # GPT2Config's defaults are 0.1 each, as in every released GPT-2 config.json.
+        embed_dropout=float(_get(hf, "embd_pdrop", 0.1)),
+        attention_dropout=float(_get(hf, "attn_pdrop", 0.1)),
+        residual_dropout=float(_get(hf, "resid_pdrop", 0.1)),
     )
 
 
@@ -347,6 +351,8 @@ def fields_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
             f"unsupported architecture: config.json model_type={model_type!r} "
             f"(architectures={hf.get('architectures')}); supported: {list(SUPPORTED_MODEL_TYPES)}"
         )
+    if model_type != "gpt2":  # the other families only drop attention probabilities
+        fields["attention_dropout"] = float(_get(hf, "attention_dropout", 0.0))
     eos = hf.get("eos_token_id")
     fields.update(
         bos_token_id=hf.get("bos_token_id"),
@@ -381,9 +387,9 @@ def hf_from_fields(config: ModelConfig) -> dict[str, Any]:
             activation_function=act[config.activation],
             layer_norm_epsilon=config.norm_eps,
             scale_attn_weights=True,
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
+            resid_pdrop=config.residual_dropout,
+            embd_pdrop=config.embed_dropout,
+            attn_pdrop=config.attention_dropout,
         )
     rope = {"rope_type": "default", **config.rope_scaling_dict, "rope_theta": config.rope_theta}
     out = dict(
@@ -397,7 +403,7 @@ def hf_from_fields(config: ModelConfig) -> dict[str, Any]:
         max_position_embeddings=config.max_position_embeddings,
         rms_norm_eps=config.norm_eps,
         rope_parameters=rope,
-        attention_dropout=0.0,
+        attention_dropout=config.attention_dropout,
     )
     if config.family in ("gemma2", "gemma3"):
         return _gemma_hf(config, out)

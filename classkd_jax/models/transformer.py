@@ -64,10 +64,13 @@ class Block(nn.Module):
     Attributes:
       flags: the layer's (sliding, rope) flags when unrolled (static); None when
         scanned, where they come per layer as the `layer_flags` argument.
+      deterministic: no dropout; else attention-probability dropout and
+        residual dropout on both outputs (GPT-2's `attn_dropout`, `resid_dropout`).
     """
 
     config: ModelConfig
     flags: tuple[bool, bool] | None = None
+    deterministic: bool = True
 
     @nn.compact
     def __call__(
@@ -84,16 +87,17 @@ class Block(nn.Module):
         # Flags the config never varies stay static (no per-layer select traced).
         sliding: Flag = sliding if cfg.has_sliding else False
         rope: Flag = rope if cfg.rope_layers is not None else True
-        h, new_cache = Attention(cfg, name="attn")(
+        drop = nn.Dropout(cfg.residual_dropout, deterministic=self.deterministic)
+        h, new_cache = Attention(cfg, self.deterministic, name="attn")(
             Norm(cfg, name="attn_norm")(x), positions, masks, layer_cache, index, sliding, rope
         )
         if cfg.post_norms:
             h = Norm(cfg, name="post_attn_norm")(h)
-        x = x + h
+        x = x + drop(h)
         h = Mlp(cfg, name="mlp")(Norm(cfg, name="mlp_norm")(x))
         if cfg.post_norms:
             h = Norm(cfg, name="post_mlp_norm")(h)
-        x = x + h
+        x = x + drop(h)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         return x, new_cache
 
@@ -110,7 +114,7 @@ def _block(config: ModelConfig) -> type[nn.Module]:
 
 
 def _scanned_blocks(
-    config: ModelConfig, x, layer_caches, positions, masks, index
+    config: ModelConfig, x, layer_caches, positions, masks, index, deterministic=True
 ) -> tuple[jax.Array, tuple | None]:
     """Runs the blocks as one `nn.scan`. Per-layer caches are stacked for it and
     split after, i.e. copied on every call: correct, but cached decoding belongs
@@ -121,11 +125,11 @@ def _scanned_blocks(
     stack = nn.scan(
         _block(config),
         variable_axes={"params": 0},
-        split_rngs={"params": True},
+        split_rngs={"params": True, "dropout": True},
         in_axes=(0, 0, nn.broadcast, nn.broadcast, nn.broadcast),
         length=config.num_layers,
         metadata_params={nn.PARTITION_NAME: "layers"},
-    )(config, name="layers")
+    )(config, deterministic=deterministic, name="layers")
     stacked = None
     if layer_caches is not None:
         stacked = jax.tree.map(lambda *layers: jnp.stack(layers), *layer_caches)
@@ -137,13 +141,13 @@ def _scanned_blocks(
 
 
 def _unrolled_blocks(
-    config: ModelConfig, x, layer_caches, positions, masks, index
+    config: ModelConfig, x, layer_caches, positions, masks, index, deterministic=True
 ) -> tuple[jax.Array, tuple | None]:
     """Runs the blocks one after another (params 'layers_{i}'), each on its own cache."""
     new = []
     for i, flags in enumerate(config.layer_flags):
         layer_cache = None if layer_caches is None else layer_caches[i]
-        block = _block(config)(config, flags, name=f"layers_{i}")
+        block = _block(config)(config, flags, deterministic, name=f"layers_{i}")
         x, c = block(x, layer_cache, None, positions, masks, index)
         new.append(c)
     return x, (None if layer_caches is None else tuple(new))
@@ -162,6 +166,7 @@ class Transformer(nn.Module):
         segment_ids: jax.Array | None = None,
         cache: KVCache | None = None,
         compute_logits: bool = True,
+        deterministic: bool = True,
     ) -> ModelOutput:
         """Runs the model on `tokens`.
 
@@ -176,6 +181,8 @@ class Transformer(nn.Module):
             `cache.index .. cache.index + T - 1` and attend to every valid slot up
             to their own.
           compute_logits: if False, `logits` is None (a loss can use `hidden`).
+          deterministic: no dropout (the default). False applies the config's
+            rates (a trained role's training forward) and needs a 'dropout' rng.
 
         Returns:
           `ModelOutput(logits [B, T, V] float32, hidden [B, T, D], cache)`.
@@ -214,6 +221,7 @@ class Transformer(nn.Module):
             )
             pos_table = nn.with_logical_constraint(pos_embed.embedding, (None, None))
             x = x + jnp.take(pos_table.astype(cfg.compute_dtype), positions, axis=0)
+        x = nn.Dropout(cfg.embed_dropout, deterministic=deterministic)(x)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
         if cache is None:
@@ -230,7 +238,7 @@ class Transformer(nn.Module):
         if cfg.has_sliding:
             window = window_mask(mask, query_index, cfg.sliding_window)
         blocks = _scanned_blocks if cfg.scan_layers else _unrolled_blocks
-        x, new_kv = blocks(cfg, x, layer_caches, positions, (mask, window), index)
+        x, new_kv = blocks(cfg, x, layer_caches, positions, (mask, window), index, deterministic)
         hidden = Norm(cfg, name="final_norm")(x)
 
         new_cache = None

@@ -1,8 +1,10 @@
 """Config values checked before anything is loaded: each error names the key and the range.
 
-Also the two things derived from the config in one place: the total number
-of steps (`steps`, or `epochs` of the training rows) and the context length
-the models need (`context_length`).
+Also the things derived from the config in one place: the total number of
+steps (`steps`, or `epochs` of the training rows), the validation interval
+(`eval_every` steps, or `eval_every_epochs` of the training rows), the
+DistiLLM replay capacity (`replay_capacity`) and the context length the
+models need (`context_length`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ RESUMABLE_CHANGES = (
     "epochs",
     "log_every",
     "eval_every",
+    "eval_every_epochs",
     "checkpoint_every",
     "checkpoint_keep",
     "progress",
@@ -77,6 +80,12 @@ def validate(c) -> None:
     for key in ("log_every", "checkpoint_every", "checkpoint_keep"):
         _require(c[key] >= 1, key, c[key], ">= 1")
     _require(c.eval_every >= 0, "eval_every", c.eval_every, ">= 0 (0 = no validation)")
+    _require(
+        c.eval_every_epochs >= 0,
+        "eval_every_epochs",
+        c.eval_every_epochs,
+        ">= 0 (0 = eval_every steps)",
+    )
     _choice("best_metric", c.best_metric, ("dev_rougeL", "dev_loss"))
     for axis in ("data", "fsdp", "tensor"):
         value = c.mesh[axis]
@@ -109,6 +118,10 @@ def validate(c) -> None:
     _unit("gkd.lmbda", c.gkd.lmbda)
     _unit("gkd.beta", c.gkd.beta)
     _require(c.gkd.temperature > 0, "gkd.temperature", c.gkd.temperature, "> 0")
+    if c.method == "gkd" and c.gkd.replay:
+        if c.gkd.seq_kd:
+            raise UserError("gkd.replay=True replays the student's samples; drop gkd.seq_kd")
+        _replay_sizes(c, "gkd.replay=True")
     _require(c.eval.num_examples >= 0, "eval.num_examples", c.eval.num_examples, ">= 0")
     _require(c.eval.max_new_tokens >= 1, "eval.max_new_tokens", c.eval.max_new_tokens, ">= 1")
     _require(c.eval.batch_size >= 1, "eval.batch_size", c.eval.batch_size, ">= 1")
@@ -156,20 +169,29 @@ def _distillm(c) -> None:
     _unit("distillm.init_phi", d.init_phi)
     _require(d.phi_step >= 0, "distillm.phi_step", d.phi_step, ">= 0")
     _require(d.loss_threshold >= 0, "distillm.loss_threshold", d.loss_threshold, ">= 0")
-    _require(
-        d.capacity >= c.data.batch_size,
-        "distillm.capacity",
-        d.capacity,
-        f">= data.batch_size ({c.data.batch_size}): a replay batch is drawn without replacement",
-    )
-    if d.adaptive and c.eval_every == 0:
+    _replay_sizes(c, "DistiLLM")
+    if d.adaptive and not validates(c):
         raise UserError(
-            "distillm.adaptive=True moves phi at each validation, but eval_every=0: set "
-            "eval_every > 0, or distillm.adaptive=False to keep phi at distillm.init_phi"
+            "distillm.adaptive=True moves phi at each validation, but eval_every=0 and "
+            "eval_every_epochs=0: set one > 0, or distillm.adaptive=False to keep phi at "
+            "distillm.init_phi"
         )
+
+
+def _replay_sizes(c, who: str) -> None:
+    """The replay buffer (`replay_capacity`) holds a batch; samples come a batch at a time."""
+    d = c.distillm
+    _require(d.capacity_batches >= 0, "distillm.capacity_batches", d.capacity_batches, ">= 0")
+    _require(
+        replay_capacity(c) >= c.data.batch_size,
+        "distillm.capacity_batches" if d.capacity_batches > 0 else "distillm.capacity",
+        d.capacity_batches if d.capacity_batches > 0 else d.capacity,
+        f"a buffer of >= data.batch_size ({c.data.batch_size}) rows: a replay batch is drawn "
+        "without replacement",
+    )
     if int(c.sampling.batch_size) not in (0, int(c.data.batch_size)):
         raise UserError(
-            f"sampling.batch_size={c.sampling.batch_size}: DistiLLM trains on its samples in "
+            f"sampling.batch_size={c.sampling.batch_size}: {who} trains on its samples in "
             f"place of the dataset batch, so it must equal data.batch_size "
             f"({c.data.batch_size}) or be 0"
         )
@@ -221,7 +243,7 @@ def context_length(c) -> tuple[int, str]:
                 "data.max_prompt_length + sampling.max_new_tokens",
             )
         )
-    if c.eval_every > 0 and c.eval.num_examples > 0:
+    if validates(c) and c.eval.num_examples > 0:
         need.append(
             (
                 int(d.max_prompt_length) + int(c.eval.max_new_tokens),
@@ -229,6 +251,29 @@ def context_length(c) -> tuple[int, str]:
             )
         )
     return max(need)
+
+
+def validates(c) -> bool:
+    """Whether the run validates at all (`eval_every` or `eval_every_epochs` > 0)."""
+    return c.eval_every > 0 or c.eval_every_epochs > 0
+
+
+def eval_interval(c, batches_per_epoch: int) -> int:
+    """Steps between validations: `round(eval_every_epochs * batches_per_epoch)`
+    (at least 1) when `eval_every_epochs` > 0, else `eval_every` (0: never)."""
+    if c.eval_every_epochs > 0:
+        return max(round(float(c.eval_every_epochs) * batches_per_epoch), 1)
+    return int(c.eval_every)
+
+
+def replay_capacity(c) -> int:
+    """DistiLLM's replay buffer in rows: `capacity_batches * data.batch_size`
+    when `capacity_batches` > 0 (a buffer that scales with the global batch, as
+    the reference's per-rank buffers do), else `capacity`."""
+    d = c.distillm
+    if d.capacity_batches > 0:
+        return max(round(float(d.capacity_batches) * int(c.data.batch_size)), 1)
+    return int(d.capacity)
 
 
 def total_steps(c, batches_per_epoch: int) -> int:

@@ -22,6 +22,7 @@ from classkd_jax.data import (
     to_global,
 )
 from classkd_jax.data.tokenize import TokenizedData
+from classkd_jax.training import checks
 
 SCORED_KEYS = ("tokens", "positions", "segment_ids", "targets", "loss_mask")
 PROMPT_SEED_OFFSET = 1_000_003  # the prompt stream's shuffling seed is data.seed + this
@@ -113,11 +114,12 @@ def build(config, tokenizer, *, sampling_batch: int, needs_prompts: bool) -> Tra
             seed=int(cfg.seed) + PROMPT_SEED_OFFSET,
         )
     dev, dev_examples = None, []
-    if config.eval_every > 0:
+    if checks.validates(config):
         examples = pipeline.load_split(cfg, "dev")
         if not examples:
             raise UserError(
-                f"eval_every={config.eval_every} but the dev split is empty "
+                f"eval_every={config.eval_every} / eval_every_epochs="
+                f"{config.eval_every_epochs} but the dev split is empty "
                 f"(data.dev_num={cfg.dev_num}, data.dev_path={cfg.dev_path!r}); give a dev "
                 "split or set eval_every=0"
             )

@@ -285,6 +285,12 @@ def plan_roles(
             sources[role] = RoleSource(role, "student_init", student.path, cm_config)
             continue
         sources[role] = _source(role, role_cfg, tokenizer, context, offline)
+    for role, source in sources.items():
+        rate = config[role].get("dropout")
+        if rate is not None:  # a trained role's override of its model's dropout
+            if not 0.0 <= rate < 1.0:
+                raise UserError(f"{_key(role, 'dropout')}={rate}: expected a rate in [0, 1)")
+            sources[role] = dataclasses.replace(source, config=source.config.with_dropout(rate))
     for source in sources.values():
         _check_vocab(source, tokenizer, tokenizer_where)
         _check_context(source, context, why)

@@ -42,8 +42,8 @@ from classkd_jax import sharding
 from classkd_jax.data import to_global
 from classkd_jax.distributed import agreed
 from classkd_jax.sampling import Sampler, SamplingConfig
+from classkd_jax.training import checks, host_state, objectives
 from classkd_jax.training import flops as flops_lib
-from classkd_jax.training import host_state, objectives
 from classkd_jax.training.data import TrainData
 from classkd_jax.training.distillm import AdaptiveSchedule
 from classkd_jax.training.minillm import Phases, RolloutStore
@@ -111,8 +111,12 @@ class BatchPlan:
             self.schedule = AdaptiveSchedule(
                 float(d.init_phi), float(d.loss_threshold), float(d.phi_step), bool(d.adaptive)
             )
-            self.buffer = ReplayBuffer(int(d.capacity), prompt_width, int(s.max_new_tokens))
+            capacity = checks.replay_capacity(config)
+            self.buffer = ReplayBuffer(capacity, prompt_width, int(s.max_new_tokens))
             self.kinds = {"sample": 0, "replay": 0, "data": 0}
+        if config.method == "gkd" and config.gkd.replay:  # DistiLLM's mixed-jsd schedule
+            capacity = checks.replay_capacity(config)
+            self.buffer = ReplayBuffer(capacity, prompt_width, int(s.max_new_tokens))
         if config.method == "minillm":
             m = config.minillm
             self.mixed_sampling = dataclasses.replace(
@@ -176,12 +180,17 @@ class BatchPlan:
             self.buffer.push(sharding.fetch(out))
             return out, kind
         if kind == "replay":
-            rng = np.random.default_rng([int(c.seed), step, stream_id("replay")])
-            rows = self.buffer.sample(rng, int(c.data.batch_size), c.data.prompt_buckets)
-            pi, pc = jax.process_index(), jax.process_count()
-            local = {k: host_state.local_rows(v, pi, pc) for k, v in rows.items()}
-            return to_global(local, self.rows), kind
+            return self._replay(step), kind
         return self.data.next_off(self.rows), kind
+
+    def _replay(self, step: int) -> dict:
+        """A uniform batch of distinct rows from the replay buffer (seeded by the step)."""
+        c = self.config
+        rng = np.random.default_rng([int(c.seed), step, stream_id("replay")])
+        rows = self.buffer.sample(rng, int(c.data.batch_size), c.data.prompt_buckets)
+        pi, pc = jax.process_index(), jax.process_count()
+        local = {k: host_state.local_rows(v, pi, pc) for k, v in rows.items()}
+        return to_global(local, self.rows)
 
     def start(self, dev_loss) -> None:
         """Before the first step (DistiLLM): the reference dev loss, `dev_loss()`."""
@@ -232,6 +241,8 @@ class BatchPlan:
             out["replay_buffer_rows"] = len(self.buffer)
             for kind, count in sorted(self.kinds.items()):
                 out[f"distillm_{kind}_steps"] = count
+        elif self.buffer is not None:
+            out["replay_buffer_rows"] = len(self.buffer)
         if self.store is not None and self.store.phase is not None:
             out["minillm_phase"] = self.store.phase
         return out
@@ -246,6 +257,8 @@ class BatchPlan:
                 "kinds": dict(self.kinds),
                 "buffer": self.buffer.state(),
             }
+        elif self.buffer is not None:  # GKD with DistiLLM's replay
+            out["gkd"] = {"buffer": self.buffer.state()}
         if self.store is not None:
             out["minillm"] = self.store.state()
         return out
@@ -255,6 +268,8 @@ class BatchPlan:
             self.schedule.restore(state["distillm"])
             self.buffer.restore(state["distillm"]["buffer"])
             self.kinds = dict(state["distillm"]["kinds"])
+        elif self.buffer is not None:
+            self.buffer.restore(state["gkd"]["buffer"])
         if self.store is not None:
             self.store.restore(state.get("minillm"))
 
@@ -278,6 +293,9 @@ class BatchPlan:
         elif c.method == "gkd":
             if agreed(draw(seed, step, "gkd") < float(c.gkd.lmbda)):
                 batch["off"] = sample("student", state.student.params)
+                if self.buffer is not None:  # DistiLLM's mixed-jsd: push, then replay
+                    self.buffer.push(sharding.fetch(batch["off"]))
+                    batch["off"] = self._replay(step)
             elif c.gkd.seq_kd:
                 batch["off"] = sample("teacher", frozen["teacher"])
             else:

@@ -83,10 +83,13 @@ def check_batch_sizes(config, mesh, processes: int | None = None) -> int:
     return sampling
 
 
-def resolve(config, total: int) -> dict:
-    """The config as written to config.json: `steps` resolved."""
+def resolve(config, total: int, eval_every: int | None = None) -> dict:
+    """The config as written to config.json: `steps` and `eval_every` (steps
+    between validations, `checks.eval_interval`) resolved."""
     with config.unlocked():
         config.steps = total
+        if eval_every is not None:
+            config.eval_every = eval_every
     return json.loads(config.to_json_best_effort())
 
 
@@ -195,8 +198,9 @@ def _train(config, workdir: Path) -> int:
     if config.method == "seqkd":  # SFT on the teacher's responses: the teacher's job ends here
         data = seqkd_data(config, workdir, data, sources, frozen.pop("teacher"), tokenizer, mesh)
         sources = {k: v for k, v in sources.items() if k != "teacher"}
-    total = checks.total_steps(config, data.off.batches_in_epoch(0))
-    resolved = resolve(config, total)
+    epoch = data.off.batches_in_epoch(0)
+    total = checks.total_steps(config, epoch)
+    resolved = resolve(config, total, checks.eval_interval(config, epoch))
     checks.check_resume(workdir, resolved)
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")

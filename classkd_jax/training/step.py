@@ -104,16 +104,41 @@ def scored_batch(batch: Batch) -> Batch:
     }
 
 
-def hidden_states(config: ModelConfig, params: Any, batch: Batch) -> jax.Array:
-    """Final hidden states `[B, T, D]` (the LM head's input; no logits formed)."""
+def hidden_states(
+    config: ModelConfig, params: Any, batch: Batch, dropout_rng: jax.Array | None = None
+) -> jax.Array:
+    """Final hidden states `[B, T, D]` (the LM head's input; no logits formed).
+
+    With `dropout_rng` (a trained role's training forward) the config's dropout
+    applies, its masks drawn from that key; without it, or when every rate is
+    0, the forward is deterministic (frozen models, scoring, validation).
+    """
+    train = dropout_rng is not None and config.has_dropout
     out = Transformer(config).apply(
         {"params": params},
         batch["tokens"],
         batch["positions"],
         batch["segment_ids"],
         compute_logits=False,
+        deterministic=not train,
+        rngs={"dropout": dropout_rng} if train else None,
     )
     return out.hidden
+
+
+# fold_in ids of the step's dropout keys: one stream per trained role, then per
+# batch name within a role's objective (then per micro-batch: its index).
+_ROLE_KEYS = {"student": 0, "classmate": 1}
+_BATCH_KEYS = {"off": 0, "on": 1, "lm": 2}
+
+
+def dropout_key(rng: jax.Array | None, *ids: int) -> jax.Array | None:
+    """`rng` folded with `ids` in turn (None stays None)."""
+    if rng is None:
+        return None
+    for i in ids:
+        rng = jax.random.fold_in(rng, i)
+    return rng
 
 
 def head(config: ModelConfig, params: Any) -> tuple[jax.Array, bool]:
@@ -165,6 +190,7 @@ def objective(
     parts: tuple[Part, ...],
     inputs: Mapping[str, Any],
     path: LossPath,
+    rng: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """A trained role's loss: the sum over parts of (token-loss sum / part count).
 
@@ -176,6 +202,8 @@ def objective(
         'heads' {role: [D, V]}, 'extras' {name: {key: [B, T]}}, 'counts'
         {name: [] float32, the whole batch's scored tokens}.
       path: dense or chunked.
+      rng: the role's dropout key for this (micro-)batch; None: no dropout.
+        Each batch's forward folds in its own id (`_BATCH_KEYS`).
 
     Returns:
       (loss, {aux name: sum over the scored tokens}).
@@ -187,7 +215,8 @@ def objective(
     for part in parts:
         batch = inputs["batches"][part.batch]
         if part.batch not in own:
-            own[part.batch] = hidden_states(config, params, batch)
+            key = dropout_key(rng, _BATCH_KEYS.get(part.batch, len(_BATCH_KEYS)))
+            own[part.batch] = hidden_states(config, params, batch, key)
         hiddens = (own[part.batch],) + tuple(inputs["others"][(r, part.batch)] for r in part.others)
         heads = (own_head,) + tuple(inputs["heads"][r] for r in part.others)
         extras = {k: inputs["extras"][part.batch][k] for k in part.extras}
@@ -227,21 +256,24 @@ def value_and_grad_accumulated(
     loss_fn: Callable[[Any, Any], tuple[jax.Array, Any]], params: Any, inputs: Any, steps: int
 ):
     """`value_and_grad(loss_fn, has_aux=True)(params, inputs)`, summed over `steps`
-    micro-batches of the row-leading leaves of `inputs` (`rows` subtree)."""
+    micro-batches of the row-leading leaves of `inputs` (`rows` subtree). An
+    `inputs['rng']` (dropout) is folded with the micro-batch's index."""
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    rng = inputs.get("rng")
     if steps == 1:
-        return grad_fn(params, inputs)
+        return grad_fn(params, {**inputs, "rng": dropout_key(rng, 0)})
     rows, shared = inputs["rows"], {k: v for k, v in inputs.items() if k != "rows"}
     micro = _split(rows, steps)
 
-    def body(carry, mb):
-        out = grad_fn(params, {**shared, "rows": mb})
+    def body(carry, xs):
+        mb, j = xs
+        out = grad_fn(params, {**shared, "rows": mb, "rng": dropout_key(rng, j)})
         return jax.tree.map(jnp.add, carry, out), None
 
     first = jax.tree.map(lambda x: x[0], micro)
-    shape = jax.eval_shape(grad_fn, params, {**shared, "rows": first})
+    shape = jax.eval_shape(grad_fn, params, {**shared, "rows": first, "rng": dropout_key(rng, 0)})
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shape)
-    out, _ = jax.lax.scan(body, zeros, micro)
+    out, _ = jax.lax.scan(body, zeros, (micro, jnp.arange(steps, dtype=jnp.int32)))
     return out
 
 
@@ -254,7 +286,8 @@ def _apply(state: TrainState, grads: Any, role: Role) -> tuple[TrainState, dict]
 
 
 def _role_loss(config, parts, path):
-    """loss_fn(params, inputs) over inputs = {'rows': per-row arrays, 'heads', 'counts'}."""
+    """loss_fn(params, inputs) over inputs = {'rows': per-row arrays, 'heads',
+    'counts', 'rng': the micro-batch's dropout key or None}."""
 
     def loss_fn(params, inputs):
         rows = inputs["rows"]
@@ -265,7 +298,7 @@ def _role_loss(config, parts, path):
             "heads": inputs["heads"],
             "counts": inputs["counts"],
         }
-        return objective(params, config, parts, full, path)
+        return objective(params, config, parts, full, path, inputs.get("rng"))
 
     return loss_fn
 
@@ -338,8 +371,9 @@ class StepBuilder:
             out[name] = ex
         return out
 
-    def _update(self, ts, role, parts, batches, others, heads, extras, counts):
-        """One role's accumulated gradients and optimizer update."""
+    def _update(self, ts, role, parts, batches, others, heads, extras, counts, rng=None):
+        """One role's accumulated gradients and optimizer update (`rng`: its
+        dropout key for this step, None: no dropout)."""
         names = sorted({p.batch for p in parts})
         inputs = {
             "rows": {
@@ -349,6 +383,7 @@ class StepBuilder:
             },
             "heads": heads,
             "counts": counts,
+            "rng": rng if role.config.has_dropout else None,
         }
         loss_fn = _role_loss(role.config, parts, self.path)
         (loss, aux), grads = value_and_grad_accumulated(loss_fn, ts.params, inputs, self.grad_accum)
@@ -372,8 +407,11 @@ class StepBuilder:
     def student_step(self, state: RunState, frozen, batch, rng):
         """One optimizer step of every method: the student's objective for
         `config.method` on the batch's parts and, for ClassKD, the classmate's
-        measurement, gap control and gated update (`_classmate`)."""
-        del rng  # sampling happens before the step; nothing here is random
+        measurement, gap control and gated update (`_classmate`).
+
+        `rng` is the step's key (`step_key(root, step, 'step')`, so a resumed
+        run draws the same): the trained roles' dropout masks come from it
+        (`dropout_key`); sampling happened before the step."""
         control = batch.get("control", {})
         batches = {k: scored_batch(v) for k, v in batch.items() if k != "control"}
         parts = self._student_parts(batches)
@@ -382,7 +420,15 @@ class StepBuilder:
         weight = control.get("misfeedback_weight", jnp.zeros((), jnp.float32))
         extras = self._extras(batches, weight)
         student, loss, aux, opt = self._update(
-            state.student, self.models.student, parts, batches, others, heads, extras, counts
+            state.student,
+            self.models.student,
+            parts,
+            batches,
+            others,
+            heads,
+            extras,
+            counts,
+            dropout_key(rng, _ROLE_KEYS["student"]),
         )
         metrics = {"loss": loss, **self._named_means(aux, parts, counts)}
         metrics.update({f"student_{k}": v for k, v in opt.items()})
@@ -392,7 +438,10 @@ class StepBuilder:
         new = state.replace(step=state.step + 1, student=student)
         metrics["flops"] = self._flops(batches, parts, others)
         if state.classmate is not None:
-            new, cm_metrics = self._classmate(new, state, batches, others, heads, aux, control)
+            cm_rng = dropout_key(rng, _ROLE_KEYS["classmate"])
+            new, cm_metrics = self._classmate(
+                new, state, batches, others, heads, aux, control, cm_rng
+            )
             metrics.update(cm_metrics)
             off = batches["off"]["tokens"].shape
             cm_fwd = flops_lib.forward_flops(self.models.classmate.config, *off)
@@ -434,8 +483,14 @@ class StepBuilder:
                 out[name] = aux[name] / count
         return out
 
-    def _classmate(self, new: RunState, old: RunState, batches, others, heads, aux, control):
+    def _classmate(
+        self, new: RunState, old: RunState, batches, others, heads, aux, control, rng=None
+    ):
         """The classmate's measured KL, gap control and (maybe) update, on the 'off' batch.
+
+        With dropout, both branches run the classmate's training forward on the
+        same key (`rng`), so the gap compares training-mode KLs of both roles
+        whether or not the classmate updates.
 
         `control['classmate_update']` is its schedule's decision for this step
         (start, interval, stop: `objectives.control`), `control['min_gap']` the
@@ -456,7 +511,7 @@ class StepBuilder:
 
         def update(ts):
             new_ts, loss, cm_aux, opt = self._update(
-                ts, role, parts, off, cm_others, cm_heads, extras, counts
+                ts, role, parts, off, cm_others, cm_heads, extras, counts, rng
             )
             return new_ts, loss, cm_aux, opt["grad_norm"]
 
@@ -468,7 +523,8 @@ class StepBuilder:
                 "extras": extras,
                 "counts": counts,
             }
-            loss, cm_aux = objective(ts.params, role.config, parts, inputs, self.path)
+            key = dropout_key(rng, 0) if role.config.has_dropout else None  # as _update's
+            loss, cm_aux = objective(ts.params, role.config, parts, inputs, self.path, key)
             return ts, loss, cm_aux, jnp.zeros((), jnp.float32)
 
         lr = role.schedule(old.classmate.step)
