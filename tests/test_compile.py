@@ -136,6 +136,11 @@ def test_the_program_list_is_what_a_real_tiny_run_compiles(tmp_path):
     assert {p.name for p in listed} == EXPECTED
     assert checks.samples_prompts(config)
 
+    # Validation's greedy sampler is cached by (model config, mesh) across calls
+    # (`completions._sampler`): an earlier test in this worker may hold it compiled.
+    from classkd_jax.sampling import completions
+
+    completions._sampler.cache_clear()
     logger = logging.getLogger("jax._src.interpreters.pxla")
     counter = _Lowerings()
     logger.addHandler(counter)
