@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from classkd_jax import checkpoint, train
+from tests.pod import assert_same_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 # The harness of tests/test_train_steps.py uses the same Adam eps, so the
@@ -253,21 +254,6 @@ def _four_devices() -> dict:
     return {**os.environ, "XLA_FLAGS": flags}
 
 
-def _exported(workdir: Path) -> dict:
-    """The exported student's weights (a checkpoint written by 2 processes restores
-    only onto shardings, which the trainer gives it; the export is plain arrays)."""
-    from safetensors.numpy import load_file
-
-    return load_file(str(workdir / "student_hf" / "model.safetensors"))
-
-
-def _assert_same_weights(a: Path, b: Path) -> None:
-    a, b = _exported(a), _exported(b)
-    assert a.keys() == b.keys()
-    for key in a:
-        np.testing.assert_allclose(a[key], b[key], atol=1e-5, rtol=0, err_msg=key)
-
-
 def _assert_records_match(a: list[dict], b: list[dict]) -> None:
     steps_a = [r for r in a if "loss" in r]
     steps_b = [r for r in b if "loss" in r]
@@ -345,7 +331,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_one_process_resumes_o
     argv += ["--config.steps=24", *SAME_AS_STEP_TESTS]
     assert train.main(["--config", "configs/classkd.py:size=tiny", "--workdir", str(workdir),
                        *argv]) == 0  # fmt: skip
-    _assert_same_weights(runs["classkd"][0], workdir)
+    assert_same_weights(runs["classkd"][0] / "student_hf", workdir / "student_hf")
     # Steps logged after the first full window of the resumed run are the reference's.
     after = stopped_at + 2 + stopped_at % 2
     resumed = [r for r in _records(workdir) if "loss" in r and r["step"] >= after]
