@@ -12,6 +12,7 @@ line they caught.
 from __future__ import annotations
 
 import contextlib
+import glob
 import importlib.util
 import os
 import sys
@@ -46,12 +47,36 @@ def cuda_plugin_installed() -> bool:
     return importlib.util.find_spec("jax_cuda12_plugin") is not None
 
 
+def libtpu_installed() -> bool:
+    return importlib.util.find_spec("libtpu") is not None
+
+
+# Device nodes of the accelerators JAX's plugins drive: NVIDIA GPUs, TPU chips
+# (/dev/accel* on v2-v4, VFIO groups on v5e and later), AMD GPUs.
+ACCELERATOR_NODES = ("/dev/nvidiactl", "/dev/nvidia[0-9]*", "/dev/accel[0-9]*",
+                     "/dev/vfio/[0-9]*", "/dev/kfd")  # fmt: skip
+
+
+def accelerator_present() -> bool:
+    """Whether this machine has a GPU or TPU device node (no backend is started)."""
+    return any(glob.glob(pattern) for pattern in ACCELERATOR_NODES)
+
+
 def quiet_import() -> None:
-    """Imports jax quietly when the CUDA plugin is installed (else nothing: jax is
-    imported when first used, as before); with `JAX_PLATFORMS` set (the tests set
-    'cpu'), registers the plugins quietly too."""
-    if "jax" in sys.modules or not cuda_plugin_installed():
+    """Imports jax quietly when the CUDA plugin or libtpu is installed (else
+    nothing: jax is imported when first used, as before).
+
+    On a machine with no accelerator device node and no `JAX_PLATFORMS`, the
+    default platform becomes 'cpu': otherwise JAX's first backend start tries the
+    CUDA plugin (a logged traceback, "Unable to load CUDA") and libtpu (warnings
+    about TPU host bounds and worker hostnames) before falling back to the CPU,
+    on every command. A machine with a GPU or TPU, or any `JAX_PLATFORMS`, keeps
+    JAX's own choice. With `JAX_PLATFORMS` set the plugins register quietly too.
+    """
+    if "jax" in sys.modules or not (cuda_plugin_installed() or libtpu_installed()):
         return
+    if not os.environ.get("JAX_PLATFORMS") and not accelerator_present():
+        os.environ["JAX_PLATFORMS"] = "cpu"
     with filtered_stderr():
         import jax  # noqa: F401
     if os.environ.get("JAX_PLATFORMS"):

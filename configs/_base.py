@@ -171,6 +171,8 @@ def _tiny(c: ml_collections.ConfigDict) -> None:
     c.data.synthetic.num_test = 16
     c.data.batch_size = 8
     c.data.eval_batch_size = 8
+    c.data.max_length = 128
+    c.data.max_prompt_length = 112
     c.data.length_buckets = (128,)
     c.data.prompt_buckets = (112,)
     teacher = dict(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8)

@@ -18,7 +18,7 @@ def task():
 
 
 def _data(e):
-    """The list/date/context an example is about, wherever the phrasing put it."""
+    """The list/passage an example is about, wherever the phrasing put it."""
     return e.input if e.input else e.instruction.split(": ", 1)[1].rstrip("?")
 
 
@@ -30,14 +30,15 @@ def test_deterministic_per_seed(task):
     # The test split depends only on the seed and its size, not on the others.
     small = synthetic.make_synthetic_task(0, num_train=10, num_dev=5, num_test=600)
     assert small["test"] == task["test"]
+    # A smaller train split is a prefix of a larger one: the distillation set is
+    # the first examples of the teacher's data.
+    prefix = synthetic.make_synthetic_task(0, num_train=300, num_dev=100, num_test=600)
+    assert prefix["train"] == task["train"][:300]
 
 
 def test_splits_do_not_overlap(task):
     def keys(split):
-        return {
-            (e.category, _data(e), e.instruction if e.category in ("qa", "position") else "")
-            for e in task[split]
-        }
+        return {(e.category, _data(e), e.instruction) for e in task[split]}
 
     test, dev, train = keys("test"), keys("dev"), keys("train")
     assert not test & train and not test & dev and not dev & train
@@ -47,46 +48,84 @@ def test_splits_do_not_overlap(task):
     assert len({e.uid for s in task.values() for e in s}) == 2700
 
 
-def _check_answer(e):
-    """An independent solver for each family."""
-    data = _data(e)
-    words = data.replace(",", "").split()
+def _norm(text):
+    return " ".join(re.sub(r"[^a-z0-9 ]", " ", text.lower()).split())
+
+
+def _facts(passage):
+    """name -> set of clauses ('is 34 years old', ...) read from a passage."""
+    out = {}
+    for sentence in passage.rstrip(".").split(". "):
+        name, clause = sentence.split(" ", 1)
+        out.setdefault(name, set()).add(_norm(clause))
+    return out
+
+
+def _valid(e, response):
+    """An independent solver: is `response` one of the correct answers to `e`?"""
+    data, got = _data(e), _norm(response)
+    words = data.split()
     if e.category == "reverse":
-        return e.response == " ".join(reversed(words))
+        return got.removeprefix("from last to first ") == " ".join(reversed(words))
     if e.category == "position":
         which = re.search(r"the (\w+) word", e.instruction).group(1)
-        return e.response == (words[-1] if which == "last" else words[W.ORDINALS.index(which)])
+        word = words[-1] if which == "last" else words[W.ORDINALS.index(which)]
+        return got in (word, f"the {which} word is {word}")
     if e.category == "filter":
         cat = re.search(r"(animals|tools|foods)", e.instruction).group(1)
-        return e.response == " ".join(w for w in words if w in W.CATEGORIES[cat])
-    if e.category == "format":
-        if "/" in data:
-            day, month, year = map(int, data.split("/"))
-        else:
-            (month_name,) = [w for w in words if w in W.MONTHS]
-            day, year = sorted(int(w) for w in words if w.isdigit())
-            month = W.MONTHS.index(month_name) + 1
-        return e.response == f"{year}-{month:02d}-{day:02d}"
+        items = got.removeprefix(f"the {cat} are ").replace(" and ", " ")
+        return items == " ".join(w for w in words if w in W.CATEGORIES[cat])
+    facts = _facts(e.input)
+    if e.category == "describe":
+        name = re.search(r"(?:Describe|about) (\w+)", e.instruction).group(1)
+        said = re.split(r"\. |, | and ", response.rstrip("."))
+        return sorted(_norm(c.removeprefix(name + " ")) for c in said) == sorted(facts[name])
     if e.category == "qa":
         name = re.search(r"(?:is|does) (\w+?)(?:'s| live| have|\?| )", e.instruction).group(1)
-        fact = next(f for f in e.input.split(". ") if f.startswith(name + " "))
-        return e.response in fact
+        return any(got.removeprefix(_norm(name)).strip() in (c, c.split(" ", 1)[-1]) or
+                   got.split()[-1] in c.split() for c in facts[name])
     raise AssertionError(f"unknown family {e.category}")
 
 
-def test_answers_are_correct_and_varied(task):
+def test_dev_and_test_keep_every_valid_answer(task):
+    for e in task["dev"] + task["test"]:
+        assert all(_valid(e, r) for r in e.responses), e
+        assert len(set(e.responses)) == len(e.responses) >= 2
+    describe = [e for e in task["test"] if e.category == "describe"]
+    assert max(len(e.responses) for e in describe) == 12  # 3 clauses x 3! orders x 2 styles
+
+
+def test_train_references_are_one_form_and_sometimes_wrong(task):
+    train = task["train"]
+    assert all(len(e.responses) == 1 for e in train)
+    wrong = sum(not _valid(e, e.response) for e in train) / len(train)
+    assert abs(wrong - synthetic.DEFAULT_NOISE) < 0.04, wrong
+    clean = synthetic.make_synthetic_task(0, num_train=500, num_dev=0, num_test=0, noise=0.0)
+    assert all(_valid(e, e.response) for e in clean["train"])
+    # Stylistically arbitrary: the same family answers in several forms.
+    reverse = [e.response for e in train if e.category == "reverse"]
+    assert sum(r.startswith("From last to first") for r in reverse) > 0.2 * len(reverse)
+    assert sum("," not in r for r in reverse) > 0.2 * len(reverse)
+
+
+def test_families_are_varied_and_long_enough(task):
     test = task["test"]
-    assert all(_check_answer(e) for s in task.values() for e in s)
     families = Counter(e.category for e in test)
     assert set(families) == set(synthetic.FAMILIES)
     assert min(families.values()) > 0.05 * len(test)
-    lengths = [len(e.response.split()) for e in test]
-    assert min(lengths) == 1 and max(lengths) >= 7
+    lengths = [len(r.split()) for e in test for r in e.responses]
+    assert min(lengths) == 1 and max(lengths) >= 15
     assert 0.2 < sum(bool(e.input) for e in test) / len(test) < 0.8  # both template variants
     # Answers differ from the data in words or order, never only in case or
     # punctuation, so the case-insensitive metrics see the task.
-    norm = lambda s: " ".join(re.sub(r"[^a-z0-9 ]", " ", s.lower()).split())
-    assert all(norm(e.response) != norm(_data(e)) for e in test)
+    assert all(_norm(r) != _norm(_data(e)) for e in test for r in e.responses)
+
+
+def test_bad_arguments_name_the_problem():
+    with pytest.raises(ValueError, match="noise"):
+        synthetic.make_synthetic_task(0, noise=1.0)
+    with pytest.raises(ValueError, match="unknown synthetic family"):
+        synthetic.make_synthetic_task(0, weights={"sort": 1.0})
 
 
 def test_shipped_tokenizer(task):
@@ -122,7 +161,7 @@ def test_written_data_dir_round_trips(tmp_path):
     out = synthetic.write_synthetic_data_dir(tmp_path, 4, template="compact", **sizes)
     assert out == tmp_path / "synthetic"
     test = benchmarks.load_eval_set(tmp_path, "synthetic", template="alpaca")
-    assert [e.references for e in test] == [[e.response] for e in splits["test"]]
+    assert [e.references for e in test] == [list(e.responses) for e in splits["test"]]
     assert test[3].prompt == templates.format_prompt(
         splits["test"][3].instruction, splits["test"][3].input
     )

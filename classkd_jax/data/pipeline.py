@@ -63,7 +63,11 @@ def load_split(cfg, split: str, stats: sources.SourceStats | None = None) -> lis
     if cfg.source == "synthetic":
         s = cfg.synthetic
         task = synthetic.make_synthetic_task(
-            s.seed, num_train=s.num_train, num_dev=s.num_dev, num_test=s.num_test
+            s.seed,
+            num_train=s.num_train,
+            num_dev=s.num_dev,
+            num_test=s.num_test,
+            noise=s.get("noise", synthetic.DEFAULT_NOISE),
         )
         return task[split]
     if cfg.source == "benchmark":
