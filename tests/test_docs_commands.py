@@ -358,7 +358,9 @@ def test_docs_stay_inside_the_repository(doc):
     text = doc.read_text()
     for word in ("shared/", "METHODS.md", "classkd-method.md", "STYLE.md"):
         assert word not in text, f"{doc.name} refers to {word!r}, outside the repository"
-    assert "../" not in _prose(text), f"{doc.name}: a '../' path in its prose"
+    for path in re.findall(r"(?:\.\./)+[\w./-]*", _prose(text)):
+        resolved = (doc.parent / path).resolve()
+        assert resolved.is_relative_to(ROOT), f"{doc.name}: {path} leaves the repository"
     for match in LINK.finditer(text):
         target = (match.group(1) or match.group(2)).split("#", 1)[0]
         if not target or re.match(r"^[a-z]+:", target):  # an anchor, http(s):, mailto:
