@@ -106,9 +106,9 @@ def _captured_parser(call) -> argparse.ArgumentParser:
         seen.append(self)
         raise _Captured
 
-    with mock.patch.object(argparse.ArgumentParser, "parse_known_args", capture):
-        with pytest.raises(_Captured):
-            call()
+    patch = mock.patch.object(argparse.ArgumentParser, "parse_known_args", capture)
+    with patch, pytest.raises(_Captured):
+        call()
     return seen[0]
 
 
@@ -124,9 +124,8 @@ def _absl_flags(workdir: bool) -> set[str]:
         seen.append(self)
         raise _Captured
 
-    with mock.patch.object(flags.FlagValues, "__call__", capture):
-        with pytest.raises(_Captured):
-            parse_flags(["--config", str(ROOT / "configs" / "sft.py")], workdir=workdir)
+    with mock.patch.object(flags.FlagValues, "__call__", capture), pytest.raises(_Captured):
+        parse_flags(["--config", str(ROOT / "configs" / "sft.py")], workdir=workdir)
     return {f"--{name}" for name in seen[0]}
 
 
@@ -269,7 +268,8 @@ def check_launcher(words: list[str], where: str) -> None:
     elif script.name == "slurm_gpu.sbatch":
         check_cli("train", [a for a in args if a != "--dry_run"], where)
     else:
-        own, train = (args[: args.index("--")], args[args.index("--") + 1 :]) if "--" in args else (args, [])
+        cut = args.index("--") if "--" in args else len(args)
+        own, train = args[:cut], args[cut + 1 :]
         accepted = launcher_options(script)
         for word in own:
             if word.startswith("--"):
@@ -338,6 +338,16 @@ def test_a_wrong_flag_or_key_is_caught():
     assert check_command(good, good)
 
 
+def anchors(doc: Path) -> set[str]:
+    """GitHub's anchors of a markdown file's headings."""
+    out = set()
+    for line in _prose(doc.read_text()).splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            out.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return out
+
+
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)|!\[[^\]]*\]\(([^)\s]+)\)")
 
 
@@ -362,11 +372,16 @@ def test_docs_stay_inside_the_repository(doc):
         resolved = (doc.parent / path).resolve()
         assert resolved.is_relative_to(ROOT), f"{doc.name}: {path} leaves the repository"
     for match in LINK.finditer(text):
-        target = (match.group(1) or match.group(2)).split("#", 1)[0]
-        if not target or re.match(r"^[a-z]+:", target):  # an anchor, http(s):, mailto:
+        target, _, anchor = (match.group(1) or match.group(2)).partition("#")
+        if re.match(r"^[a-z]+:", target):  # http(s):, mailto:
+            continue
+        if not target:  # an anchor in the same file
+            assert anchor in anchors(doc), f"{doc.name}: no heading #{anchor}"
             continue
         resolved = (doc.parent / target).resolve()
         assert resolved.is_relative_to(ROOT), f"{doc.name}: {target} leaves the repository"
         if resolved.name in ("estimators-classkd.md", "testbed.md"):
             continue  # written by other changes; the links are planned
         assert resolved.exists(), f"{doc.name}: link target {target} does not exist"
+        if anchor and resolved.suffix == ".md":
+            assert anchor in anchors(resolved), f"{doc.name}: no heading #{anchor} in {target}"
