@@ -306,7 +306,13 @@ def test_the_docs_exist_and_have_commands():
 
 @pytest.mark.parametrize("where,command", all_commands())
 def test_command_matches_its_cli(where, command):
-    check_command(command, f"{where}: {command[:80]}")
+    if not check_command(command, f"{where}: {command[:80]}"):
+        # Shell structure and one-liners are all a fence may hold besides the
+        # commands checked above; anything else needs a check here first.
+        words = tokens(command)
+        assert words[0] in ("for", "done") or words[:2] == ["python", "-c"], (
+            f"{where}: {command[:80]}: not a command this test knows how to check"
+        )
 
 
 def test_the_quick_start_is_two_commands():
