@@ -19,12 +19,12 @@ Variants (the argument after the colon, `--config configs/classkd.py:ARG`):
   qwen3-8b/qwen3-1.7b, gemma-3-12b/gemma-3-1b, gemma-2-9b/gemma-2-2b,
   llama-3.1-8b/llama-3.2-1b (`PAIR_DEFAULTS` below: bfloat16 compute, FSDP
   over every chip, `remat=full`). Checked with `python -m classkd_jax.compile
-  --topology ...` (README, "What the pairs need"): every GPT-2, Qwen and Llama
+  --topology ...` (docs/models.md, "What the pairs need"): every GPT-2, Qwen and Llama
   pair fits a v5e:4x4 slice (the first six also 8 x H100); the Gemma pairs
   do not fit v5e:4x4 and fit v5p:2x2x2 or 8 x H100. Paths default to the Hugging Face hub names;
   the protocol distils from a teacher fine-tuned on Dolly and starts the
   student from its SFT checkpoint: point `teacher.path` / `student.path` at
-  them (README, "Train").
+  them (docs/training.md).
 
 Durations: `steps` optimizer steps; `steps=0` with `epochs=E` trains E
 passes over the training rows (converted once the data is loaded, and the
@@ -73,7 +73,7 @@ PAIRS = {
     ),
 }
 # How every pair runs on accelerators unless its entry says otherwise (checked by
-# `python -m classkd_jax.compile` on the README's slices: benchmarks/bench_compile.py).
+# `python -m classkd_jax.compile` on the slices of docs/models.md: benchmarks/bench_compile.py).
 # Precision as MaxText's dtype / weight_dtype: bfloat16 compute; float32 params (and so
 # float32 Adam moments) for the trained roles; the frozen teacher's params in bfloat16;
 # softmaxes and divergences in float32 (the losses' logits are float32). FSDP over the

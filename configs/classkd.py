@@ -5,7 +5,7 @@
         --workdir runs/classkd-gpt2 --config.teacher.path=runs/sft-gpt2-xl/student_hf \\
         --config.student.path=runs/sft-gpt2/student_hf
 
-Student loss, per step (../shared/classkd-method.md):
+Student loss, per step (docs/method.md):
   off_policy_weight * D_off(p, q) on dataset responses (packed)
   + [with probability classkd.lmbda] on_policy_weight * D_on(p, q) on the
     student's own samples + w(step) * misfeedback(q, c) on the same samples,

@@ -15,12 +15,12 @@ Variants (`configs/demo.py:ARG`, comma-separated):
   `classkd_jax/assets/demo/` (`classkd_jax.demo.shipped()`); the classmate
   starts from the student's initial weights.
 - `role=teacher` / `role=student_init` (with `method=sft`): how those two
-  were made, from random init, by `python -m classkd_jax.train` (README,
+  were made, from random init, by `python -m classkd_jax.train` (docs/training.md,
   "The shipped demo models"; `python -m classkd_jax.demo --retrain` runs both).
 - `size=tiny`: the same shape of run with the tiny presets and a few steps
   (what the tests run); the tiny roles train from scratch.
 
-The ClassKD settings below were chosen on the dev split only (README, "The
+The ClassKD settings below were chosen on the dev split only (docs/comparing.md, "The
 demo"); the test split (600 examples, disjoint from train and dev) is what
 the demo and `compare` report.
 """
@@ -93,7 +93,7 @@ def _demo_scale(c: ml_collections.ConfigDict, role: str) -> None:
 
 
 def _classkd(c: ml_collections.ConfigDict) -> None:
-    """ClassKD's demo settings (chosen on dev; see the README's sweep)."""
+    """ClassKD's demo settings (chosen on dev; see the sweep in docs/comparing.md)."""
     c.classkd.lmbda = 0.5  # on-policy share, as GKD's
     c.misfeedback.weight = 0.1
     c.misfeedback.variant = "skew"

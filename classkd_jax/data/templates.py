@@ -1,7 +1,7 @@
 """Prompt templates of the MiniLLM/DistiLLM evaluation protocol.
 
 The 'alpaca' strings are exactly those of MiniLLM's `tools/process_data_dolly.py`
-(see ../shared/METHODS.md). 'compact' keeps Alpaca's section headers but drops
+(see docs/baselines.md). 'compact' keeps Alpaca's section headers but drops
 the one-sentence preamble; it is meant for the built-in synthetic task, where
 the preamble would be most of every CPU-sized sequence.
 """

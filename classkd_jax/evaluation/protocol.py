@@ -5,7 +5,7 @@ tokens, total length 512 (so at most 256 new tokens), sampling at temperature
 1 with top-k and top-p off, `no_repeat_ngram_size=6` at final evaluation only,
 seeds 10, 20, 30, 40, 50, and Unnatural Instructions capped at its first
 10,000 test examples (`--dev-num 10000` in their scripts). See
-`../shared/METHODS.md`, "The evaluation protocol".
+`docs/baselines.md`, "The evaluation protocol".
 """
 
 from __future__ import annotations
