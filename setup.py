@@ -4,8 +4,8 @@ import pathlib
 
 from setuptools import find_packages, setup
 
-# Pinned so that a fresh install resolves the same way everywhere (see
-# ../shared/ENVIRONMENT.md for the versions checked together).
+# Pinned so that a fresh install resolves the same way everywhere: these versions
+# were checked together.
 INSTALL_REQUIRES = [
     "jax==0.10.2",
     "jaxlib==0.10.2",

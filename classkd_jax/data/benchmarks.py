@@ -38,7 +38,7 @@ BENCHMARKS: dict[str, str] = {
     "uinst": "uinst/11_",
 }
 SYNTHETIC = "synthetic"
-# Sizes of the protocol's test sets (METHODS.md); a mismatch is logged, not fatal.
+# Sizes of the protocol's test sets (docs/baselines.md); a mismatch is logged, not fatal.
 TEST_SIZES = {"dolly": 500, "self_inst": 242, "vicuna": 80}
 DOLLY_DEV_NUM = 1000
 # template='file' uses the prompt stored in the processed file.
