@@ -283,10 +283,12 @@ def method_config(method: str, arg: str | None) -> ml_collections.ConfigDict:
         # trains on a uniform batch drawn from it (configs/gkd.py recipe=distillm).
         {"lmbda": 0.5, "beta": 0.5, "temperature": 1.0, "seq_kd": False, "replay": False}
     )
-    # ClassKD's on-policy terms (D_on and the misfeedback) are the token-level
-    # surrogate of the write-up's sequence-level expectations: per-position KL on
-    # sampled prefixes, no gradient through sampling (same value in expectation,
-    # not the same gradient: configs/classkd.py, losses/misfeedback.py).
+    # ClassKD's on-policy terms (D_on and the misfeedback): `estimator='token'`
+    # is the token-level surrogate of the write-up's sequence-level expectations
+    # (per-position KL on sampled prefixes, no gradient through sampling: same
+    # value in expectation, not the same gradient); 'sequence' estimates the
+    # sequence-level KL(q||p) and -KL(q||c) gradients by REINFORCE with a batch
+    # baseline (configs/classkd.py, losses/reinforce.py, docs/estimators-classkd.md).
     c.classkd = ml_collections.ConfigDict(
         {
             "off_policy_divergence": "forward_kl",  # on dataset responses
@@ -295,6 +297,7 @@ def method_config(method: str, arg: str | None) -> ml_collections.ConfigDict:
             "on_policy_weight": 1.0,
             "lmbda": 1.0,  # probability that a step also trains on fresh samples
             "temperature": 1.0,  # loss temperature
+            "estimator": "token",  # on-policy terms: 'token' (surrogate) | 'sequence' (REINFORCE)
         }
     )
     c.misfeedback = ml_collections.ConfigDict(

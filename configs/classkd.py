@@ -15,15 +15,29 @@ Student loss, per step (docs/method.md):
 w(step) is 0 before `misfeedback.start_step`, then ramps linearly to
 `misfeedback.weight` over `misfeedback.warmup_steps`.
 
-The estimator: the write-up's on-policy KD and misfeedback are sequence-level
-expectations over the student's samples (E_{y~q}[log q(y|x)/p(y|x)],
--E_{y~q}[log q(y|x)/c(y|x)]); the step optimises their token-level surrogate,
-the exact per-position divergence over the vocabulary on the sampled prefixes
-with no gradient through the sampling, as GKD does. The values agree in
-expectation (chain rule); the gradients do not: the surrogate drops the
-long-horizon term (how a token changes the prefixes of later positions) that a
-policy gradient such as MiniLLM's estimates. Details:
-classkd_jax/losses/misfeedback.py.
+The estimator (`classkd.estimator`): the write-up's on-policy KD and
+misfeedback are sequence-level expectations over the student's samples
+(E_{y~q}[log q(y|x)/p(y|x)], -E_{y~q}[log q(y|x)/c(y|x)]).
+- 'token' (default): the step optimises their token-level surrogate, the exact
+  per-position divergence over the vocabulary on the sampled prefixes with no
+  gradient through the sampling, as GKD does. The values agree in expectation
+  (chain rule); the gradients do not: the surrogate drops the long-horizon
+  term (how a token changes the prefixes of later positions) that a policy
+  gradient such as MiniLLM's estimates (classkd_jax/losses/misfeedback.py).
+- 'sequence': the write-up's RL-like form. Per sample, the length-normalised
+  log-ratios f = (1/L) sum_t log q(y_t)/p(y_t) and (1/L) sum_t log q(y_t)/m(y_t)
+  (m = c for misfeedback.variant='raw', alpha q + (1 - alpha) c for 'skew';
+  'hinge' and 'sigmoid' are refused) are the rewards of a REINFORCE estimate,
+  minus the batch mean as baseline, times sum_t grad log q(y_t), plus the
+  pathwise term the length normalisation leaves: in expectation the gradient
+  of E_q[f] (classkd_jax/losses/reinforce.py). Logged `on_kd` and
+  `misfeedback` are then those sequence-level estimates. It costs one more
+  student forward on the samples, and needs sampling.temperature ==
+  classkd.temperature, top_k=0, top_p=1 (the samples must come from q).
+    python -m classkd_jax.train --config configs/classkd.py:size=tiny \
+        --workdir /tmp/classkd-seq --config.classkd.estimator=sequence
+Both: docs/estimators-classkd.md. The off-policy KD on dataset responses is
+the same under either estimator.
 
 The classmate (`classmate.path`, default the student's initial weights)
 learns from the teacher only, off-policy, on the student's dataset batch; it

@@ -33,6 +33,13 @@ from classkd_jax.losses.misfeedback import (
     misfeedback_lower_bound,
     misfeedback_per_token,
 )
+from classkd_jax.losses.reinforce import (
+    ESTIMATORS,
+    SEQUENCE_MISFEEDBACK_VARIANTS,
+    misfeedback_sample_log_ratio,
+    reinforce_per_token,
+    sequence_weights,
+)
 from classkd_jax.losses.sequence import (
     classkd_student_loss,
     classmate_loss,
@@ -55,7 +62,9 @@ from classkd_jax.losses.token_loss import dense_token_loss, token_loss
 __all__ = [
     "DEFAULT_MISFEEDBACK_VARIANT",
     "DIVERGENCES",
+    "ESTIMATORS",
     "MISFEEDBACK_VARIANTS",
+    "SEQUENCE_MISFEEDBACK_VARIANTS",
     "chunked_cross_entropy",
     "chunked_divergence",
     "chunked_token_loss",
@@ -82,11 +91,14 @@ __all__ = [
     "misfeedback",
     "misfeedback_lower_bound",
     "misfeedback_per_token",
+    "misfeedback_sample_log_ratio",
     "next_token_targets",
     "off_policy_kd",
     "on_policy_kd",
+    "reinforce_per_token",
     "reverse_kl",
     "reverse_kl_per_token",
+    "sequence_weights",
     "shared_vocab_logits",
     "shared_vocab_size",
     "skew_forward_kl",

@@ -13,8 +13,10 @@ sequence-level gradient also has the score-function term
 E_y[sum_t grad log q(y_t|y_<t) * sum_{s>t} KL(q_s || c_s)], how changing token
 t changes the prefixes every later position is scored at (the long-horizon
 term), which the surrogate drops. MiniLLM's policy gradient estimates that
-term; GKD and ClassKD do not. Whether it matters for ClassKD is an open
-question, not settled here.
+term; GKD does not, nor does ClassKD's default `classkd.estimator='token'`.
+`classkd.estimator='sequence'` estimates the whole sequence-level gradient
+by REINFORCE (`classkd_jax/losses/reinforce.py`, for 'raw' and 'skew').
+Whether it matters for ClassKD is an open question, not settled here.
 Minimising the misfeedback pushes the student away from the classmate. The raw form is
 unbounded below: the student can always gain by moving mass to entries where
 c is tiny. Variants (``variant=``):

@@ -36,6 +36,10 @@ RESUMABLE_CHANGES = (
     "mesh",  # a checkpoint restores onto another mesh or process count
 )
 
+# Keys added after runs were started, with the value that reproduces what those
+# runs did: a config.json without the key resumes as if it held that value.
+ADDED_KEYS = {"classkd.estimator": "token"}
+
 
 def _require(ok: bool, key: str, value: Any, expected: str) -> None:
     if not ok:
@@ -148,6 +152,9 @@ def _classkd(c) -> None:
     for key in ("off_policy_weight", "on_policy_weight"):
         _require(k[key] >= 0, f"classkd.{key}", k[key], ">= 0")
     _choice("misfeedback.variant", m.variant, losses.MISFEEDBACK_VARIANTS)
+    _choice("classkd.estimator", k.estimator, losses.ESTIMATORS)
+    if k.estimator == "sequence":
+        _sequence_estimator(c)
     _require(m.weight >= 0, "misfeedback.weight", m.weight, ">= 0")
     _require(m.start_step >= 0, "misfeedback.start_step", m.start_step, ">= 0")
     _require(m.warmup_steps >= 0, "misfeedback.warmup_steps", m.warmup_steps, ">= 0")
@@ -158,6 +165,24 @@ def _classkd(c) -> None:
     _require(cm.update_every >= 1, "classmate.update_every", cm.update_every, ">= 1")
     _require(cm.stop_step >= 0, "classmate.stop_step", cm.stop_step, ">= 0 (0 = never)")
     _unit("classmate.gap_ema", cm.gap_ema, open_right=True)
+
+
+def _sequence_estimator(c) -> None:
+    """The score-function identity needs the samples drawn from the q it scores, and
+    a misfeedback variant with a sequence-level log-ratio (losses/reinforce.py)."""
+    k, m, s = c.classkd, c.misfeedback, c.sampling
+    if m.variant not in losses.SEQUENCE_MISFEEDBACK_VARIANTS:
+        raise UserError(
+            f"classkd.estimator='sequence' with misfeedback.variant={m.variant!r}: that "
+            f"variant has no sequence-level form; use one of "
+            f"{losses.SEQUENCE_MISFEEDBACK_VARIANTS} or classkd.estimator='token'"
+        )
+    if s.temperature != k.temperature or s.top_k != 0 or s.top_p != 1:
+        raise UserError(
+            "classkd.estimator='sequence' scores the samples under the q they were drawn "
+            f"from: needs sampling.temperature == classkd.temperature ({k.temperature}), "
+            f"sampling.top_k=0 and sampling.top_p=1, got {s.temperature}, {s.top_k}, {s.top_p}"
+        )
 
 
 def _distillm(c) -> None:
@@ -289,8 +314,8 @@ def check_resume(workdir: Path, resolved: dict) -> None:
     path = workdir / "config.json"
     if not path.exists():
         return
-    old = _flatten(json.loads(path.read_text()))
     new = _flatten(resolved)
+    old = {k: v for k, v in ADDED_KEYS.items() if k in new} | _flatten(json.loads(path.read_text()))
     for key in sorted(set(old) | set(new)):
         if key.split(".")[0] in RESUMABLE_CHANGES:
             continue

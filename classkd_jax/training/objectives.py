@@ -17,6 +17,8 @@ say what each config key means):
   gkd:      off: JSD_beta(p, q)           (dataset, teacher samples, or the
                                            student's samples: the batch decides)
   classkd:  off: off_weight * D_off(p, q);  on: on_weight * D_on(p, q) + w * M(q, c)
+            (classkd.estimator='token'), or the score-function surrogate of the
+            sequence-level KL(q || p) - w * KL(q || c) ('sequence')
   classmate (classkd): off: D(p, c)
   seqkd:    off: CE(q)                    (on the teacher's generated responses)
   distillm: off: kd_ratio * SKL_alpha(p, q) + (1 - kd_ratio) * CE(q)
@@ -125,6 +127,8 @@ def classkd_parts(config, *, on_policy: bool) -> tuple[Part, ...]:
     parts = [Part("off", ("teacher",), off_fn)]
     if not on_policy:
         return tuple(parts)
+    if k.estimator == "sequence":
+        return tuple(parts) + (_classkd_sequence_part(config),)
     on_div = _divergence(k.on_policy_divergence, k.temperature)
     on_w = float(k.on_policy_weight)
     with_misfeedback = float(m.weight) != 0
@@ -150,6 +154,40 @@ def classkd_parts(config, *, on_policy: bool) -> tuple[Part, ...]:
     extras = ("weight",) + (("targets",) if m.variant == "sigmoid" else ())
     parts.append(Part("on", others, on_fn, extras if with_misfeedback else ()))
     return tuple(parts)
+
+
+# The per-token extras of the sequence estimator's part, written by the step
+# before the loss (`StepBuilder._sequence_extras`): the KD and misfeedback
+# advantages and the length normalisation of `losses.sequence_weights`.
+SEQUENCE_EXTRAS = ("kd_adv", "mis_adv", "norm")
+
+
+def _classkd_sequence_part(config) -> Part:
+    """'on' with `classkd.estimator='sequence'`: the score-function surrogate of
+    the sequence-level KL(q || p) and misfeedback -KL(q || c) (see
+    `classkd_jax.losses.reinforce`). Logged `on_kd` and `misfeedback` are the
+    batch means of the length-normalised sequence log-ratios, not the surrogate."""
+    k, m = config.classkd, config.misfeedback
+    t, on_w = float(k.temperature), float(k.on_policy_weight)
+    with_misfeedback = float(m.weight) != 0
+    variant, alpha = m.variant, float(m.alpha)
+
+    def token_fn(logits, ex):
+        y = ex["targets"]
+        logq = losses.token_log_probs(logits[0], y, temperature=t)
+        r = logq - losses.token_log_probs(logits[1], y, temperature=t)
+        kd, kd_value = losses.reinforce_per_token(logq, r, ex["kd_adv"], ex["norm"])
+        if not with_misfeedback:
+            return on_w * kd, {"on_kd": kd_value}
+        logc = losses.token_log_probs(logits[2], y, temperature=t)
+        s = losses.misfeedback_sample_log_ratio(logq, logc, variant=variant, alpha=alpha)
+        mis, mis_value = losses.reinforce_per_token(logq, s, ex["mis_adv"], ex["norm"])
+        return on_w * kd - ex["weight"] * mis, {"on_kd": kd_value, "misfeedback": -mis_value}
+
+    if not with_misfeedback:
+        return Part("on", ("teacher",), token_fn, ("targets", "kd_adv", "norm"))
+    extras = ("targets", "weight") + SEQUENCE_EXTRAS
+    return Part("on", ("teacher", "classmate"), token_fn, extras)
 
 
 def classmate_parts(config) -> tuple[Part, ...]:

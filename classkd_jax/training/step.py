@@ -20,6 +20,9 @@ reads, the student's forward and backward, and for ClassKD the classmate's
 forward on the samples (misfeedback, no gradient) and its own update from
 the teacher on the 'off' batch, taken only when its schedule and the gap
 control allow (`lax.cond`; the forward that measures the gap runs every step).
+With `classkd.estimator='sequence'` the student also scores its samples once
+without gradient, for the per-sequence rewards and baseline of the
+REINFORCE estimate (`_sequence_extras`, `classkd_jax.losses.reinforce`).
 No model forms `[B, T, V]` logits on the chunked path (`loss.impl`). With
 `grad_accum = A` the rows are split into A interleaved micro-batches (each
 device keeps its rows) and gradients are summed over a `lax.scan`; every
@@ -371,6 +374,52 @@ class StepBuilder:
             out[name] = ex
         return out
 
+    def _sequence_estimator(self, batches) -> bool:
+        return (
+            self.config.method == "classkd"
+            and self.config.classkd.estimator == "sequence"
+            and "on" in batches
+        )
+
+    def _sequence_extras(self, state: RunState, batch, others, heads):
+        """The sequence estimator's per-token advantages and length normalisation
+        (`losses.sequence_weights`) on the whole on-policy batch, before any
+        micro-batch split, so the baseline is the global batch's mean.
+
+        The sequence sums need every token's log q(y_t) before the loss pass, so
+        the student runs one extra forward here (deterministic, no gradient).
+        """
+        k, m = self.config.classkd, self.config.misfeedback
+        temperature, targets = float(k.temperature), batch["targets"]
+
+        def logprobs(hidden, w, vocab_major, cap):
+            return minillm.target_logprobs(
+                jax.lax.stop_gradient(hidden),
+                w,
+                vocab_major,
+                targets,
+                vocab_size=self.path.vocab_size,
+                temperature=temperature,
+                chunk=self.path.chunk_size,
+                final_softcap=cap,
+            )
+
+        cfg = self.models.student.config
+        params = jax.lax.stop_gradient(state.student.params)
+        w, vm = head(cfg, params)
+        logq = logprobs(hidden_states(cfg, params, batch), w, vm, cfg.final_logit_softcap)
+
+        def frozen(role):
+            h = others[(role, "on")]
+            return logprobs(h, heads[role], self.path.layout(role), self.path.softcap(role))
+
+        ratios = {"kd_adv": logq - frozen("teacher")}
+        if ("classmate", "on") in others:
+            ratios["mis_adv"] = losses.misfeedback_sample_log_ratio(
+                logq, frozen("classmate"), variant=m.variant, alpha=float(m.alpha)
+            )
+        return losses.sequence_weights(ratios, batch["loss_mask"])
+
     def _update(self, ts, role, parts, batches, others, heads, extras, counts, rng=None):
         """One role's accumulated gradients and optimizer update (`rng`: its
         dropout key for this step, None: no dropout)."""
@@ -419,6 +468,8 @@ class StepBuilder:
         others, heads = self._frozen_inputs(frozen, state, batches, parts)
         weight = control.get("misfeedback_weight", jnp.zeros((), jnp.float32))
         extras = self._extras(batches, weight)
+        if self._sequence_estimator(batches):
+            extras["on"].update(self._sequence_extras(state, batches["on"], others, heads))
         student, loss, aux, opt = self._update(
             state.student,
             self.models.student,
@@ -458,6 +509,9 @@ class StepBuilder:
         for role, name in others:
             model = self.models.teacher if role == "teacher" else self.models.classmate
             total += flops_lib.forward_flops(model.config, *batches[name]["tokens"].shape)
+        if self._sequence_estimator(batches):  # its scoring forward (`_sequence_extras`)
+            shape = batches["on"]["tokens"].shape
+            total += flops_lib.forward_flops(self.models.student.config, *shape)
         return jnp.asarray(total, jnp.float32)
 
     def _student_parts(self, batches):
