@@ -9,20 +9,22 @@ teacher and student initialisation, in CPU-minutes.
 Variants (`configs/demo.py:ARG`, comma-separated):
 - `method=M` (default classkd): any of configs/_base.py's METHODS, with that
   method file's own defaults (e.g. GKD samples at temperature 0.9).
-- `role=` (default): distil. The teacher (4 layers, d=128, 0.92 M params)
-  and the student's SFT initialisation (2 layers, d=64, 0.21 M, 4.4x
-  smaller) are the Hugging Face directories shipped in
-  `classkd_jax/assets/demo/` (`classkd_jax.demo.shipped()`); the classmate
-  starts from the student's initial weights.
+- `role=` (default): distil, on the first 2000 train examples (the
+  distillation set, `DISTILLATION_SET`). The teacher (4 layers, d=128, 1.18 M
+  params, the vocabulary's 512 x 128 embedding and head included) and the
+  student's SFT initialisation (2 layers, d=64, 0.20 M, 5.9x smaller), both
+  trained on all 20000 train examples, are the Hugging Face directories
+  shipped in `classkd_jax/assets/demo/` (`classkd_jax.demo.shipped()`); the
+  classmate starts from the student's initial weights.
 - `role=teacher` / `role=student_init` (with `method=sft`): how those two
-  were made, from random init, by `python -m classkd_jax.train` (docs/training.md,
-  "The shipped demo models"; `python -m classkd_jax.demo --retrain` runs both).
+  were made, from random init, by `python -m classkd_jax.train` (docs/testbed.md,
+  "The shipped models"; `python -m classkd_jax.demo --retrain` runs both).
 - `size=tiny`: the same shape of run with the tiny presets and a few steps
   (what the tests run); the tiny roles train from scratch.
 
-The ClassKD settings below were chosen on the dev split only (docs/comparing.md, "The
-demo"); the test split (600 examples, disjoint from train and dev) is what
-the demo and `compare` report.
+The ClassKD settings below were chosen on the dev split only (docs/testbed.md);
+the test split (600 examples, disjoint from train and dev) is what the demo
+and `compare` report.
 """
 
 from pathlib import Path
