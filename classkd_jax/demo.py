@@ -172,6 +172,33 @@ def summary(rows, references) -> dict:
     return out
 
 
+def verdict(rows) -> list[str]:
+    """One line per distilled method: its ROUGE-L against SFT's, and whether the gap
+    is outside the seeds' spread (larger than the two stds together)."""
+    by = {row["method"]: row for row in rows}
+    if "sft" not in by:
+        return []
+    sft = by["sft"]
+    lines = []
+    for method in ("gkd", "classkd"):
+        if method not in by:
+            continue
+        row = by[method]
+        gap = row["rouge_l"] - sft["rouge_l"]
+        line = f"{method} vs sft: {gap:+.2f} ROUGE-L at equal steps"
+        if row.get("rouge_l_std") is not None and sft.get("rouge_l_std") is not None:
+            spread = row["rouge_l_std"] + sft["rouge_l_std"]
+            where = "outside" if abs(gap) > spread else "inside"
+            line += f", {where} the seeds' spread ({spread:.2f}, {len(row['seeds'])} seeds)"
+        else:
+            line += " (one seed: --seeds 3 measures the spread)"
+        ratio = row["train_seconds"] / sft["train_seconds"] if sft["train_seconds"] else None
+        if ratio:
+            line += f"; {ratio:.1f}x SFT's wall-clock"
+        lines.append(line)
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import time
 
@@ -228,6 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     curves(workdir / "curves.png", results, references)
     runner.write_json_atomic(workdir / "results.json", summary(rows, references))
     print(tables.markdown(rows, references, "test"))
+    for line in verdict(rows):
+        say(line)
     say(
         f"done in {time.perf_counter() - start:.0f} s: {workdir / 'results.json'}, results.md, "
         f"results.png, curves.png; the ClassKD students: {workdir / 'runs' / 'classkd'}/"
