@@ -6,7 +6,7 @@ import pytest
 
 from classkd_jax.data import benchmarks, sources, templates
 
-# The protocol's template strings, typed out from the protocol description (docs/baselines.md; not copied from code).
+# The protocol's template strings, typed out from its description (docs/baselines.md).
 ALPACA_EXPECTED_NO_INPUT = (
     "Below is an instruction that describes a task. Write a response that appropriately "
     "completes the request.\n\n### Instruction:\nName a colour.\n\n### Response:\n"

@@ -82,8 +82,11 @@ def _valid(e, response):
         return sorted(_norm(c.removeprefix(name + " ")) for c in said) == sorted(facts[name])
     if e.category == "qa":
         name = re.search(r"(?:is|does) (\w+?)(?:'s| live| have|\?| )", e.instruction).group(1)
-        return any(got.removeprefix(_norm(name)).strip() in (c, c.split(" ", 1)[-1]) or
-                   got.split()[-1] in c.split() for c in facts[name])
+        return any(
+            got.removeprefix(_norm(name)).strip() in (c, c.split(" ", 1)[-1])
+            or got.split()[-1] in c.split()
+            for c in facts[name]
+        )
     raise AssertionError(f"unknown family {e.category}")
 
 

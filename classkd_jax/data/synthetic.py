@@ -260,9 +260,7 @@ def _describe(rng: random.Random) -> Generated:
             return f"{name} {_english_list(clauses)}."
         return " ".join(f"{name} {c}." for c in clauses)
 
-    forms = tuple(
-        render(p, facts, s) for p in itertools.permutations(order) for s in range(2)
-    )
+    forms = tuple(render(p, facts, s) for p in itertools.permutations(order) for s in range(2))
 
     def wrong(r: random.Random) -> str:
         kinds = r.sample(order, len(order))
