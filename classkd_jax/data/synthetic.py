@@ -6,7 +6,7 @@ instruction data (docs/testbed.md says what was measured):
 - **Several valid answers.** Every prompt has a set of correct responses
   (orders of facts, list styles, short or full-sentence answers). The dev and
   test splits keep all of them as references (ROUGE-L and exact match take the
-  best), as Self-Instruct and Super-NaturalInstructions do.
+  best), as the protocol does where S-NI and UnNI give several references.
 - **Imperfect references.** A train example carries one response only: one of
   the valid forms drawn at random (stylistically arbitrary) and, with
   probability `noise`, a wrong one (a dropped or swapped item, a confused
