@@ -104,7 +104,7 @@ def _list_mistake(rng: random.Random, items: list[str]) -> list[str]:
     if kind == 0:
         del out[i]
     elif kind == 1:
-        j = min(i + 1, len(out) - 1) if i < len(out) - 1 else i - 1
+        j = i + 1 if i < len(out) - 1 else i - 1
         out[i], out[j] = out[j], out[i]
     else:
         out[i] = rng.choice([w for w in W.WORDS if w not in out])
