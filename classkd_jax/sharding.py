@@ -40,6 +40,99 @@ DEFAULT_RULES: tuple[tuple[str, MeshAxes], ...] = (
 )
 
 
+# Decoding layouts: how the sampler lays out the models it decodes, once per
+# sampling call, before its loop (`decode_rules`). A name listed several times
+# falls back to its next entry when the mesh axes do not divide the dimension
+# (`logical_to_mesh` skips an indivisible rule), ending in replication.
+DECODE_LAYOUTS = ("tensor", "replicated", "train")
+_TENSOR_PARALLEL: tuple[MeshAxes, ...] = (("fsdp", "tensor"), "fsdp", "tensor")
+REPLICATED_DECODE_RULES: tuple[tuple[str, MeshAxes], ...] = (
+    ("batch", ("data", "fsdp", "tensor")),
+    *((name, None) for name in ("length", "embed", "heads", "kv_heads", "mlp", "vocab")),
+    ("head_dim", None),
+    ("layers", None),
+)
+
+
+def _attention_axes(mesh: Mesh, models: Sequence[Any]) -> MeshAxes:
+    """The widest of `_TENSOR_PARALLEL` that divides the query heads of every
+    model (one rule serves all models a program decodes) and whose size their
+    KV heads divide or are a multiple of; else None (attention whole).
+
+    Where there are fewer KV heads than shards, each is repeated until there
+    are as many (`decode_kv_heads`), so that every device holds the KV head its
+    query heads read: split otherwise, XLA would regroup the query heads
+    against replicated keys and move the KV cache inside the loop."""
+    for axes in _TENSOR_PARALLEL:
+        size = math.prod(mesh.shape[a] for a in _as_tuple(axes))
+        if all(
+            m.num_heads % size == 0 and (m.num_kv_heads % size == 0 or size % m.num_kv_heads == 0)
+            for m in models
+        ):
+            return axes
+    return None
+
+
+def decode_kv_heads(num_kv_heads: int, mesh: Mesh | None, rules: Rules) -> int:
+    """The KV heads a model decodes with under `rules`: its own, or as many as the
+    'kv_heads' rule's shards when it has fewer (each repeated,
+    `classkd_jax.models.repeat_kv_heads`); `decode_rules` only splits KV heads
+    over a number of shards that one of the two divides."""
+    axes = dict(rules).get("kv_heads") if mesh is not None else None
+    shards = math.prod(mesh.shape[a] for a in _as_tuple(axes)) if axes else 1
+    return shards if num_kv_heads < shards and shards % num_kv_heads == 0 else num_kv_heads
+
+
+def decode_rules(
+    layout: str,
+    mesh: Mesh | None = None,
+    models: Sequence[Any] = (),
+    rules: Rules = DEFAULT_RULES,
+) -> Rules:
+    """The logical rules a sampler decodes `models` (`ModelConfig`s) under on `mesh`.
+
+    Args:
+      layout: 'tensor' (the default): tensor parallel over every non-data mesh
+        axis, `fsdp x tensor`: MLP units and the vocabulary split, query and KV
+        heads split alike where the axes divide the query heads (KV heads
+        repeated up to the shards when there are fewer, `decode_kv_heads`;
+        else attention whole on every device), the embedding dimension whole,
+        the batch split over
+        'data' only. A decode step then moves activation-sized collectives
+        (all-reduces of [B, D] after the attention output and the MLP, the
+        logits' softmax statistics), never weights. An MLP or vocabulary the
+        axes do not divide falls back to fewer axes, then to replication.
+        'replicated': every weight whole on every device, the batch split over
+        all of them: no collective in a decode step at all, at the price of a
+        full copy of the weights per device (models far smaller than HBM).
+        'train': the training layout `rules` (the weights split over 'fsdp'
+        along the embedding): every decode step all-gathers every weight.
+        Kept to measure against.
+      mesh, models: needed by 'tensor' (the heads' divisibility).
+      rules: the training rules ('train' returns them).
+
+    Raises:
+      ValueError: an unknown layout.
+    """
+    if layout == "tensor":
+        attention = _attention_axes(mesh, models) if mesh is not None else None
+        return (
+            ("batch", "data"),
+            ("length", None),
+            ("embed", None),
+            ("heads", attention),
+            ("kv_heads", attention),
+            *((name, axes) for name in ("mlp", "vocab") for axes in (*_TENSOR_PARALLEL, None)),
+            ("head_dim", None),
+            ("layers", None),
+        )
+    if layout == "replicated":
+        return REPLICATED_DECODE_RULES
+    if layout == "train":
+        return tuple(rules)
+    raise ValueError(f"decode layout {layout!r}; expected one of {DECODE_LAYOUTS}")
+
+
 def make_mesh(
     data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[Any] | None = None
 ) -> Mesh:
@@ -227,9 +320,15 @@ def activation_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Iterator[No
     Inside this context, jit-traced model calls constrain their activations to the
     mesh by the same rules as the params. Without it they are no-ops.
     """
-    flax_rules = tuple((name, axes) for name, axes in rules)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(flax_rules):
+    with jax.set_mesh(mesh), logical_rules(rules):
         yield
+
+
+def logical_rules(rules: Rules) -> contextlib.AbstractContextManager:
+    """Switches the rules of the model's activation constraints; usable while
+    tracing (inside `jax.jit`, under an `activation_sharding` mesh), e.g. for
+    a decode loop that runs under other rules than the program around it."""
+    return nn.logical_axis_rules(tuple((name, axes) for name, axes in rules))
 
 
 def mesh_jit(fn: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES, **jit_kwargs: Any) -> Any:

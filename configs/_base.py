@@ -272,6 +272,10 @@ def method_config(method: str, arg: str | None) -> ml_collections.ConfigDict:
             "top_p": 1.0,
             "top_k": 0,
             "batch_size": 0,  # prompts per on-policy batch; 0 = data.batch_size
+            # Where the decoded models' weights live while sampling (every sampler of
+            # the run: on-policy, teacher-mixed, SeqKD's teacher, validation):
+            # 'tensor' | 'replicated' | 'train' (classkd_jax.sharding.decode_rules).
+            "decode_layout": "tensor",
         }
     )
     c.kd = ml_collections.ConfigDict(

@@ -21,6 +21,7 @@ from classkd_jax.models.transformer import (
     abstract_params,
     init_params,
     lm_head,
+    repeat_kv_heads,
     stack_layers,
     unstack_layers,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "init_params",
     "lm_head",
     "load_hf",
+    "repeat_kv_heads",
     "load_tokenizer",
     "save_hf",
     "softcap",

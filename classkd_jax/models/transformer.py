@@ -368,6 +368,46 @@ def stack_layers(params, config: ModelConfig):
     return out
 
 
+def repeat_kv_heads(params, config: ModelConfig, kv_heads: int):
+    """Unrolled params with each KV head's key/value projections repeated
+    `kv_heads // config.num_kv_heads` times (head j of the result is head
+    `j // r` of `params`): the same model, computed exactly as before, by
+    `Transformer(config.replace(num_kv_heads=kv_heads))`. Query head h reads
+    KV head `h // (H / kv_heads)`, which holds the values of its old KV head.
+
+    A decoder that splits the query heads over more devices than the model has
+    KV heads uses it so that every device holds the KV head its query heads
+    read (and only that one: the KV cache splits alike). Traceable.
+
+    Raises:
+      ValueError: `kv_heads` not a multiple of the model's KV heads dividing its
+        query heads, or scanned params.
+    """
+    if kv_heads == config.num_kv_heads:
+        return params
+    r, rest = divmod(kv_heads, config.num_kv_heads)
+    if rest or r < 1 or config.num_heads % kv_heads or "layers" in params:
+        raise ValueError(
+            f"repeat_kv_heads: {kv_heads} KV heads from {config.num_kv_heads} (query heads "
+            f"{config.num_heads}) needs unrolled params and a multiple that divides the "
+            "query heads"
+        )
+    repeat = lambda a, axis: jnp.repeat(a, r, axis=axis)
+    out = dict(params)
+    for i in range(config.num_layers):
+        layer = dict(out[f"layers_{i}"])
+        attn = dict(layer["attn"])
+        for name in ("k", "v"):  # kernel [D, H_kv, D_h], bias [H_kv, D_h]
+            proj = dict(attn[name])
+            proj["kernel"] = repeat(proj["kernel"], 1)
+            if "bias" in proj:
+                proj["bias"] = repeat(proj["bias"], 0)
+            attn[name] = proj
+        layer["attn"] = attn
+        out[f"layers_{i}"] = layer
+    return out
+
+
 def lm_head(params, config: ModelConfig) -> jax.Array:
     """The output embedding [D, V]: the tied embedding transposed, or the untied head."""
     if config.tie_word_embeddings:

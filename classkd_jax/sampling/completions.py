@@ -128,10 +128,12 @@ def _pad_id(tokenizer, config: ModelConfig) -> int:
 
 
 @functools.lru_cache(maxsize=4)
-def _sampler(config: ModelConfig, mesh: jax.sharding.Mesh | None) -> Sampler:
+def _sampler(
+    config: ModelConfig, mesh: jax.sharding.Mesh | None, decode_layout: str = "tensor"
+) -> Sampler:
     # Reusing the Sampler reuses its compiled programs across calls (the
     # evaluation calls once per chunk and seed); like jit's cache, bounded.
-    return Sampler(config, mesh=mesh)
+    return Sampler(config, mesh=mesh, decode_layout=decode_layout)
 
 
 def complete_token_ids(
@@ -151,6 +153,7 @@ def complete_token_ids(
     mesh: jax.sharding.Mesh | None = None,
     prompt_buckets: Sequence[int] | None = None,
     max_prompt_length: int | None = None,
+    decode_layout: str = "tensor",
 ) -> list[list[int]]:
     """Completes prompts given as token ids; returns each prompt's generated token ids.
 
@@ -186,6 +189,8 @@ def complete_token_ids(
         from 16 up to the limit (context - T, or max_prompt_length if smaller).
       max_prompt_length: left-truncate longer prompts (with a warning); also
         the largest prompt bucket. None: over-long prompts are an error.
+      decode_layout: where the weights live while decoding on `mesh`
+        (`classkd_jax.sharding.decode_rules`).
 
     Returns:
       N lists, in prompt order: the tokens generated for each prompt (0 .. T
@@ -219,7 +224,7 @@ def complete_token_ids(
         eos_ids=config.eos_token_ids if eos_ids is None else eos_ids,
         pad_id=pad_id,
     )
-    sampler = _sampler(config, mesh)
+    sampler = _sampler(config, mesh, decode_layout)
     shards = sampler.batch_shards
     batch_size = -(-batch_size // shards) * shards
     key = jax.random.key(seed)

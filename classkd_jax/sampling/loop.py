@@ -10,8 +10,10 @@ match `transformers` `generate` on left-padded batches.
 
 Everything here is traced inside one jitted program (see `sampler.py`): no host
 round trip per token. The models run as a `Decoder`: unrolled
-(`scan_layers=False`), with params unstacked and the head laid out once, before
-the loop, so each decode step reads every layer's weights and KV cache in place.
+(`scan_layers=False`), with params unstacked, laid out for decoding (the
+sampler's decode layout, `classkd_jax.sharding.decode_rules`) and the head laid
+out once, before the loop, so each decode step reads every layer's weights and
+KV cache in place and moves no weights between devices.
 """
 
 from __future__ import annotations
@@ -30,10 +32,12 @@ from classkd_jax.models import (
     Transformer,
     init_cache,
     lm_head,
+    repeat_kv_heads,
     softcap,
     unstack_layers,
 )
 from classkd_jax.sampling.processors import (
+    NEG_INF,
     SamplingConfig,
     argmax,
     ban_ngrams,
@@ -108,6 +112,11 @@ def prompt_positions(mask: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1, 0)
 
 
+# `(unrolled model config) -> (the config it decodes as (KV heads repeated, see
+# `models.repeat_kv_heads`), shardings of its unrolled params, of its [V, D] head)`.
+DecodeLayout = Callable[[ModelConfig], tuple[ModelConfig, object, object]]
+
+
 @dataclasses.dataclass(frozen=True)
 class Decoder:
     """A model in the form the loop runs it (built while tracing, never stored).
@@ -122,11 +131,11 @@ class Decoder:
         embedding already is; an untied head is transposed once per call).
 
     The price: while a sampling call runs, the layer weights (and an untied
-    head) exist twice, the caller's stacked arrays and this unrolled copy
-    (sharded like them). For a large model on a memory-tight accelerator that
-    is the cost to weigh against the faster decode steps. A model held unrolled
-    (`scan_layers=False` config and params, e.g. a frozen teacher that is never
-    trained) is decoded from its own arrays: only an untied head is copied.
+    head) exist twice, the caller's arrays and this unrolled copy in the decode
+    layout. In the default tensor-parallel layout the copy is a `1/n` shard per
+    device (n = the non-data devices) plus whatever does not divide (KV
+    projections with fewer heads than shards, norms); it is a temporary of the
+    sampling program, gone when the call returns.
     """
 
     config: ModelConfig
@@ -134,11 +143,40 @@ class Decoder:
     head: jax.Array
 
     @classmethod
-    def of(cls, config: ModelConfig, params) -> Decoder:
-        """Unstacks scanned params and lays out the head (traceable, once per call)."""
+    def of(cls, config: ModelConfig, params, layout: DecodeLayout | None = None) -> Decoder:
+        """Unstacks scanned params, moves them into the decode layout and lays out
+        the head (traceable; once per call, before the loop).
+
+        Args:
+          config: the model's config (scanned or not).
+          params: its params (scanned or unrolled), in any layout.
+          layout: a `DecodeLayout`; None keeps the params where they are (one
+            device, or the caller's layout).
+        """
+        unrolled = config.replace(scan_layers=False)
         params = unstack_layers(params, config)
+        if layout is not None:
+            decoded, param_shardings, head_sharding = layout(unrolled)
+            params = repeat_kv_heads(params, unrolled, decoded.num_kv_heads)
+            params = jax.lax.with_sharding_constraint(params, param_shardings)
+            unrolled = decoded
         head = lm_head(params, config).T.astype(config.compute_dtype)
-        return cls(config.replace(scan_layers=False), params, head)
+        if layout is not None:
+            head = jax.lax.with_sharding_constraint(head, head_sharding)
+        return cls(unrolled, params, head)
+
+    def narrowed(self, width: int, layout: DecodeLayout | None = None) -> Decoder:
+        """This decoder with its head cut to the first `width` vocabulary rows
+        (once per call, before the loop): the shared vocabulary of two models
+        whose heads differ only in padding rows."""
+        if width == self.head.shape[0]:
+            return self
+        head = self.head[:width]
+        if layout is not None:
+            head = jax.lax.with_sharding_constraint(
+                head, layout(self.config.replace(vocab_size=width))[2]
+            )
+        return dataclasses.replace(self, head=head)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """[B, D] final hidden states -> [B, V] float32 logits (compute dtype,
@@ -196,12 +234,19 @@ def _choose(state: SamplingState, cfg: SamplingConfig, prompt_len: int, rng: jax
     """
     cur = prompt_len + state.step
     n = cfg.no_repeat_ngram_size
-    student = warp(ban_ngrams(state.logits, state.tokens, state.valid, cur, n), cfg)
+    process = lambda logits: warp(ban_ngrams(logits, state.tokens, state.valid, cur, n), cfg)
+    mixed = state.teacher_logits is not None
+    real = lambda logits: logits
+    if mixed and cfg.mix_vocab and cfg.mix_vocab < state.logits.shape[-1]:
+        # Padding rows of the heads are no tokens: neither model may draw them.
+        ids = jnp.arange(state.logits.shape[-1])
+        real = lambda logits: jnp.where(ids < cfg.mix_vocab, logits, NEG_INF)
+    student = process(real(state.logits))
     student_logp = jax.nn.log_softmax(student, axis=-1)
-    if state.teacher_logits is None:
+    if not mixed:
         policy_logp = student_logp
     else:
-        teacher = warp(ban_ngrams(state.teacher_logits, state.tokens, state.valid, cur, n), cfg)
+        teacher = process(real(state.teacher_logits))
         teacher_logp = jax.nn.log_softmax(teacher, axis=-1)
         # Mixing in probability space (MiniLLM): log(a p + (1 - a) q).
         alpha = cfg.teacher_mix
@@ -212,7 +257,10 @@ def _choose(state: SamplingState, cfg: SamplingConfig, prompt_len: int, rng: jax
         key = jax.random.fold_in(rng, state.step)
         token = categorical(key, policy_logp)
     token = token.astype(jnp.int32)
-    pick = lambda logp: jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
+    # A masked sum, not a gather: over a vocabulary split across devices it reduces
+    # [B] values, where XLA's gather would all-reduce the whole [B, V] array.
+    chosen = jnp.arange(policy_logp.shape[-1]) == token[:, None]
+    pick = lambda logp: jnp.sum(jnp.where(chosen, logp, 0.0), axis=-1)
     return token, pick(policy_logp), pick(student_logp)
 
 
@@ -248,6 +296,7 @@ def sample_loop(
     teacher_config: ModelConfig | None = None,
     teacher_params=None,
     cache_sharding: Callable[[ModelConfig, int, int], KVCache] | None = None,
+    layout: DecodeLayout | None = None,
 ) -> SampleOutput:
     """Samples completions for a batch of left-padded prompts (traceable).
 
@@ -264,6 +313,14 @@ def sample_loop(
         `cfg.teacher_mix > 0`.
       cache_sharding: optional `(config, batch, slots) -> KVCache` of
         shardings; the caches in the loop carry are constrained to it.
+      layout: optional `DecodeLayout`: where the decoded models' weights live
+        during the loop (moved there once, before it; see `Decoder.of`).
+
+    Teacher-mixed sampling runs over the vocabulary both heads have: the wider
+    head is cut to the narrower once, before the loop, and ids from
+    `cfg.mix_vocab` on (the tokenizer's padding rows) get probability zero in
+    both models, so no padding id is ever drawn; `student_logprobs` are then
+    the student's over the same real tokens.
 
     Returns:
       A `SampleOutput`.
@@ -276,13 +333,18 @@ def sample_loop(
             f"teacher_mix={cfg.teacher_mix} needs teacher params iff > 0; "
             f"got teacher_params={'set' if teacher_params is not None else None}"
         )
-    if mixed and teacher_config.vocab_size != config.vocab_size:
-        raise ValueError(
-            f"teacher-mixed sampling needs one vocabulary: teacher vocab_size="
-            f"{teacher_config.vocab_size}, student vocab_size={config.vocab_size}"
-        )
-    student = Decoder.of(config, params)
-    teacher = Decoder.of(teacher_config, teacher_params) if mixed else None
+    student = Decoder.of(config, params, layout)
+    teacher = None
+    if mixed:
+        width = min(config.vocab_size, teacher_config.vocab_size)
+        if not 0 <= cfg.mix_vocab <= width:
+            raise ValueError(
+                f"mix_vocab={cfg.mix_vocab} must be in [0, {width}] (the narrower head: "
+                f"teacher vocab_size={teacher_config.vocab_size}, student "
+                f"vocab_size={config.vocab_size})"
+            )
+        teacher = Decoder.of(teacher_config, teacher_params, layout)
+        student, teacher = student.narrowed(width, layout), teacher.narrowed(width, layout)
     prompt_mask = prompt_mask.astype(bool)
     if row_valid is None:
         row_valid = jnp.ones((batch,), bool)
@@ -296,11 +358,11 @@ def sample_loop(
         )
 
     logits, cache = student.prefill(prompt_tokens, prompt_mask, cache_len)
-    cache = constrain(config, cache)
+    cache = constrain(student.config, cache)
     teacher_logits = teacher_cache = None
     if mixed:
         teacher_logits, teacher_cache = teacher.prefill(prompt_tokens, prompt_mask, cache_len)
-        teacher_cache = constrain(teacher_config, teacher_cache)
+        teacher_cache = constrain(teacher.config, teacher_cache)
     pad_cols = ((0, 0), (0, n_new))
     state = SamplingState(
         step=jnp.zeros((), jnp.int32),
@@ -324,10 +386,10 @@ def sample_loop(
         prev = jax.lax.dynamic_index_in_dim(s.tokens, prompt_len + s.step - 1, 1, keepdims=False)
         position = s.prompt_lengths + s.step - 1
         logits, cache = student.step(prev, position, s.cache)
-        s = s.replace(logits=logits, cache=constrain(config, cache))
+        s = s.replace(logits=logits, cache=constrain(student.config, cache))
         if mixed:
             t_logits, t_cache = teacher.step(prev, position, s.teacher_cache)
-            t_cache = constrain(teacher_config, t_cache)
+            t_cache = constrain(teacher.config, t_cache)
             s = s.replace(teacher_logits=t_logits, teacher_cache=t_cache)
         return _record(s, cfg, prompt_len, _choose(s, cfg, prompt_len, rng))
 

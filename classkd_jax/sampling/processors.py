@@ -37,6 +37,9 @@ class SamplingConfig:
       teacher_mix: MiniLLM's teacher-mixed sampling, alpha in [0, 1]: tokens are
         drawn from `alpha * p_teacher + (1 - alpha) * q_student`, each processed
         by the settings above and mixed in probability space. 0 disables.
+      mix_vocab: with `teacher_mix > 0`, the real vocabulary both models share
+        (`len(tokenizer)`): ids from it on are padding rows of the heads and
+        are never drawn. 0 = every row of the narrower head.
     """
 
     max_new_tokens: int
@@ -48,6 +51,7 @@ class SamplingConfig:
     eos_ids: tuple[int, ...] = ()
     pad_id: int = 0
     teacher_mix: float = 0.0
+    mix_vocab: int = 0
 
     def __post_init__(self):
         if isinstance(self.eos_ids, int):
@@ -62,6 +66,7 @@ class SamplingConfig:
                 self.no_repeat_ngram_size >= 0,
                 f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}",
             ),
+            (self.mix_vocab >= 0, f"mix_vocab must be >= 0 (0 = all), got {self.mix_vocab}"),
             (
                 0.0 <= self.teacher_mix <= 1.0,
                 f"teacher_mix must be in [0, 1], got {self.teacher_mix}",
@@ -192,7 +197,10 @@ def categorical(key: jax.Array, logits: jax.Array) -> jax.Array:
         return jnp.minimum(index, last).astype(jnp.int32)
 
     block = draw(block_key, probs.sum(axis=-1))
-    inside = jnp.take_along_axis(probs, block[:, None, None], axis=1)[:, 0]
+    # The chosen block by a masked sum, not a gather: over a vocabulary split across
+    # devices that reduces [B, CDF_BLOCK], where a gather moves all of `probs`.
+    chosen = jax.lax.broadcasted_iota(jnp.int32, (batch, blocks, 1), 1) == block[:, None, None]
+    inside = jnp.sum(jnp.where(chosen, probs, 0.0), axis=1)
     return block * CDF_BLOCK + draw(token_key, inside)
 
 

@@ -1,15 +1,20 @@
 """The jitted, sharded sampler and the host-side prompt bucketing.
 
 `Sampler` compiles `loop.sample_loop` once per (SamplingConfig, prompt bucket,
-batch size) with `NamedSharding` in/out shardings: the batch is split over the
-mesh's data axes, params are placed as the training rules place them
-(`classkd_jax.sharding`), the KV caches are constrained to their logical
-shardings. `left_pad` / `bucket_length` turn ragged token
-lists into the static, left-padded shapes the loop wants.
+batch size) with `NamedSharding` in/out shardings: params come in as the
+training rules place them, prompts and outputs split by rows as a training
+batch (`classkd_jax.sharding`). Inside the program, before the decode loop, the
+weights move once into the *decode layout* (`sharding.decode_rules`; tensor
+parallel by default) and the loop, its activations and its KV caches follow
+that layout, so a decode step moves activations between devices, never
+weights. `left_pad` / `bucket_length` turn ragged token lists into the static,
+left-padded shapes the loop wants.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Sequence
 
 import jax
@@ -122,6 +127,7 @@ class Sampler:
         param_shardings=None,
         teacher_config: ModelConfig | None = None,
         teacher_param_shardings=None,
+        decode_layout: str = "tensor",
     ):
         """Args:
         config: the student's model config.
@@ -135,11 +141,18 @@ class Sampler:
           abstract_params(config), mesh, rules)`.
         teacher_config: the teacher's config, for teacher-mixed sampling.
         teacher_param_shardings: like `param_shardings`, for the teacher.
+        decode_layout: where the weights live while decoding
+          (`classkd_jax.sharding.decode_rules`): 'tensor' (default),
+          'replicated', or 'train' (decode from the training placement, which
+          gathers every weight on every token; kept to measure against).
         """
         self.config = config
         self.teacher_config = teacher_config
         self.mesh = mesh
         self.rules = tuple(rules)
+        self.decode_layout = decode_layout
+        decoded = (config,) if teacher_config is None else (config, teacher_config)
+        self.decode_rules = tuple(sharding.decode_rules(decode_layout, mesh, decoded, self.rules))
         if mesh is not None:
             if param_shardings is None:
                 param_shardings = sharding.param_shardings(abstract_params(config), mesh, rules)
@@ -149,6 +162,7 @@ class Sampler:
                 )
             # Prompts and outputs split by rows over the data axes; the key is replicated.
             self._rows = NamedSharding(mesh, P(data_axes(mesh, self.rules) or None))
+            self._decode_rows = NamedSharding(mesh, P(data_axes(mesh, self.decode_rules) or None))
             self._replicated = NamedSharding(mesh, P())
         self._param_shardings = param_shardings
         self._teacher_param_shardings = teacher_param_shardings
@@ -157,14 +171,30 @@ class Sampler:
 
     @property
     def batch_shards(self) -> int:
-        """The batch size must be a multiple of this (product of the data axes)."""
+        """The batch size must be a multiple of this: of the rows' shards as a
+        training batch (the data axes) and as the decode layout splits them."""
         if self.mesh is None:
             return 1
-        return int(np.prod([self.mesh.shape[a] for a in data_axes(self.mesh, self.rules)]))
+        shards = lambda rules: math.prod(self.mesh.shape[a] for a in data_axes(self.mesh, rules))
+        return math.lcm(shards(self.rules), shards(self.decode_rules))
 
     def _cache_sharding(self, config: ModelConfig, batch: int, slots: int):
         shapes = jax.eval_shape(lambda: init_cache(config, batch, slots))
-        return sharding.cache_shardings(shapes, self.mesh, self.rules)
+        return sharding.cache_shardings(shapes, self.mesh, self.decode_rules)
+
+    @functools.cache  # noqa: B019 - one entry per model config; the sampler lives as long
+    def _layout(self, config: ModelConfig):
+        """`loop.DecodeLayout`: the config `config` decodes as (its KV heads
+        repeated up to the KV shards, `sharding.decode_kv_heads`), the
+        shardings of its unrolled params and of its [V, D] head under the
+        decode rules."""
+        kv = sharding.decode_kv_heads(config.num_kv_heads, self.mesh, self.decode_rules)
+        config = config.replace(num_kv_heads=kv)
+        rules = self.decode_rules
+        params = sharding.param_shardings(abstract_params(config), self.mesh, rules)
+        head_shape = (config.vocab_size, config.hidden_size)
+        head = sharding.logical_sharding(("vocab", "embed"), self.mesh, rules, head_shape)
+        return config, params, head
 
     def jitted(self, cfg: SamplingConfig):
         """The `jax.jit` object of `cfg`'s program, called as
@@ -178,7 +208,8 @@ class Sampler:
 
         def run(params, teacher_params, tokens, mask, row_valid, rng):
             self.num_traces += 1  # Python side effect: runs once per trace.
-            return sample_loop(
+            loop = functools.partial(
+                sample_loop,
                 self.config,
                 params,
                 tokens,
@@ -188,8 +219,30 @@ class Sampler:
                 row_valid=row_valid,
                 teacher_config=self.teacher_config,
                 teacher_params=teacher_params,
-                cache_sharding=None if self.mesh is None else self._cache_sharding,
             )
+            if self.mesh is None:
+                return loop()
+            # Rows move to the decode layout's split once (the loop's carry follows
+            # them), and the loop's activations follow the decode rules, whatever
+            # rules the caller traces under (e.g. the compile command's).
+            rows = (self._decode_rows,) * 3
+            tokens, mask, row_valid = jax.lax.with_sharding_constraint(
+                (tokens, mask, row_valid), rows
+            )
+            with sharding.logical_rules(self.decode_rules):
+                return sample_loop(
+                    self.config,
+                    params,
+                    tokens,
+                    mask,
+                    rng,
+                    cfg,
+                    row_valid=row_valid,
+                    teacher_config=self.teacher_config,
+                    teacher_params=teacher_params,
+                    cache_sharding=self._cache_sharding,
+                    layout=self._layout,
+                )
 
         if self.mesh is None:
             program = jax.jit(run)

@@ -17,6 +17,7 @@ from typing import Any
 from classkd_jax import losses
 from classkd_jax.cli import UserError
 from classkd_jax.models.config import REMAT
+from classkd_jax.sharding import DECODE_LAYOUTS
 from classkd_jax.training.optim import SCHEDULES
 
 METHODS = ("sft", "kd", "gkd", "classkd", "seqkd", "distillm", "minillm")
@@ -139,6 +140,7 @@ def _sampling(c) -> None:
     _require(0 < s.top_p <= 1, "sampling.top_p", s.top_p, "a number in (0, 1]")
     _require(s.top_k >= 0, "sampling.top_k", s.top_k, ">= 0 (0 = off)")
     _require(s.batch_size >= 0, "sampling.batch_size", s.batch_size, ">= 0 (0 = data.batch_size)")
+    _choice("sampling.decode_layout", s.decode_layout, DECODE_LAYOUTS)
 
 
 def _classkd(c) -> None:

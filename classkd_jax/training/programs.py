@@ -144,6 +144,7 @@ class _Builder:
         self.batch = int(d.batch_size)
         self.sampling_batch = int(config.sampling.batch_size) or self.batch
         self.new = int(config.sampling.max_new_tokens)
+        self.layout = str(config.sampling.decode_layout)
         key = jax.eval_shape(lambda: jax.random.key(0))
         self.key = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=self.replicated)
         self.student = abstract_model_params(models.student.config, mesh)
@@ -257,7 +258,7 @@ class _Builder:
         )
 
     def _sampler(self, kind, name, sampler, params, cfg, batch, prompts, teacher=None):
-        batch = -(-batch // self.shards) * self.shards
+        batch = -(-batch // sampler.batch_shards) * sampler.batch_shards
         for p in prompts:
             tokens = _rows((batch, p), jnp.int32, self.rows)
             mask = _rows((batch, p), jnp.bool_, self.rows)
@@ -281,8 +282,15 @@ class _Builder:
             return
         cfg = self._sampling_config(self.new)
         if c.method == "minillm" and float(c.minillm.teacher_mix) > 0:
-            sampler = Sampler(m.student.config, mesh=self.mesh, teacher_config=m.teacher.config)
-            mixed = dataclasses.replace(cfg, teacher_mix=float(c.minillm.teacher_mix))
+            sampler = Sampler(
+                m.student.config,
+                mesh=self.mesh,
+                teacher_config=m.teacher.config,
+                decode_layout=self.layout,
+            )
+            mixed = dataclasses.replace(
+                cfg, teacher_mix=float(c.minillm.teacher_mix), mix_vocab=int(m.vocab_size or 0)
+            )
             self._sampler(
                 "sampler",
                 "sampler (teacher-mixed)",
@@ -294,12 +302,12 @@ class _Builder:
                 self.teacher,
             )
         else:
-            sampler = Sampler(m.student.config, mesh=self.mesh)
+            sampler = Sampler(m.student.config, mesh=self.mesh, decode_layout=self.layout)
             self._sampler(
                 "sampler", "sampler", sampler, self.student, cfg, self.sampling_batch, self.prompts
             )
         if c.method == "gkd" and c.gkd.seq_kd:
-            sampler = Sampler(m.teacher.config, mesh=self.mesh)
+            sampler = Sampler(m.teacher.config, mesh=self.mesh, decode_layout=self.layout)
             self._sampler(
                 "sampler",
                 "teacher sampler",
@@ -350,7 +358,7 @@ class _Builder:
             eos_ids=(m.teacher.config.eos_token_ids or (0,))[:1],
             pad_id=0,
         )
-        sampler = Sampler(m.teacher.config, mesh=self.mesh)
+        sampler = Sampler(m.teacher.config, mesh=self.mesh, decode_layout=self.layout)
         self._sampler(
             "seqkd",
             "seqkd generation",
@@ -372,7 +380,7 @@ class _Builder:
             cfg = SamplingConfig(
                 max_new_tokens=new, greedy=True, eos_ids=m.student.config.eos_token_ids, pad_id=0
             )
-            sampler = Sampler(m.student.config, mesh=self.mesh)
+            sampler = Sampler(m.student.config, mesh=self.mesh, decode_layout=self.layout)
             self._sampler(
                 "greedy", "greedy", sampler, self.student, cfg, int(c.eval.batch_size), self.prompts
             )

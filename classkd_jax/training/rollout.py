@@ -100,10 +100,11 @@ class BatchPlan:
             eos_ids=models.student.config.eos_token_ids,
             pad_id=int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
         )
-        self.student_sampler = Sampler(models.student.config, mesh=mesh)
+        layout = str(s.decode_layout)
+        self.student_sampler = Sampler(models.student.config, mesh=mesh, decode_layout=layout)
         self.teacher_sampler = None
         if config.method == "gkd" and config.gkd.seq_kd:
-            self.teacher_sampler = Sampler(models.teacher.config, mesh=mesh)
+            self.teacher_sampler = Sampler(models.teacher.config, mesh=mesh, decode_layout=layout)
         self.schedule = self.buffer = self.store = self.phases = None
         prompt_width = max(int(b) for b in config.data.prompt_buckets)
         if config.method == "distillm":
@@ -120,11 +121,16 @@ class BatchPlan:
         if config.method == "minillm":
             m = config.minillm
             self.mixed_sampling = dataclasses.replace(
-                self.sampling, teacher_mix=float(m.teacher_mix)
+                self.sampling,
+                teacher_mix=float(m.teacher_mix),
+                mix_vocab=int(models.vocab_size or 0),
             )
             if float(m.teacher_mix) > 0:
                 self.student_sampler = Sampler(
-                    models.student.config, mesh=mesh, teacher_config=models.teacher.config
+                    models.student.config,
+                    mesh=mesh,
+                    teacher_config=models.teacher.config,
+                    decode_layout=layout,
                 )
             self.phases = Phases(
                 int(m.num_rollouts),

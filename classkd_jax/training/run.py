@@ -74,6 +74,11 @@ def check_batch_sizes(config, mesh, processes: int | None = None) -> int:
                 f"{key}={value} does not split over the mesh's {shards} data shards "
                 f"(mesh {dict(mesh.shape)}) and {processes} process(es)"
             )
+    if str(config.sampling.decode_layout) == "replicated" and sampling % mesh.size:
+        raise cli.UserError(
+            f"sampling.decode_layout=replicated splits the sampling batch over all {mesh.size} "
+            f"devices; sampling.batch_size={sampling} is not a multiple (or use 'tensor')"
+        )
     rows = config.data.batch_size // shards
     if config.grad_accum > 1 and rows % config.grad_accum:
         raise cli.UserError(
@@ -275,6 +280,7 @@ def seqkd_data(config, workdir: Path, data, sources, teacher_params, tokenizer, 
         mesh=mesh,
         chunk_prompts=int(k.chunk_prompts),
         message=lambda line: print(f"seqkd: {line}", file=sys.stderr),
+        decode_layout=str(config.sampling.decode_layout),
     )
     return data.with_train(config, tokenizer, train)
 

@@ -200,6 +200,7 @@ def _completions(
     eos_id: int,
     mesh: jax.sharding.Mesh | None,
     message: Callable[[str], None],
+    decode_layout: str = "tensor",
 ) -> list[np.ndarray]:
     """The raw completion of every prompt, `[R_i] int32`: cached parts read, missing ones
     generated and (by process 0) written."""
@@ -226,6 +227,7 @@ def _completions(
             pad_id=pad_id,
             eos_ids=(eos_id,),
             mesh=mesh,
+            decode_layout=decode_layout,
         )
         if jax.process_index() == 0:
             _save_part(path, ids, digest)
@@ -256,6 +258,7 @@ def teacher_dataset(
     mesh: jax.sharding.Mesh | None = None,
     chunk_prompts: int = 1024,
     message: Callable[[str], None] = print,
+    decode_layout: str = "tensor",
 ) -> TokenizedData:
     """`train` with its responses replaced by the teacher's completions of its prompts.
 
@@ -332,6 +335,7 @@ def teacher_dataset(
         eos_id=eos_id,
         mesh=mesh,
         message=message,
+        decode_layout=decode_layout,
     )
     fitted = [
         _to_response(c, max_length - len(p), eos_id)

@@ -81,6 +81,7 @@ def greedy_texts(
     mesh,
     prompt_buckets,
     should_stop: Callable[[], bool] = lambda: False,
+    decode_layout: str = "tensor",
 ) -> list[str] | None:
     """Greedy completions (stripped text) of token-id `prompts`, `batch_size` at a
     time; None when `should_stop()` turned true between two batches.
@@ -102,6 +103,7 @@ def greedy_texts(
             pad_id=pad_id,
             mesh=mesh,
             prompt_buckets=prompt_buckets,
+            decode_layout=decode_layout,
         )
         texts += tokenizer.batch_decode(ids, skip_special_tokens=True)
     return [t.strip() for t in texts]
@@ -157,6 +159,7 @@ class Validator:
             mesh=self.mesh,
             prompt_buckets=tuple(self.config.data.prompt_buckets),
             should_stop=should_stop,
+            decode_layout=str(self.config.sampling.decode_layout),
         )
 
     def run(self, params, teacher, step: int, workdir: Path, is_writer: bool, should_stop):
