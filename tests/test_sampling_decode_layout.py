@@ -202,3 +202,22 @@ def test_a_decode_step_moves_activations_never_weights(topology_name):
     assert sum(c.bytes for c in before) >= 0.5 * weights  # (the TPU gathers some in bf16)
     after, _ = _decode_step_collectives(topology_name, "tensor")
     assert sum(c.bytes for c in after) < 0.1 * weights, after
+
+
+def test_minillm_pair_with_differently_padded_heads_traces_for_a_pod():
+    """Qwen2.5-7B pads its head to 152064 rows, 1.5B to 151936, one tokenizer:
+    the teacher-mixed sampler traces for v5e:4x4 (no weights, no compile);
+    `benchmarks/bench_lower.py` does every method x pair."""
+    from classkd_jax import topology
+    from classkd_jax.train import parse_flags
+    from classkd_jax.training import programs, run
+
+    topology.quiet()
+    pair = "configs/minillm.py:pair=qwen2.5-7b/qwen2.5-1.5b"
+    config, _ = parse_flags(["--config", pair], workdir=False)
+    mesh = run.make_mesh(config, devices=topology.get("v5e:4x4").devices)
+    plan = programs.plan(config, mesh)
+    mixed = [p for p in plan.programs if p.name.startswith("sampler (teacher-mixed)")]
+    sampler = mixed[-1]  # the largest prompt bucket
+    assert plan.models.teacher.config.vocab_size != plan.models.student.config.vocab_size
+    assert "while" in sampler.lower().as_text()
