@@ -10,6 +10,10 @@ malformed file, a config value out of range, a flag that does not parse) into
 and keeps its traceback. `CLASSKD_DEBUG=1` re-raises user errors too, for
 developers who want the stack. A `log_file` given to `run` (or set later with
 `set_log_file`, once the workdir is known) also gets the full traceback.
+
+An error line is at most `MAX_LINE` characters: a longer message (a
+tensorstore spec, say) is cut, and the line ends with where the whole of it
+is: the log file, or a file in the temporary directory when there is none.
 """
 
 from __future__ import annotations
@@ -21,7 +25,10 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["UserError", "USER_ERRORS", "format_error", "run", "set_log_file"]
+__all__ = ["MAX_LINE", "UserError", "USER_ERRORS", "error_line", "format_error", "run",
+           "set_log_file"]  # fmt: skip
+
+MAX_LINE = 300
 
 
 class UserError(Exception):
@@ -60,14 +67,38 @@ def format_error(error: BaseException) -> str:
     return message
 
 
-def _record_traceback(error: BaseException) -> None:
+def _record_traceback(error: BaseException) -> Path | None:
+    """Appends the traceback to the log file; returns it (None: no log file, or unwritable)."""
     if not _log_file:
-        return
+        return None
     try:
         with _log_file[0].open("a", encoding="utf-8") as f:
             f.write("".join(traceback.format_exception(error)))
     except OSError:  # the log file is a convenience; never fail because of it
-        pass
+        return None
+    return _log_file[0]
+
+
+def _spill(error: BaseException) -> Path | None:
+    """The traceback in a new file of the temporary directory (no log file to hold it)."""
+    import tempfile
+
+    try:
+        fd, name = tempfile.mkstemp(prefix="classkd-jax-error-", suffix=".log")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("".join(traceback.format_exception(error)))
+    except OSError:
+        return None
+    return Path(name)
+
+
+def error_line(prog: str, message: str, where: Path | None, limit: int = MAX_LINE) -> str:
+    """`<prog>: error: <message>`, cut to `limit` characters with a pointer to `where`."""
+    line = f"{prog}: error: {message}"
+    if len(line) <= limit:
+        return line
+    tail = f"... (the whole error: {where})" if where else "..."
+    return line[: max(limit - len(tail), len(prog) + 10)].rstrip() + tail
 
 
 def run(
@@ -83,11 +114,14 @@ def run(
     try:
         return int(main(argv) or 0)
     except USER_ERRORS as error:
-        _record_traceback(error)
+        where = _record_traceback(error)
         if os.environ.get("CLASSKD_DEBUG"):
             raise
         logging.getLogger("classkd_jax").debug("user error", exc_info=error)
-        print(f"{prog}: error: {format_error(error)}", file=sys.stderr)
+        message = format_error(error)
+        if where is None and len(f"{prog}: error: {message}") > MAX_LINE:
+            where = _spill(error)
+        print(error_line(prog, message, where), file=sys.stderr)
         return 2
     except BaseException as error:  # a bug or an interrupt: keep the traceback
         _record_traceback(error)
