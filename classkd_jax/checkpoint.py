@@ -297,7 +297,7 @@ def newest_readable(
             except Exception as error:  # noqa: BLE001 - damage shows as any error of the readers
                 if isinstance(error, KeyError) and "has no model" in str(error):
                     raise
-                log.warning("checkpoint %s/%d cannot be read", root, step, exc_info=error)
+                log.info("checkpoint %s/%d cannot be read", root, step, exc_info=error)
                 skipped.append((step, unreadable_reason(error)))
                 settle()
     listed = ", ".join(f"{step} ({reason})" for step, reason in skipped)
@@ -327,7 +327,7 @@ def _stderr_to_log(log):
     finally:
         sys.stderr = saved
         if buffer.getvalue().strip():
-            log.warning("while reading a checkpoint:\n%s", buffer.getvalue())
+            log.info("while reading a checkpoint:\n%s", buffer.getvalue())
 
 
 _REASONS = (
