@@ -291,7 +291,7 @@ def newest_readable(
     skipped = []
     log = logging.getLogger("classkd_jax")
     for step in reversed(steps):
-        with _stderr_to_log(log) as settle:
+        with stderr_to_log(log) as settle:
             try:
                 return load(step), step, skipped
             except Exception as error:  # noqa: BLE001 - damage shows as any error of the readers
@@ -302,36 +302,43 @@ def newest_readable(
                 settle()
     listed = ", ".join(f"{step} ({reason})" for step, reason in skipped)
     raise NoReadableCheckpoint(
-        f"no checkpoint in {root} restores {what}: {listed}; nothing was moved or deleted"
+        f"no checkpoint restores {what} (nothing was moved or deleted): {listed}; in {root}"
     )
 
 
 @contextlib.contextmanager
-def _stderr_to_log(log):
-    """Sends `sys.stderr` to `log` while a step is tried: when a read fails, Orbax's
-    other reads of it still finish on their threads and print tracebacks ("Event
-    loop is closed") and "never retrieved" task errors; `settle()` waits for them
-    so they land in the log, not on the terminal."""
+def stderr_to_log(log):
+    """Sends `sys.stderr` to `log` while a step is read or written: when a read or a
+    write fails, Orbax's other ones still finish on their threads and print
+    tracebacks ("Event loop is closed") and "never retrieved" task errors;
+    `settle()` waits for them so they land in the log, not on the terminal."""
     import gc
     import io
 
-    saved, buffer = sys.stderr, io.StringIO()
+    saved, hook, buffer = sys.stderr, sys.unraisablehook, io.StringIO()
 
     def settle() -> None:
         time.sleep(0.5)
         gc.collect()
 
-    sys.stderr = buffer
+    def unraisable(info) -> None:
+        buffer.write(
+            f"{info.err_msg or 'unraisable'}: {info.exc_type.__name__}: {info.exc_value}\n"
+        )
+
+    sys.stderr, sys.unraisablehook = buffer, unraisable
     try:
         yield settle
     finally:
-        sys.stderr = saved
+        sys.stderr, sys.unraisablehook = saved, hook
         if buffer.getvalue().strip():
             log.info("while reading a checkpoint:\n%s", buffer.getvalue())
 
 
 _REASONS = (
+    (r"has no item", "a missing item"),
     (r"byte range|OUT_OF_RANGE|not valid for value of size|truncat", "a truncated file"),
+    (r"reading array index", "unreadable array data"),
     (r"manifest", "a bad manifest"),
     (r"No such file|NOT_FOUND|does not exist|not found|FileNotFound", "a missing file"),
     (r"JSON|Expecting value|Unterminated|decode", "unreadable metadata"),

@@ -64,19 +64,25 @@ def _items(state: RunState, *, models_only: bool) -> dict[str, Any]:
 
 def _save(manager: ocp.CheckpointManager, step: int, items: dict, meta: dict) -> None:
     args = {name: ocp.args.StandardSave(tree) for name, tree in items.items()}
-    try:
-        manager.save(
-            step, args=ocp.args.Composite(**args, **{checkpoint.META: ocp.args.JsonSave(meta)})
-        )
-        manager.wait_until_finished()
-    except Exception as error:  # noqa: BLE001 - tensorstore reports a full disk as ValueError
-        logging.getLogger("classkd_jax").error("saving step %d failed", step, exc_info=error)
-        previous = [s for s in manager.all_steps() if s != step]
-        kept = f"checkpoint {max(previous)} is intact" if previous else "no earlier checkpoint"
-        raise UserError(
-            f"saving checkpoint {step} in {manager.directory} failed ({save_failure(error)}); "
-            f"{kept}: free space or fix the directory, then rerun the same command to resume"
-        ) from None
+    log = logging.getLogger("classkd_jax")
+    with checkpoint.stderr_to_log(log) as settle:
+        try:
+            manager.save(
+                step,
+                args=ocp.args.Composite(**args, **{checkpoint.META: ocp.args.JsonSave(meta)}),
+            )
+            manager.wait_until_finished()
+            return
+        except Exception as e:  # noqa: BLE001 - tensorstore reports a full disk as ValueError
+            log.error("saving step %d failed", step, exc_info=e)
+            error = e
+            settle()
+    previous = [s for s in manager.all_steps() if s != step]
+    kept = f"checkpoint {max(previous)} is intact" if previous else "no earlier checkpoint"
+    raise UserError(
+        f"saving checkpoint {step} in {manager.directory} failed ({save_failure(error)}); "
+        f"{kept}: free space or fix the directory, then rerun the same command to resume"
+    ) from None
 
 
 def save_failure(error: BaseException) -> str:
