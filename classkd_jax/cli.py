@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -93,12 +94,25 @@ def _spill(error: BaseException) -> Path | None:
 
 
 def error_line(prog: str, message: str, where: Path | None, limit: int = MAX_LINE) -> str:
-    """`<prog>: error: <message>`, cut to `limit` characters with a pointer to `where`."""
+    """`<prog>: error: <message>` in at most `limit` characters, naming `where` the
+    whole error is when it had to be cut.
+
+    Tensorstore's spec dumps (`[tensorstore_spec='...']`) go first; then the middle
+    of the message, keeping its start (what failed, where) and its end (usually
+    how to fix it)."""
     line = f"{prog}: error: {message}"
     if len(line) <= limit:
         return line
-    tail = f"... (the whole error: {where})" if where else "..."
-    return line[: max(limit - len(tail), len(prog) + 10)].rstrip() + tail
+    line = re.sub(r"\s*\[tensorstore_spec(\[\d+\])?='.*?'\]", "", line)
+    pointer = f" (the whole error: {where})" if where else ""
+    room = limit - len(pointer) - len(" ... ")
+    if len(line) + len(pointer) <= limit:
+        return line + pointer
+    # The head ends at the last clause boundary that leaves the end 60 characters.
+    cuts = [m.end() for m in re.finditer(r"[;:] ", line[: max(room - 60, 0)])]
+    head = line[: cuts[-1] if cuts and cuts[-1] > len(prog) + 20 else max(room - 60, 0)]
+    tail = line[len(line) - max(room - len(head), 0) :] if room > len(head) else ""
+    return f"{head.rstrip()} ... {tail.lstrip()}{pointer}"
 
 
 def run(
