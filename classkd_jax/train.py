@@ -6,18 +6,23 @@ r"""Train a student: SFT, KD, GKD, ClassKD, SeqKD, DistiLLM or MiniLLM in one ji
 Methods: configs/sft.py, kd.py, gkd.py, classkd.py and the baselines seqkd.py,
 distillm.py, minillm.py (their docstrings say what each does and how to
 launch it; `:size=tiny` runs in seconds on a CPU).
-A rerun of the same command on the same DIR resumes from the latest
-checkpoint; SIGTERM or Ctrl-C saves one and exits (status 143 / 130).
+A rerun of the same command on the same DIR resumes from the newest
+checkpoint that restores (a damaged newer one is renamed aside, one line
+says so); SIGTERM or Ctrl-C saves one and exits (status 143 / 130). A second
+run on a DIR that a live run holds is refused at start (docs/training.md,
+"What survives what").
 
 What lands in DIR:
   config.json        the resolved config (steps included)
   metrics.jsonl      one JSON object per logged step (and per validation)
   tensorboard/       the same scalars as TensorBoard events
   train.log          library logs (JAX, Orbax, transformers) and any traceback
+  workdir.lock       the live run's host, pid, start and heartbeat (removed at its end)
   checkpoints/<N>/   the last `checkpoint_keep` steps: student, classmate,
                      optimizer states, counters, data positions, and the
                      batch plan's state (DistiLLM's replay buffer and phi,
                      MiniLLM's rollout store)
+  checkpoints/<N>.damaged-<reason>/  a step that did not restore, kept aside
   seqkd/             SeqKD's teacher responses (generated once, reused)
   best/<N>/          the best step by `best_metric` (models only)
   validation/        greedy dev completions of each validation
