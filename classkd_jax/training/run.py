@@ -188,16 +188,22 @@ def hold_workdir(workdir: Path) -> workdir_lock.WorkdirLock | None:
     """Process 0 takes the workdir's lock and the others learn whether it did
     (a refused start ends every process with one line); returns the lock held here."""
     lock = error = None
-    if jax.process_index() == 0:
-        try:
-            lock = workdir_lock.acquire(workdir, say=lambda line: _say(line))
-        except cli.UserError as e:
-            error = e
-    else:
-        workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        if jax.process_index() == 0:
+            lock = workdir_lock.acquire(workdir, say=_say)
+        else:
+            workdir.mkdir(parents=True, exist_ok=True)
+    except cli.UserError as e:
+        error = e
+    except OSError as e:
+        error = workdir_lock.unwritable(workdir, e)
     if not all_processes_agree(error is None) and error is None:
-        error = cli.UserError(f"process 0 could not take the lock of {workdir} (its line says why)")
+        error = cli.UserError(
+            f"{workdir}: another process of this run could not start on it (its line says why)"
+        )
     if error is not None:
+        if lock is not None:
+            lock.release()
         raise error
     return lock
 

@@ -142,7 +142,8 @@ def _create(path: Path, content: dict) -> bool:
     return True
 
 
-def _unwritable(workdir: Path, error: OSError) -> UserError:
+def unwritable(workdir: Path, error: OSError) -> UserError:
+    """The one-line refusal of a workdir this process cannot create or write in."""
     reason = error.strerror or type(error).__name__
     return UserError(
         f"--workdir {workdir} is not writable ({reason}): give a directory this user can write"
@@ -190,7 +191,7 @@ def acquire(
             if _take_over(path, holder):
                 say(f"took over the lock of a run that is gone ({describe(holder or {})})")
     except OSError as e:
-        raise _unwritable(workdir, e) from None
+        raise unwritable(workdir, e) from None
     raise UserError(f"{workdir}: could not take {path}; several runs are starting on it at once")
 
 
