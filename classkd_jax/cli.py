@@ -122,9 +122,20 @@ def run(
     prog: str,
     log_file: str | os.PathLike | None = None,
 ) -> int:
-    """Calls `main(argv)`; returns its exit status, or 2 after a one-line user error."""
+    """Calls `main(argv)`; returns its exit status, or 2 after a one-line user error.
+
+    The log file set during the call (the run's, once its workdir is known) is
+    forgotten after it: a later command in the same process does not name it."""
+    saved = list(_log_file)
     if log_file is not None:
         set_log_file(log_file)
+    try:
+        return _run(main, argv, prog)
+    finally:
+        _log_file[:] = saved
+
+
+def _run(main, argv, prog: str) -> int:
     try:
         return int(main(argv) or 0)
     except USER_ERRORS as error:

@@ -243,7 +243,6 @@ def _long_error(argv):
 def test_a_long_error_is_cut_to_300_characters_naming_the_log_that_holds_it(tmp_path, capsys):
     log = tmp_path / "train.log"
     status = cli.run(_long_error, [], prog="python -m classkd_jax.train", log_file=log)
-    cli.set_log_file(None)
     line = _one_line_error(capsys, status, "python -m classkd_jax.train")
     assert len(line) <= cli.MAX_LINE and line.endswith(f"tensorstore spec (the whole error: {log})")
     assert "tensorstore spec " * 150 in log.read_text()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 import zlib
 from pathlib import Path
@@ -29,7 +30,7 @@ from classkd_jax.training import checks, logs, optim, roles, workdir_lock
 from classkd_jax.training import data as data_lib
 from classkd_jax.training import flops as flops_lib
 from classkd_jax.training import seqkd as seqkd_lib
-from classkd_jax.training.checkpoints import RunCheckpoints, all_processes_agree
+from classkd_jax.training.checkpoints import RunCheckpoints
 from classkd_jax.training.loop import Run, StopSignal, exported_step, run_loop
 from classkd_jax.training.reporting import Reporter
 from classkd_jax.training.rollout import BatchPlan
@@ -43,6 +44,7 @@ from classkd_jax.training.step import Models, Role, StepBuilder
 from classkd_jax.training.validation import Validator
 
 EXIT_STOPPED = {"SIGTERM": 143, "SIGINT": 130}
+PROG = "python -m classkd_jax.train"
 
 
 def make_mesh(config, devices=None) -> jax.sharding.Mesh:
@@ -185,27 +187,27 @@ def train(config, workdir: Path) -> int:
 
 
 def hold_workdir(workdir: Path) -> workdir_lock.WorkdirLock | None:
-    """Process 0 takes the workdir's lock and the others learn whether it did
-    (a refused start ends every process with one line); returns the lock held here."""
-    lock = error = None
-    try:
-        if jax.process_index() == 0:
-            lock = workdir_lock.acquire(workdir, say=_say)
-        else:
+    """Process 0 takes the workdir's lock (the others share it); returns the lock held here.
+
+    On several processes a refusal ends process 0 at once, after its line (status
+    2): leaving through Python's exit would wait in `jax.distributed`'s shutdown
+    barrier for the others, which then learn that process 0 is gone as they
+    would of any lost process (one line, status 75). No collective runs here, so
+    a process lost during start-up is still named by JAX's coordination service.
+    """
+    if jax.process_index() != 0:
+        try:
             workdir.mkdir(parents=True, exist_ok=True)
-    except cli.UserError as e:
-        error = e
-    except OSError as e:
-        error = workdir_lock.unwritable(workdir, e)
-    if not all_processes_agree(error is None) and error is None:
-        error = cli.UserError(
-            f"{workdir}: another process of this run could not start on it (its line says why)"
-        )
-    if error is not None:
-        if lock is not None:
-            lock.release()
-        raise error
-    return lock
+        except OSError as e:
+            raise workdir_lock.unwritable(workdir, e) from None
+        return None
+    try:
+        return workdir_lock.acquire(workdir, say=_say)
+    except cli.UserError as error:
+        if jax.process_count() == 1:
+            raise
+        print(cli.error_line(PROG, str(error), None), file=sys.stderr, flush=True)
+        os._exit(2)
 
 
 def _say(line: str) -> None:
