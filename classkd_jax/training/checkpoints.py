@@ -14,8 +14,9 @@ exactly. The frozen teacher is never written here.
 one (`checkpoint.newest_readable`) is moved aside as `<step>.damaged-<reason>`
 once an older one has restored, with one line each. A save that fails (a full
 disk, a file-size limit, a read-only directory) is one `UserError` line; the
-previous steps stay as they were, and Orbax's half-written `<step>.orbax-
-checkpoint-tmp-*` directory is never taken for a step.
+previous steps stay as they were, and Orbax's half-written
+`<step>.orbax-checkpoint-tmp*` directory is never taken for a step (the next
+save of that step replaces it).
 """
 
 from __future__ import annotations
