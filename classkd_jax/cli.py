@@ -10,18 +10,26 @@ malformed file, a config value out of range, a flag that does not parse) into
 and keeps its traceback. `CLASSKD_DEBUG=1` re-raises user errors too, for
 developers who want the stack. A `log_file` given to `run` (or set later with
 `set_log_file`, once the workdir is known) also gets the full traceback.
+
+An error line is at most `MAX_LINE` characters: a longer message (a
+tensorstore spec, say) is cut, and the line ends with where the whole of it
+is: the log file, or a file in the temporary directory when there is none.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["UserError", "USER_ERRORS", "format_error", "run", "set_log_file"]
+__all__ = ["MAX_LINE", "UserError", "USER_ERRORS", "error_line", "format_error", "run",
+           "set_log_file"]  # fmt: skip
+
+MAX_LINE = 300
 
 
 class UserError(Exception):
@@ -60,14 +68,51 @@ def format_error(error: BaseException) -> str:
     return message
 
 
-def _record_traceback(error: BaseException) -> None:
+def _record_traceback(error: BaseException) -> Path | None:
+    """Appends the traceback to the log file; returns it (None: no log file, or unwritable)."""
     if not _log_file:
-        return
+        return None
     try:
         with _log_file[0].open("a", encoding="utf-8") as f:
             f.write("".join(traceback.format_exception(error)))
     except OSError:  # the log file is a convenience; never fail because of it
-        pass
+        return None
+    return _log_file[0]
+
+
+def _spill(error: BaseException) -> Path | None:
+    """The traceback in a new file of the temporary directory (no log file to hold it)."""
+    import tempfile
+
+    try:
+        fd, name = tempfile.mkstemp(prefix="classkd-jax-error-", suffix=".log")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("".join(traceback.format_exception(error)))
+    except OSError:
+        return None
+    return Path(name)
+
+
+def error_line(prog: str, message: str, where: Path | None, limit: int = MAX_LINE) -> str:
+    """`<prog>: error: <message>` in at most `limit` characters, naming `where` the
+    whole error is when it had to be cut.
+
+    Tensorstore's spec dumps (`[tensorstore_spec='...']`) go first; then the middle
+    of the message, keeping its start (what failed, where) and its end (usually
+    how to fix it)."""
+    line = f"{prog}: error: {message}"
+    if len(line) <= limit:
+        return line
+    line = re.sub(r"\s*\[tensorstore_spec(\[\d+\])?='.*?'\]", "", line)
+    pointer = f" (the whole error: {where})" if where else ""
+    room = limit - len(pointer) - len(" ... ")
+    if len(line) + len(pointer) <= limit:
+        return line + pointer
+    # The head ends at the last clause boundary that leaves the end 60 characters.
+    cuts = [m.end() for m in re.finditer(r"[;:] ", line[: max(room - 60, 0)])]
+    head = line[: cuts[-1] if cuts and cuts[-1] > len(prog) + 20 else max(room - 60, 0)]
+    tail = line[len(line) - max(room - len(head), 0) :] if room > len(head) else ""
+    return f"{head.rstrip()} ... {tail.lstrip()}{pointer}"
 
 
 def run(
@@ -77,17 +122,31 @@ def run(
     prog: str,
     log_file: str | os.PathLike | None = None,
 ) -> int:
-    """Calls `main(argv)`; returns its exit status, or 2 after a one-line user error."""
+    """Calls `main(argv)`; returns its exit status, or 2 after a one-line user error.
+
+    The log file set during the call (the run's, once its workdir is known) is
+    forgotten after it: a later command in the same process does not name it."""
+    saved = list(_log_file)
     if log_file is not None:
         set_log_file(log_file)
     try:
+        return _run(main, argv, prog)
+    finally:
+        _log_file[:] = saved
+
+
+def _run(main, argv, prog: str) -> int:
+    try:
         return int(main(argv) or 0)
     except USER_ERRORS as error:
-        _record_traceback(error)
+        where = _record_traceback(error)
         if os.environ.get("CLASSKD_DEBUG"):
             raise
         logging.getLogger("classkd_jax").debug("user error", exc_info=error)
-        print(f"{prog}: error: {format_error(error)}", file=sys.stderr)
+        message = format_error(error)
+        if where is None and len(f"{prog}: error: {message}") > MAX_LINE:
+            where = _spill(error)
+        print(error_line(prog, message, where), file=sys.stderr)
         return 2
     except BaseException as error:  # a bug or an interrupt: keep the traceback
         _record_traceback(error)

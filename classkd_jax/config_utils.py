@@ -8,6 +8,7 @@ leaves are overridden by flags (`--config.student.lr=1e-5`).
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import sys
 from pathlib import Path
@@ -89,3 +90,57 @@ def import_sibling(config_file: str, name: str) -> ModuleType:
     sys.modules[key] = module
     spec.loader.exec_module(module)
     return module
+
+
+# Other trainers' names for keys this project spells differently (a hint's search terms).
+ALIASES = {"learning_rate": "lr", "optim": "", "optimizer": "", "opt": "", "optax": ""}
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """`get_config(arg)` of a `path.py[:arg]` spec, as `--config` loads it."""
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("classkd_jax_configs._loaded", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)
+
+
+def dotted_keys(config: Any, prefix: str = "") -> list[str]:
+    """Every leaf of a nested config, dotted ('student.lr', ...)."""
+    out = []
+    for key, value in config.items():
+        if hasattr(value, "items"):
+            out += dotted_keys(value, f"{prefix}{key}.")
+        else:
+            out.append(prefix + key)
+    return out
+
+
+def describe_missing_key(config: Any, dotted: str, n: int = 3) -> str:
+    """'optim.learning_rate (no key 'optim' in the config; nearest: student.lr, ...)'.
+
+    Args:
+      config: the config the key was looked up in.
+      dotted: the whole dotted key of an override.
+      n: how many existing keys to suggest.
+    """
+    parts = dotted.split(".")
+    node, where = config, "the config"
+    for i, part in enumerate(parts):
+        if not hasattr(node, "items") or part not in node:
+            if hasattr(node, "items"):
+                missing = f"no key {part!r} in {where}"
+            else:
+                missing = f"{'.'.join(parts[:i])} is a value, not a group"
+            break
+        node, where = node[part], ".".join(parts[: i + 1])
+    else:
+        return dotted
+    keys = dotted_keys(config)
+    query = ".".join(a for a in (ALIASES.get(p, p) for p in parts) if a) or dotted
+    leaf = query.split(".")[-1]
+    near = difflib.get_close_matches(query, keys, n, 0.6)
+    near += [k for k in keys if k.split(".")[-1] == leaf and k not in near]
+    if not near:
+        near = sorted(keys, key=lambda k: -difflib.SequenceMatcher(None, query, k).ratio())
+    return f"{dotted} ({missing}; nearest: {', '.join(near[:n])})"

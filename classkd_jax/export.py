@@ -3,12 +3,12 @@ r"""Export a trained model of a run as a Hugging Face directory.
     python -m classkd_jax.export --workdir DIR --out HF_DIR [--which best|latest] \
         [--role student|classmate] [--step N]
 
-`--which latest` (default) reads `DIR/checkpoints` (its newest step, or
-`--step`), `--which best` reads `DIR/best` (the step with the best
-validation metric). The directory gets config.json, generation_config.json,
-*.safetensors and the run's tokenizer: `transformers.AutoModelForCausalLM.
-from_pretrained(HF_DIR)` loads it and `python -m classkd_jax.generate --model
-HF_DIR` samples from it.
+`--which latest` (default) reads `DIR/checkpoints` (its newest step that
+reads, after one line per damaged newer step; or `--step`), `--which best`
+reads `DIR/best` (the step with the best validation metric). The directory
+gets config.json, generation_config.json, *.safetensors and the run's
+tokenizer: `transformers.AutoModelForCausalLM.from_pretrained(HF_DIR)` loads
+it and `python -m classkd_jax.generate --model HF_DIR` samples from it.
 """
 
 from __future__ import annotations
@@ -53,14 +53,18 @@ def export(workdir: Path, out: Path, *, which: str, role: str, step: int | None)
         raise UserError(f"{root} holds no checkpoint{hint}; nothing to export")
     if step is not None and step not in steps:
         raise UserError(f"--step {step}: {root} has steps {steps}")
-    meta = checkpoint.read_meta(root, step)
-    if role not in meta.get("models", {}):
-        raise UserError(f"--role {role}: the checkpoint holds {sorted(meta.get('models', {}))}")
-    config, params, meta = checkpoint.load_model(root, role, step=step)
+    try:  # the newest step that reads (one line per damaged newer one), or --step
+        config, params, meta, chosen = checkpoint.load_newest_model(
+            root, role, step=step, say=lambda line: print(f"{PROG}: {line}", file=sys.stderr)
+        )
+    except KeyError as e:
+        if "has no model" not in str(e):
+            raise
+        held = sorted(checkpoint.read_meta(root, step).get("models", {}))
+        raise UserError(f"--role {role}: the checkpoint holds {held}") from None
     tokenizer = meta.get("tokenizer")
     tok = load_tokenizer(tokenizer) if tokenizer and Path(tokenizer).is_dir() else None
     save_hf(out, config, params, tok)
-    chosen = step if step is not None else steps[-1]
     (Path(out) / "EXPORTED_FROM.json").write_text(
         json.dumps({"step": chosen, "which": which, "role": role, "workdir": str(workdir)}) + "\n"
     )

@@ -244,9 +244,8 @@ def _generate(args) -> int:
     except PromptTooLongError as e:  # name the file's line and the flags, not the index
         raise cli.UserError(
             f"{args.prompts}:{lines[e.index]}: the prompt has {e.length} tokens; with "
-            f"--max_new_tokens {args.max_new_tokens} only {e.limit} fit in the model's "
-            f"context of {context} tokens; lower --max_new_tokens, or pass "
-            f"--max_prompt_length {e.limit} (or less) to left-truncate prompts"
+            f"--max_new_tokens {args.max_new_tokens} only {e.limit} fit in the context of "
+            f"{context}: lower it, or left-truncate with --max_prompt_length {e.limit}"
         ) from None
     if jax.process_index() != 0:  # every process holds every completion; one writes
         return 0

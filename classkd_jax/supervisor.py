@@ -312,7 +312,7 @@ def collective_failed(error: Exception, *, prog: str, logdir: Path, name: str, r
 
     cli._record_traceback(error)
     index = jax.process_index()
-    first = " ".join(str(error).split())[:300]
+    first = " ".join(str(error).split())[:100]  # the whole error is in the log
     print(
         f"{prog}: error: process {index} of {jax.process_count()}: a collective with the "
         f"other processes failed ({first}); another process died or stopped responding "

@@ -6,18 +6,23 @@ r"""Train a student: SFT, KD, GKD, ClassKD, SeqKD, DistiLLM or MiniLLM in one ji
 Methods: configs/sft.py, kd.py, gkd.py, classkd.py and the baselines seqkd.py,
 distillm.py, minillm.py (their docstrings say what each does and how to
 launch it; `:size=tiny` runs in seconds on a CPU).
-A rerun of the same command on the same DIR resumes from the latest
-checkpoint; SIGTERM or Ctrl-C saves one and exits (status 143 / 130).
+A rerun of the same command on the same DIR resumes from the newest
+checkpoint that restores (a damaged newer one is renamed aside, one line
+says so); SIGTERM or Ctrl-C saves one and exits (status 143 / 130). A second
+run on a DIR that a live run holds is refused at start (docs/training.md,
+"What survives what").
 
 What lands in DIR:
   config.json        the resolved config (steps included)
   metrics.jsonl      one JSON object per logged step (and per validation)
   tensorboard/       the same scalars as TensorBoard events
   train.log          library logs (JAX, Orbax, transformers) and any traceback
+  workdir.lock       the live run's host, pid, start and heartbeat (removed at its end)
   checkpoints/<N>/   the last `checkpoint_keep` steps: student, classmate,
                      optimizer states, counters, data positions, and the
                      batch plan's state (DistiLLM's replay buffer and phi,
                      MiniLLM's rollout store)
+  checkpoints/<N>.damaged-<reason>/  a step that did not restore, kept aside
   seqkd/             SeqKD's teacher responses (generated once, reused)
   best/<N>/          the best step by `best_metric` (models only)
   validation/        greedy dev completions of each validation
@@ -84,6 +89,8 @@ def parse_flags(argv: Sequence[str], *, workdir: bool = True):
         fv([PROG, *argv])
     except AttributeError as e:  # a key the locked config does not have
         raise UserError(f"config has no key {_unknown_key(e, argv)}") from None
+    except KeyError as e:  # an override whose parent group does not exist
+        raise UserError(f"config has no key {_missing_parent(e, argv, path)}") from None
     except flags.Error as e:
         raise UserError(_flag_error(e)) from None
     if not wants_workdir:
@@ -121,6 +128,26 @@ def _unknown_key(error: AttributeError, argv: Sequence[str] = ()) -> str:
             parent = key[: -len(leaf)]
             return f"{key}" + (f" (did you mean {parent}{hint.group(1)}?)" if hint else "")
     return leaf + (f" (did you mean {hint.group(1)}?)" if hint else "")
+
+
+def _missing_parent(error: KeyError, argv: Sequence[str], path: str) -> str:
+    """The whole dotted key of the override whose group ml_collections did not find,
+    with the nearest existing keys ('optim.learning_rate (no key 'optim' in the
+    config; nearest: classmate.lr, student.lr)')."""
+    from classkd_jax.config_utils import describe_missing_key, load_config
+
+    inner = error.args[0] if error.args else ""
+    name = str(inner).splitlines()[0].strip().strip("'\"") if str(inner).strip() else ""
+    keys = [a[len("--config.") :].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    key = next((k for k in keys if name in k.split(".")), name)
+    spec = next(
+        (argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"),
+        next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), path),
+    )
+    try:
+        return describe_missing_key(load_config(spec), key)
+    except Exception:  # noqa: BLE001 - the hint is a courtesy; the key alone still helps
+        return key
 
 
 def _flag_error(error: Exception) -> str:
@@ -183,7 +210,7 @@ def _peer_lost(error: Exception, workdir: Path) -> None:
 
     cli._record_traceback(error)
     resume = supervisor.resume_hint(checkpoint.latest_step(workdir / "checkpoints"))
-    first = " ".join(str(error).split())[:300]
+    first = " ".join(str(error).split())[:100]  # the whole error is in the log
     index = jax.process_index()
     print(
         f"{PROG}: error: process {index} of {jax.process_count()}: a collective with the "

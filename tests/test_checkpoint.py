@@ -111,3 +111,73 @@ def test_probing_and_reading_write_nothing(tmp_path):
     assert checkpoint.is_checkpoint(tmp_path / "ckpt")
     assert checkpoint.read_meta(tmp_path / "ckpt") == {}
     assert sorted((p, p.stat().st_mtime_ns) for p in (tmp_path / "ckpt").rglob("*")) == before
+
+
+# ----- damaged steps -----
+
+
+def _truncate_data(step_dir) -> None:
+    for path in (step_dir / "student_params" / "d").iterdir():
+        path.write_bytes(path.read_bytes()[:10])
+
+
+def test_readers_skip_a_damaged_newest_step_with_one_line(tiny_model, tmp_path):
+    config, params = tiny_model("llama")
+    config = config.replace(rope_scaling=None, dtype="float32")
+    meta = {"models": {"student": checkpoint.model_meta(config)}}
+    for step in (1, 2):
+        checkpoint.save_checkpoint(tmp_path, step, {"student_params": params}, meta)
+    _truncate_data(tmp_path / "2")
+    said = []
+    _, got, _, step = checkpoint.load_newest_model(tmp_path, say=said.append)
+    assert step == 1 and said == [
+        f"warning: checkpoint {tmp_path.absolute() / '2'} cannot be read "
+        "(student_params: a truncated file); using step 1"
+    ]
+    jax.tree.map(np.testing.assert_array_equal, got, params)
+    assert checkpoint.all_steps(tmp_path) == [1, 2]  # a reader moves nothing
+
+
+def test_a_step_set_aside_is_kept_and_no_longer_a_step(tmp_path):
+    import orbax.checkpoint as ocp
+
+    params, _ = _state(0)
+    for step in (1, 2):
+        checkpoint.save_checkpoint(tmp_path, step, {"student_params": params}, {})
+    aside = checkpoint.set_aside(tmp_path, 2, "student_params: a truncated file")
+    assert aside.name == "2.damaged-student-params-a-truncated-file" and aside.is_dir()
+    assert checkpoint.all_steps(tmp_path) == [1] and checkpoint.is_checkpoint(tmp_path)
+    with ocp.CheckpointManager(tmp_path.absolute()) as manager:  # Orbax's own listing
+        assert manager.all_steps() == [1]
+    checkpoint.save_checkpoint(tmp_path, 2, {"student_params": params}, {})  # 2 again
+    again = checkpoint.set_aside(tmp_path, 2, "student_params: a truncated file")
+    assert again != aside and again.is_dir() and aside.is_dir()
+
+
+def test_when_no_step_reads_the_error_names_each_and_nothing_moves(tmp_path):
+    params, _ = _state(0)
+    for step in (1, 2):
+        checkpoint.save_checkpoint(tmp_path, step, {"student_params": params}, {})
+        (tmp_path / str(step) / "meta" / "metadata").write_text("{not json")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(checkpoint.NoReadableCheckpoint) as error:
+        checkpoint.newest_readable(tmp_path, lambda s: checkpoint.read_meta(tmp_path, s))
+    assert "2 (unreadable metadata), 1 (unreadable metadata)" in str(error.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize(
+    "error, reason",
+    [
+        (ValueError('OUT_OF_RANGE: reading "/c/20/student_params/d/x": Requested byte range'),
+         "student_params: a truncated file"),
+        (FileNotFoundError("Metadata file (named _METADATA) does not exist at /c/20/opt_states."),
+         "a missing file"),
+        (KeyError("checkpoint /c/20 has no item ['opt_states']"), "a missing item"),
+        (ValueError("Expecting value: line 1 column 1 (char 0)"), "unreadable metadata"),
+        (ValueError("Cannot load file containing pickled data"), "an unreadable host state"),
+        (RuntimeError("something else entirely"), "RuntimeError: something else entirely"),
+    ],
+)  # fmt: skip
+def test_why_a_step_does_not_read_is_said_in_a_few_words(error, reason):
+    assert checkpoint.unreadable_reason(error) == reason

@@ -108,7 +108,7 @@ def test_generate_prompt_beyond_the_context_names_its_line_and_the_flags(
     argv = ["--model", str(gpt2_dir), "--prompts", str(prompts), "--max_new_tokens", "8"]
     line = _gen(capsys, tmp_path, *argv)
     assert f"{prompts}:2: the prompt has" in line
-    assert "with --max_new_tokens 8 only 120 fit in the model's context of 128 tokens" in line
+    assert "with --max_new_tokens 8 only 120 fit in the context of 128" in line
     assert "--max_prompt_length 120" in line
 
 
@@ -230,6 +230,47 @@ def test_evaluate_caps_the_protocol_defaults_to_a_small_context_and_records_them
     )
     # The same command resumes: its capped protocol matches the manifest's.
     assert cli.run(evaluate.main, argv, prog=EVAL) == 0
+
+
+# --------------------------------------------------------------------------
+# Every error line is short; the whole error is in a file the line names.
+
+
+def _long_error(argv):
+    raise ValueError("OUT_OF_RANGE: " + "tensorstore spec " * 150)
+
+
+def test_a_long_error_is_cut_to_300_characters_naming_the_log_that_holds_it(tmp_path, capsys):
+    log = tmp_path / "train.log"
+    status = cli.run(_long_error, [], prog="python -m classkd_jax.train", log_file=log)
+    line = _one_line_error(capsys, status, "python -m classkd_jax.train")
+    assert len(line) <= cli.MAX_LINE and line.endswith(f"tensorstore spec (the whole error: {log})")
+    assert "tensorstore spec " * 150 in log.read_text()
+
+
+def test_without_a_log_the_whole_error_goes_to_a_temporary_file(capsys):
+    from pathlib import Path
+
+    line = _one_line_error(capsys, cli.run(_long_error, [], prog=GEN), GEN)
+    where = Path(line.rsplit("(the whole error: ", 1)[1].rstrip(")"))
+    assert len(line) <= cli.MAX_LINE and "tensorstore spec " * 150 in where.read_text()
+    where.unlink()
+
+
+def test_an_override_under_a_missing_group_names_the_whole_key_and_the_nearest(tmp_path, capsys):
+    from classkd_jax import train
+
+    argv = ["--config", "configs/classkd.py:size=tiny", "--workdir", str(tmp_path)]
+    status = cli.run(train.main, [*argv, "--config.optim.learning_rate=1"], prog=train.PROG)
+    line = _one_line_error(capsys, status, train.PROG)
+    assert line.endswith(
+        "config has no key optim.learning_rate (no key 'optim' in the config; "
+        "nearest: classmate.lr, student.lr)"
+    )
+    status = cli.run(train.main, [*argv, "--config.student.optim.lr=1"], prog=train.PROG)
+    assert "student.optim.lr (no key 'optim' in student; nearest: student.lr" in (
+        _one_line_error(capsys, status, train.PROG)
+    )
 
 
 # --------------------------------------------------------------------------

@@ -412,7 +412,12 @@ def test_sigterm_then_resume_is_bit_identical(runs, lm_path, tmp_path, monkeypat
         assert train.main(_argv(method, workdir, lm_path)) == 143
     assert checkpoint.latest_step(workdir / "checkpoints") == STOP_AT[method] + 1
     assert train.main(_argv(method, workdir, lm_path)) == 0
-    (a, meta_a), (b, meta_b) = _state(runs[method]), _state(workdir)
+    _assert_same_run(runs[method], workdir, method)
+
+
+def _assert_same_run(reference: Path, workdir: Path, method: str) -> None:
+    """The same final arrays, plan (replay buffer or rollout store) and logged steps."""
+    (a, meta_a), (b, meta_b) = _state(reference), _state(workdir)
     jax.tree.map(np.testing.assert_array_equal, a, b)
     plan_a, plan_b = meta_a["plan"][method], meta_b["plan"][method]
     packed = "buffer" if method == "distillm" else "arrays"
@@ -424,6 +429,23 @@ def test_sigterm_then_resume_is_bit_identical(runs, lm_path, tmp_path, monkeypat
     assert plan_a == plan_b
     logged = [r["step"] for r in _records(workdir) if "loss" in r]
     assert logged == list(range(2, STEPS[method] + 1, 2))
+
+
+@pytest.mark.parametrize("method", ["distillm", "minillm"])
+def test_three_sigkills_then_rerun_is_bit_identical(runs, lm_path, tmp_path, method):
+    """SIGKILL to the real process's group three times at seeded random moments (one
+    during a checkpoint save; checkpoints every 2 steps, so MiniLLM's are mid-phase),
+    the same command rerun each time: the run ends as the uninterrupted one, the
+    replay buffer or the rollout store included."""
+    from tests.killing import kill_and_rerun
+
+    workdir = tmp_path / method
+    argv = _argv(method, workdir, lm_path, "--config.checkpoint_every=2")
+    attempts = kill_and_rerun(argv, workdir, seed=len(method), total_steps=STEPS[method])
+    assert attempts[-1].returncode == 0, attempts[-1].output[-3000:]
+    for a in attempts[:-1]:
+        assert a.returncode == -signal.SIGKILL and a.killed, a.output[-2000:]
+    _assert_same_run(runs[method], workdir, method)
 
 
 # ----- the on-policy label shift, for the baselines' own batch paths -----

@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,7 +22,7 @@ import jax
 import numpy as np
 import pytest
 
-from classkd_jax import checkpoint, train
+from classkd_jax import checkpoint, cli, train
 from tests.pod import assert_same_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,15 +41,35 @@ def _train(workdir: Path, method: str, *extra: str) -> list[dict]:
     return _records(workdir)
 
 
+CLASSKD = ["--config", "configs/classkd.py:size=tiny", "--config.steps=24", *SAME_AS_STEP_TESTS]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """One tiny run of each method (ClassKD longer: the preemption test's reference)."""
+    """One tiny run of each method (ClassKD longer: the reference of the preemption,
+    SIGKILL, damaged-checkpoint and full-disk tests). While the ClassKD run builds
+    step 6, the same command is started again as a real process (a double-submitted
+    job): `out['second_run']` is (exit status, output, seconds it took)."""
+    from classkd_jax.training.rollout import BatchPlan
+
     root = tmp_path_factory.mktemp("runs")
     out = {}
     for method in ("sft", "kd", "gkd"):
         out[method] = (root / method, _train(root / method, method))
     classkd = root / "classkd"
-    out["classkd"] = (classkd, _train(classkd, "classkd", "--config.steps=24", *SAME_AS_STEP_TESTS))
+    original = BatchPlan.batch
+
+    def batch(self, step, *args):
+        if step == 6 and "second_run" not in out:
+            t0 = time.time()
+            argv = [sys.executable, "-m", "classkd_jax.train", *CLASSKD, "--workdir", str(classkd)]
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+            out["second_run"] = (proc.returncode, proc.stderr, time.time() - t0)
+        return original(self, step, *args)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(BatchPlan, "batch", batch)
+        out["classkd"] = (classkd, _train(classkd, "classkd", *CLASSKD[2:]))
     return out
 
 
@@ -71,7 +93,7 @@ def test_each_method_trains_with_finite_decreasing_loss(runs, method):
 
 
 def test_each_method_logs_its_own_loss_terms(runs):
-    last = {m: [r for r in runs[m][1] if "loss" in r][-1] for m in runs}
+    last = {m: [r for r in runs[m][1] if "loss" in r][-1] for m in ("sft", "kd", "gkd", "classkd")}
     assert "ce" in last["sft"] and "kd" in last["kd"] and "jsd" in last["gkd"]
     c = last["classkd"]
     for key in ("off_kd", "on_kd", "misfeedback", "gap", "classmate_loss", "classmate_lr"):
@@ -232,6 +254,138 @@ def test_dropout_trains_and_resumes_bit_identically(runs, tmp_path, monkeypatch,
         for w in (reference, workdir)
     )
     jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+# ----- what survives what (docs/training.md#what-survives-what) -----
+
+
+def test_a_second_run_on_a_live_workdir_is_refused_in_one_line(runs):
+    """The same command started again while the ClassKD run trains (`runs`) exits
+    non-zero within 30 s, in one line naming the holder and what to do; the first
+    run finishes unharmed (the other tests compare against it) and leaves the
+    workdir free."""
+    status, err, seconds = runs["second_run"]
+    workdir = runs["classkd"][0]
+    lines = err.strip().splitlines()
+    assert status == 2 and seconds < 30 and len(lines) == 1, err
+    line = lines[0]
+    assert line.startswith("python -m classkd_jax.train: error: ") and len(line) <= 300
+    assert f"{workdir} is in use by a live run (host " in line
+    assert f"pid {os.getpid()}, since " in line and "another --workdir" in line
+    assert not (workdir / "workdir.lock").exists()
+    assert [r["step"] for r in runs["classkd"][1] if "loss" in r][-1] == 24
+
+
+def test_three_sigkills_at_random_moments_then_rerun_is_bit_identical(runs, tmp_path):
+    """SIGKILL to the whole process group, three times at seeded random moments (one
+    during a checkpoint save), the same command rerun each time: the run ends with
+    the uninterrupted run's arrays, each step logged once, and every rerun takes over
+    the lock the killed run left."""
+    from tests.killing import kill_and_rerun
+
+    workdir = tmp_path / "killed"
+    argv = [*CLASSKD, "--workdir", str(workdir)]
+    attempts = kill_and_rerun(argv, workdir, seed=29, total_steps=24)
+    last = attempts[-1]
+    assert last.returncode == 0, last.output[-3000:]
+    for a in attempts[:-1]:
+        assert a.returncode == -signal.SIGKILL and a.killed, a.output[-2000:]
+    assert "during the save of" in attempts[1].killed
+    for a in attempts[1:]:
+        assert "took over the lock of a run that is gone" in a.output, a.output[-2000:]
+    jax.tree.map(np.testing.assert_array_equal, _state_arrays(runs["classkd"][0]),
+                 _state_arrays(workdir))  # fmt: skip
+    logged = [r["step"] for r in _records(workdir) if "loss" in r]
+    assert logged == list(range(2, 25, 2)), logged
+
+
+def _damage_and_rerun(runs, tmp_path, capfd, damage) -> tuple[Path, int, str]:
+    workdir = tmp_path / "damaged"
+    shutil.copytree(runs["classkd"][0], workdir)
+    damage(workdir / "checkpoints" / "24")
+    status = cli.run(train.main, [*CLASSKD, "--workdir", str(workdir)], prog=train.PROG)
+    return workdir, status, capfd.readouterr().err
+
+
+def _truncate_a_data_file(step: Path) -> None:
+    path = next((step / "student_params" / "d").iterdir())
+    os.truncate(path, 10)
+
+
+def _truncate_the_database(step: Path) -> None:
+    for path in (step / "opt_states" / "ocdbt.process_0" / "d").iterdir():
+        os.truncate(path, 5)
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (_truncate_a_data_file, "student_params: a truncated file"),
+        (_truncate_the_database, "opt_states: unreadable array data"),
+    ],
+    ids=["truncated_data_file", "truncated_database"],
+)
+def test_a_damaged_newest_checkpoint_is_set_aside_and_the_rerun_is_bit_identical(
+    runs, tmp_path, capfd, damage, reason
+):
+    """Checkpoint 24 of a finished run damaged, the same command rerun: one line says
+    which step, why and where it resumes; the damaged step is renamed aside (kept);
+    the run resumes from 21 and ends with the uninterrupted run's arrays."""
+    workdir, status, err = _damage_and_rerun(runs, tmp_path, capfd, damage)
+    assert status == 0, err[-3000:]
+    assert "Traceback" not in err and "tensorstore" not in err
+    (line,) = [x.strip() for x in err.splitlines() if "cannot be restored" in x]
+    aside = f"24.damaged-{reason.replace(': ', '-').replace(' ', '-').replace('_', '-')}"
+    assert (
+        line
+        == f"checkpoint 24 cannot be restored ({reason}); kept as {aside}; resuming from step 21"
+    )
+    assert (workdir / "checkpoints" / aside).is_dir()
+    assert checkpoint.all_steps(workdir / "checkpoints") == [18, 21, 24]
+    jax.tree.map(np.testing.assert_array_equal, _state_arrays(runs["classkd"][0]),
+                 _state_arrays(workdir))  # fmt: skip
+
+
+def test_when_no_checkpoint_restores_one_line_says_so_and_nothing_moves(runs, tmp_path, capfd):
+    def damage_all(step24: Path) -> None:
+        for step in step24.parent.iterdir():
+            (step / "meta" / "metadata").write_text("{not json")
+
+    workdir, status, err = _damage_and_rerun(runs, tmp_path, capfd, damage_all)
+    lines = err.strip().splitlines()
+    assert status == 2 and "Traceback" not in err
+    assert lines[-1].startswith(
+        "python -m classkd_jax.train: error: no checkpoint restores the run (nothing was "
+        "moved or deleted): 24 (unreadable metadata), 21 (unreadable metadata), 18"
+    )
+    assert len(lines[-1]) <= 300
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["18", "21", "24"]
+
+
+def test_a_save_under_a_file_size_limit_fails_in_one_line_and_the_rerun_resumes(
+    runs, tmp_path, capfd
+):
+    """A file-size limit (RLIMIT_FSIZE, as a full disk) while checkpoint 27 is
+    written: one line, the previous checkpoint intact; without the limit the same
+    command resumes from it."""
+    workdir = tmp_path / "full"
+    shutil.copytree(runs["classkd"][0], workdir)
+    (workdir / "train.log").rename(workdir / "train.before.log")  # under the limit itself
+    argv = [*CLASSKD, "--workdir", str(workdir), "--config.steps=27"]
+    # 100 KiB: above every log and metrics file, below the optimizer state's data file.
+    # SIGXFSZ ignored: a write past the limit fails with EFBIG instead of killing.
+    limited = "trap '' XFSZ; ulimit -f 100; exec \"$@\""
+    command = ["bash", "-c", limited, "bash", sys.executable, "-m", "classkd_jax.train", *argv]
+    proc = subprocess.run(command, text=True, capture_output=True, timeout=180)
+    errors = [x for x in proc.stderr.splitlines() if "error" in x.lower()]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert len(errors) == 1 and len(errors[0]) <= 300, proc.stderr[-3000:]
+    assert "saving checkpoint 27 in" in errors[0] and "(a file-size limit)" in errors[0]
+    assert "checkpoint 24 is intact" in errors[0]
+    assert checkpoint.latest_step(workdir / "checkpoints") == 24
+    assert train.main(argv) == 0
+    assert "resuming from step 24" in capfd.readouterr().err
+    assert checkpoint.latest_step(workdir / "checkpoints") == 27
 
 
 # ----- several processes (issue: beyond one machine) -----

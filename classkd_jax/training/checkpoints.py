@@ -9,17 +9,29 @@ and `load_model(DIR/best, 'student')` read them. `meta` holds the models'
 configs, the tokenizer path, the data iterators' positions and the best
 metric so far: with the arrays, everything a resumed run needs to continue
 exactly. The frozen teacher is never written here.
+
+`restore_newest` resumes from the newest step that restores: a damaged newer
+one (`checkpoint.newest_readable`) is moved aside as `<step>.damaged-<reason>`
+once an older one has restored, with one line each. A save that fails (a full
+disk, a file-size limit, a read-only directory) is one `UserError` line; the
+previous steps stay as they were, and Orbax's half-written
+`<step>.orbax-checkpoint-tmp*` directory is never taken for a step (the next
+save of that step replaces it).
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from classkd_jax import checkpoint
+from classkd_jax.cli import UserError
 from classkd_jax.training.state import GapState, RunState, TrainState
 
 
@@ -53,10 +65,49 @@ def _items(state: RunState, *, models_only: bool) -> dict[str, Any]:
 
 def _save(manager: ocp.CheckpointManager, step: int, items: dict, meta: dict) -> None:
     args = {name: ocp.args.StandardSave(tree) for name, tree in items.items()}
-    manager.save(
-        step, args=ocp.args.Composite(**args, **{checkpoint.META: ocp.args.JsonSave(meta)})
-    )
-    manager.wait_until_finished()
+    log = logging.getLogger("classkd_jax")
+    with checkpoint.stderr_to_log(log) as settle:
+        try:
+            manager.save(
+                step,
+                args=ocp.args.Composite(**args, **{checkpoint.META: ocp.args.JsonSave(meta)}),
+            )
+            manager.wait_until_finished()
+            return
+        except Exception as e:  # noqa: BLE001 - tensorstore reports a full disk as ValueError
+            log.error("saving step %d failed", step, exc_info=e)
+            error = e
+            settle()
+    previous = [s for s in manager.all_steps() if s != step]
+    kept = f"checkpoint {max(previous)} is intact" if previous else "no earlier checkpoint"
+    raise UserError(
+        f"saving checkpoint {step} in {manager.directory} failed ({save_failure(error)}); "
+        f"{kept}: free space or fix the directory, then rerun the same command to resume"
+    ) from None
+
+
+def save_failure(error: BaseException) -> str:
+    """Why a save failed, in a few words."""
+    text = f"{type(error).__name__}: {error}"
+    for needle, reason in (
+        ("No space left", "no space left on the device"),
+        ("File too large", "a file-size limit"),
+        ("Disk quota", "the disk quota is exceeded"),
+        ("Read-only file system", "a read-only file system"),
+        ("Permission denied", "permission denied"),
+    ):
+        if needle.lower() in text.lower():
+            return reason
+    return f"{type(error).__name__}: {' '.join(str(error).split())[:80]}"
+
+
+def all_processes_agree(ok: bool) -> bool:
+    """Whether `ok` holds on every process (a collective when there are several)."""
+    if jax.process_count() == 1:
+        return ok
+    from jax.experimental import multihost_utils
+
+    return bool(np.min(multihost_utils.process_allgather(np.int32(ok))))
 
 
 class RunCheckpoints:
@@ -106,6 +157,47 @@ class RunCheckpoints:
             g = c["gap"]
             gap = GapState(g["student_kl"], g["classmate_kl"], g["count"])
         return RunState(c["step"], student, classmate, gap), meta
+
+    def restore_newest(
+        self, abstract: RunState, accept: Callable[[dict], None] = lambda meta: None
+    ) -> tuple[RunState, dict, int, list[str]]:
+        """The newest step that restores: `(state, meta, step, lines)`.
+
+        Args:
+          abstract: as for `restore`.
+          accept: takes the host-side part of a restored step (data positions,
+            the batch plan's state) and raises when it does not read.
+
+        Returns:
+          lines: one per damaged newer step, moved aside (by process 0).
+
+        Raises:
+          checkpoint.NoReadableCheckpoint: no step restores; nothing is moved.
+        """
+
+        def load(step: int):
+            error = None
+            try:
+                state, meta = self.restore(abstract, step)
+                accept(meta)
+            except Exception as e:  # noqa: BLE001 - damage shows as any error of the readers
+                error = e
+            if not all_processes_agree(error is None):
+                raise error or RuntimeError("another process could not restore this step")
+            return state, meta
+
+        (state, meta), step, skipped = checkpoint.newest_readable(
+            self.directory, load, what="the run"
+        )
+        lines = []
+        for bad, reason in skipped:
+            kept = "kept"
+            if jax.process_index() == 0:
+                kept = f"kept as {checkpoint.set_aside(self.directory, bad, reason).name}"
+            lines.append(
+                f"checkpoint {bad} cannot be restored ({reason}); {kept}; resuming from step {step}"
+            )
+        return state, meta, step, lines
 
     def close(self) -> None:
         for manager in (self._manager, self._best):

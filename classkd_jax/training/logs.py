@@ -37,6 +37,8 @@ def to_file(path: str | Path) -> Iterator[logging.Handler]:
     handler.setFormatter(logging.Formatter(FORMAT))
     root.addHandler(handler)
     root.setLevel(logging.INFO)
+    # A full disk must not print "--- Logging error ---" on the terminal for every record.
+    raising, logging.raiseExceptions = logging.raiseExceptions, False
     logging.captureWarnings(True)
     restore = [_silence_absl(), _route_transformers()]
     try:
@@ -45,6 +47,7 @@ def to_file(path: str | Path) -> Iterator[logging.Handler]:
         for undo in restore:
             undo()
         logging.captureWarnings(False)
+        logging.raiseExceptions = raising
         root.removeHandler(handler)
         handler.close()
         for h in saved[0]:

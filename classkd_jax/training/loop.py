@@ -114,7 +114,7 @@ class Run:
     data: TrainData
     validator: Validator | None
     checkpoints: RunCheckpoints
-    reporter: Reporter
+    reporter: Reporter | None  # set by `run.make_reporter` once the start step is known
     stop: StopSignal
     root_key: jax.Array
     meta: dict  # the static part of every checkpoint's metadata (models, tokenizer)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 import zlib
 from pathlib import Path
@@ -25,7 +26,7 @@ import numpy as np
 from classkd_jax import checkpoint, cli, sharding, supervisor
 from classkd_jax.models import save_hf
 from classkd_jax.sampling import data_axes
-from classkd_jax.training import checks, logs, optim, roles
+from classkd_jax.training import checks, logs, optim, roles, workdir_lock
 from classkd_jax.training import data as data_lib
 from classkd_jax.training import flops as flops_lib
 from classkd_jax.training import seqkd as seqkd_lib
@@ -43,6 +44,7 @@ from classkd_jax.training.step import Models, Role, StepBuilder
 from classkd_jax.training.validation import Validator
 
 EXIT_STOPPED = {"SIGTERM": 143, "SIGINT": 130}
+PROG = "python -m classkd_jax.train"
 
 
 def make_mesh(config, devices=None) -> jax.sharding.Mesh:
@@ -173,13 +175,48 @@ def log_path(workdir: Path, process: int) -> Path:
 
 
 def train(config, workdir: Path) -> int:
-    """Runs (or resumes) the training `config` describes in `workdir`; returns the exit status."""
+    """Runs (or resumes) the training `config` describes in `workdir`; returns the exit status.
+
+    The workdir's lock (`workdir_lock`) is held throughout: a second run on it is
+    refused at once, and an unwritable workdir is refused before anything loads."""
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    log = log_path(workdir, jax.process_index())
-    cli.set_log_file(log)
-    with logs.to_file(log):
-        return _train(config, workdir)
+    lock = hold_workdir(workdir)
+    try:
+        log = log_path(workdir, jax.process_index())
+        cli.set_log_file(log)
+        with logs.to_file(log):
+            return _train(config, workdir)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def hold_workdir(workdir: Path) -> workdir_lock.WorkdirLock | None:
+    """Process 0 takes the workdir's lock (the others share it); returns the lock held here.
+
+    On several processes a refusal ends process 0 at once, after its line (status
+    2): leaving through Python's exit would wait in `jax.distributed`'s shutdown
+    barrier for the others, which then learn that process 0 is gone as they
+    would of any lost process (one line, status 75). No collective runs here, so
+    a process lost during start-up is still named by JAX's coordination service.
+    """
+    if jax.process_index() != 0:
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise workdir_lock.unwritable(workdir, e) from None
+        return None
+    try:
+        return workdir_lock.acquire(workdir, say=_say)
+    except cli.UserError as error:
+        if jax.process_count() == 1:
+            raise
+        print(cli.error_line(PROG, str(error), None), file=sys.stderr, flush=True)
+        os._exit(2)
+
+
+def _say(line: str) -> None:
+    print(f"classkd_jax.train: {line}", file=sys.stderr, flush=True)
 
 
 def _train(config, workdir: Path) -> int:
@@ -207,21 +244,22 @@ def _train(config, workdir: Path) -> int:
     total = checks.total_steps(config, epoch)
     resolved = resolve(config, total, checks.eval_interval(config, epoch))
     checks.check_resume(workdir, resolved)
-    if jax.process_index() == 0:
-        (workdir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+    if jax.process_index() == 0:  # atomically: a kill mid-write must not leave half a file
+        tmp = workdir / "config.json.tmp"
+        tmp.write_text(json.dumps(resolved, indent=2) + "\n")
+        tmp.replace(workdir / "config.json")
 
     vocab = roles.scored_vocab(tokenizer, [s.config.vocab_size for s in sources.values()])
     models = build_models(config, sources, total, vocab)
     checkpoints = RunCheckpoints(workdir, int(config.checkpoint_keep))
-    state, start, meta = load_state(config, models, sources, mesh, checkpoints, data)
+    run = make_run(config, workdir, models, mesh, data, frozen, checkpoints, tokenizer, total)
+    state, start, meta, damaged = load_state(config, models, sources, mesh, checkpoints, run)
     if start > total:
         raise cli.UserError(
             f"{workdir} holds a checkpoint at step {start}, past steps={total}: rerun with "
             f"--config.steps >= {start} to continue it, or use a new --workdir"
         )
-    run = make_run(config, workdir, models, mesh, data, frozen, checkpoints, tokenizer, total)
-    if "plan" in meta:
-        run.plan.restore(meta["plan"])
+    run.reporter = make_reporter(config, workdir, start, total)
     counts = {"teacher": frozen.get("teacher"), "student": state.student.params}
     if state.classmate is not None:
         counts["classmate"] = state.classmate.params
@@ -229,6 +267,8 @@ def _train(config, workdir: Path) -> int:
     start_lines = header(config, workdir, sources, counts, mesh, total, sampling_batch)
     logging.info("%s", start_lines)
     run.reporter.message(start_lines)
+    for line in damaged:
+        run.reporter.message(f"  {line}")
     if start:
         run.reporter.message(f"  resuming from step {start} ({checkpoints.directory / str(start)})")
     run.meta = run_meta(models, tokenizer_where, config.method)
@@ -303,23 +343,30 @@ def seqkd_fingerprint(config, teacher, tokenizer, prompts) -> dict:
     }
 
 
-def load_state(config, models: Models, sources, mesh, checkpoints: RunCheckpoints, data):
-    """(state, start step, checkpoint meta): restored from the latest checkpoint
-    (straight into its shardings, data positions included), else fresh."""
+def load_state(config, models: Models, sources, mesh, checkpoints: RunCheckpoints, run: Run):
+    """(state, start step, checkpoint meta, lines about damaged steps): restored from
+    the newest checkpoint that restores (straight into its shardings, the data
+    positions and the batch plan's host state included), else fresh."""
     student = (models.student.config, models.student.optimizer)
     classmate = None
     if models.classmate is not None:
         classmate = (models.classmate.config, models.classmate.optimizer)
-    latest = checkpoints.latest_step()
-    if latest is None:
-        return initial_state(config, models, sources, mesh), 0, {}
-    state, meta = checkpoints.restore(abstract_run_state(mesh, student, classmate))
-    data.restore(meta["data"])
-    return state, int(latest), meta
+    if checkpoints.latest_step() is None:
+        return initial_state(config, models, sources, mesh), 0, {}, []
+
+    def accept(meta: dict) -> None:
+        run.data.restore(meta["data"])
+        if "plan" in meta:
+            run.plan.restore(meta["plan"])
+
+    abstract = abstract_run_state(mesh, student, classmate)
+    state, meta, step, damaged = checkpoints.restore_newest(abstract, accept)
+    return state, int(step), meta, damaged
 
 
 def make_run(config, workdir, models, mesh, data, frozen, checkpoints, tokenizer, total) -> Run:
-    """The jitted step, the batch plan, the validator and the reporter, for the loop."""
+    """The jitted step, the batch plan and the validator, for the loop (the reporter
+    comes once the start step is known)."""
     builder = StepBuilder(config, models, mesh)
     student = (models.student.config, models.student.optimizer)
     classmate = None
@@ -336,13 +383,6 @@ def make_run(config, workdir, models, mesh, data, frozen, checkpoints, tokenizer
     if config.method == "minillm":
         scorer = builder.scorer(student_sh, frozen_sh["teacher"])
     is_writer = jax.process_index() == 0
-    reporter = Reporter(
-        workdir,
-        start_step=checkpoints.latest_step() or 0,
-        total_steps=total,
-        is_writer=is_writer,
-        progress=bool(config.progress),
-    )
     return Run(
         config=config,
         workdir=workdir,
@@ -363,13 +403,24 @@ def make_run(config, workdir, models, mesh, data, frozen, checkpoints, tokenizer
         data=data,
         validator=validator,
         checkpoints=checkpoints,
-        reporter=reporter,
+        reporter=None,  # once the start step is known: `make_reporter`
         stop=StopSignal(synchronized=jax.process_count() > 1),
         root_key=rng,
         meta={},
         devices=jax.device_count(),
         peak_tflops=flops_lib.peak_tflops(jax.devices()[0].device_kind, config.peak_tflops),
         is_writer=is_writer,
+    )
+
+
+def make_reporter(config, workdir: Path, start: int, total: int) -> Reporter:
+    """Metrics, TensorBoard and progress from step `start` (later records are dropped)."""
+    return Reporter(
+        workdir,
+        start_step=start,
+        total_steps=total,
+        is_writer=jax.process_index() == 0,
+        progress=bool(config.progress),
     )
 
 
