@@ -1,0 +1,134 @@
+"""`classkd_jax.hlo`: the collectives of a compiled program, from its optimised HLO text."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from classkd_jax import hlo
+
+# Lines in the form XLA prints them (TPU and GPU), trimmed to what the parser reads.
+SYNC = (
+    "  %all-gather.16 = bf16[4,64,8]{1,2,0:T(8,128)(2,1)S(1)} all-gather(%bitcast.28), "
+    'channel_id=2, dimensions={0}, metadata={op_name="jit(f)/while/body/dot_general" '
+    'stack_frame_id=4}, backend_config={"flag_configs":[]}'
+)
+ASYNC_PERMUTE = (
+    "  %collective-permute-start = (bf16[8,128]{1,0:T(8,128)(2,1)S(1)}, "
+    "bf16[8,64]{1,0:T(8,128)(2,1)S(1)}, u32[]{:S(2)}, u32[]{:S(2)}) "
+    "collective-permute-start(%fusion.8), channel_id=3, source_target_pairs={{0,1}}, "
+    'metadata={op_name="jit(f)/while/body/slice" stack_frame_id=5}'
+)
+ASYNC_GATHER = (
+    "  %all-gather-start = (bf16[8,32]{0,1}, /*index=1*/bf16[8,256]{0,1}) "
+    "all-gather-start(%p), channel_id=1, dimensions={1}, "
+    'metadata={op_name="jit(f)/dot_general" scheduling_name="all-gather-start"}'
+)
+DONE = (
+    "  %all-gather-done = bf16[8,256]{0,1} all-gather-done(%all-gather-start), "
+    'metadata={op_name="jit(f)/dot_general"}'
+)
+ALL_REDUCE_START = (
+    "  %all-reduce-start = (f32[1024]{0}, f32[16]{0}) all-reduce-start(%a, %b), "
+    'to_apply=%add, metadata={op_name="jit(f)/psum"}'
+)
+
+
+def _while(op_name: str, trips: int | None = None) -> str:
+    config = "" if trips is None else f', backend_config={{"known_trip_count":{{"n":"{trips}"}}}}'
+    return (
+        f"  %while.3 = (s32[], bf16[8,32]{{1,0}}) while(%tuple.7), condition=%c, body=%b, "
+        f'metadata={{op_name="{op_name}"}}{config}'
+    )
+
+
+def test_result_bytes_of_sync_and_async_forms():
+    (gather,) = hlo.collectives(SYNC)
+    assert gather == hlo.Collective(
+        "all-gather", "jit(f)/while/body/dot_general", 4 * 64 * 8 * 2, True, "jit(f)/while/body"
+    )
+    (permute,) = hlo.collectives(ASYNC_PERMUTE)
+    assert permute.kind == "collective-permute" and permute.bytes == 8 * 64 * 2  # the result
+    (start,) = hlo.collectives(ASYNC_GATHER + "\n" + DONE)  # -done is not counted again
+    assert start.kind == "all-gather" and start.bytes == 8 * 256 * 2
+    assert not start.in_loop and start.loop is None
+    (reduce,) = hlo.collectives(ALL_REDUCE_START)  # two arrays reduced at once
+    assert reduce.kind == "all-reduce" and reduce.bytes == (1024 + 16) * 4
+
+
+def test_cloned_bodies_count_once_with_the_largest_copy():
+    clone = SYNC.replace("%all-gather.16", "%all-gather.17").replace("[4,64,8]", "[4,64,4]")
+    text = "\n".join([clone, SYNC, ASYNC_PERMUTE, ASYNC_PERMUTE.replace("-start =", "-start.1 =")])
+    found = hlo.collectives(text)
+    assert [(c.kind, c.bytes) for c in found] == [
+        ("all-gather", 4 * 64 * 8 * 2),
+        ("collective-permute", 8 * 64 * 2),
+    ]
+    assert hlo.loops(text) == {"jit(f)/while/body": 4096 + 1024}
+    assert hlo.loop_bytes(text) == 5120 and hlo.call_bytes(text) == 0
+
+
+def test_nested_loops_multiply_by_stated_trip_counts():
+    outer, inner = "jit(f)/while/body", "jit(f)/while/body/while/body"
+    text = "\n".join(
+        [
+            SYNC,  # outer body: 4096 bytes
+            SYNC.replace("while/body/dot_general", "while/body/while/body/dot_general"),
+            ASYNC_GATHER,  # outside: 4096 bytes
+            _while("jit(f)/while"),  # the outer loop: no stated trip count
+            _while("jit(f)/while/body/while", trips=3),
+        ]
+    )
+    found = {c.op_name: c for c in hlo.collectives(text)}
+    assert found[inner + "/dot_general"].loop == outer  # the OUTERMOST loop
+    assert hlo.trip_counts(text) == {inner: 3}
+    assert hlo.loops(text) == {outer: 4096 + 3 * 4096}
+    assert hlo.loop_bytes(text) == 16384
+    assert hlo.call_bytes(text) == 4096
+    assert hlo.total_bytes(text, unknown_trips=10) == 4096 + 10 * 16384
+
+
+def test_several_outermost_loops():
+    second = SYNC.replace("jit(f)/while/body/", "jit(f)/scan/while/body/").replace("4,64", "2,64")
+    text = "\n".join([SYNC, second, _while("jit(f)/scan/while", trips=5)])
+    assert hlo.loops(text) == {"jit(f)/while/body": 4096, "jit(f)/scan/while/body": 2048}
+    assert hlo.loop_bytes(text) == 4096  # the loop that moves most per iteration
+    assert hlo.total_bytes(text, unknown_trips=2) == 2 * 4096 + 5 * 2048
+
+
+def test_collectives_without_metadata_are_each_kept_outside_loops():
+    bare = "  %all-reduce.1 = f32[8]{0} all-reduce(%x), to_apply=%add"
+    text = bare + "\n" + bare.replace("all-reduce.1", "all-reduce.2")
+    found = hlo.collectives(text)
+    assert [c.op_name for c in found] == ["%all-reduce.1", "%all-reduce.2"]
+    assert hlo.call_bytes(text) == 64
+
+
+def test_a_weight_gathered_inside_a_while_loop_on_a_tpu_slice():
+    """A [512, 256] bf16 weight split over `fsdp` along its first (embedding) dim,
+    gathered for use in every iteration: the loop moves the whole weight."""
+    from classkd_jax import compile as compile_cli
+    from classkd_jax import topology
+
+    topology.quiet()
+    topo = topology.get("v5e:2x2")
+    mesh = jax.sharding.Mesh(np.array(topo.devices), ("fsdp",))
+    weight = jax.ShapeDtypeStruct((512, 256), jnp.bfloat16, sharding=NamedSharding(mesh, P("fsdp")))
+    x = jax.ShapeDtypeStruct((8, 512), jnp.bfloat16, sharding=NamedSharding(mesh, P()))
+
+    def decode(w, x):
+        def body(carry):
+            i, h = carry
+            whole = jax.lax.with_sharding_constraint(w, NamedSharding(mesh, P()))
+            y = jnp.tanh(h @ whole)
+            return i + 1, jnp.concatenate([y, y], axis=1)
+
+        return jax.lax.while_loop(lambda c: c[0] < 4, body, (0, x))[1]
+
+    with compile_cli.no_persistent_cache():
+        text = jax.jit(decode).lower(weight, x).compile().as_text()
+    gathers = [c for c in hlo.collectives(text) if c.kind == "all-gather" and c.in_loop]
+    assert [c.bytes for c in gathers] == [512 * 256 * 2]
+    assert gathers[0].loop.endswith("while/body")
+    assert hlo.loop_bytes(text) >= 512 * 256 * 2
