@@ -33,7 +33,6 @@ _INSTRUCTION = re.compile(
     r"^\s*(?:ROOT\s+)?%?(?P<name>[\w.\-]+)\s*=\s*(?P<shape>.*?)\s+"
     r"(?P<op>(?:ragged-)?(?:" + "|".join(KINDS) + r"))(?P<start>-start)?\("
 )
-_WHILE = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*.*?\swhile\(")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 _ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([\d,<=]*)\]")
 _TRIPS = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
@@ -50,8 +49,11 @@ class Collective:
       op_name: the source operation JAX named (`jit(f)/while/body/dot_general`);
         for a collective without metadata, '%' and its instruction name.
       bytes: per device, of the result (the largest where copies differ).
-      in_loop: whether it runs inside a while loop body (`while/body` in op_name).
-      loop: op_name up to and including its outermost `while/body`; None outside loops.
+      in_loop: whether it runs in every iteration of a while loop (`while/body` in
+        its op_name, or `while/cond`: the loop's condition).
+      loop: its outermost loop: op_name up to and including the outermost
+        `while/body` (a condition's `while/cond` read as `while/body`); None
+        outside loops.
     """
 
     kind: str
@@ -129,9 +131,14 @@ def result_bytes(shape: str, kind: str, start: bool) -> int:
     return _bytes(shape)
 
 
+_LOOP = re.compile(r"while/(?:body|cond)\b")
+
+
 def _loop_of(op_name: str) -> str | None:
-    at = op_name.find(BODY)
-    return None if at < 0 else op_name[: at + len(BODY)]
+    """The outermost loop's key: `jit(f)/while/body` for `jit(f)/while/body/...` and
+    for `jit(f)/while/cond/...` (a loop's condition runs once per iteration too)."""
+    m = _LOOP.search(op_name)
+    return None if m is None else op_name[: m.start()] + BODY
 
 
 def collectives(hlo_text: str) -> list[Collective]:
@@ -160,18 +167,39 @@ def collectives(hlo_text: str) -> list[Collective]:
     return list(found.values())
 
 
+def _trips(instr: _Instr, comps: dict[str, list[_Instr]]) -> int | None:
+    """A while loop's trip count: XLA's `known_trip_count` (GPU states it for
+    counted loops), else read off a condition `counter < N` with N a constant
+    (the TPU compiler states none; a counter from 0 by 1 assumed), else None."""
+    stated = _TRIPS.search(instr.attrs)
+    if stated:
+        return int(stated.group(1))
+    cond = dict(_CALLED.findall(instr.attrs)).get("condition")
+    body = comps.get(cond, [])
+    consts = {
+        i.name: i.args for i in body if i.opcode == "constant" and i.shape.startswith("s32[]")
+    }
+    compares = [i for i in body if i.opcode == "compare"]
+    if len(compares) != 1 or "direction=LT" not in compares[0].attrs:
+        return None
+    limits = [consts[o] for o in compares[0].operands if o in consts]
+    return int(limits[0]) if len(limits) == 1 and limits[0].strip().isdigit() else None
+
+
 def trip_counts(hlo_text: str) -> dict[str, int]:
-    """Loop (op_name prefix ending `while/body`, as `Collective.loop`) -> the trip
-    count XLA states for it (`known_trip_count`; GPU states it for counted
-    loops, the TPU compiler often does not). Loops without one are absent."""
+    """Loop (op_name prefix ending `while/body`, as `Collective.loop`) -> its trip
+    count where XLA states it or its condition shows it (`_trips`); loops
+    without one (a decode loop that stops early) are absent. Loops JAX named
+    alike keep the largest."""
+    comps, _ = _parse(hlo_text)
     trips: dict[str, int] = {}
-    for line in hlo_text.splitlines():
-        if not _WHILE.match(line):
-            continue
-        name, n = _OP_NAME.search(line), _TRIPS.search(line)
-        if name and n:
-            key = name.group(1) + "/body"
-            trips[key] = max(trips.get(key, 0), int(n.group(1)))
+    for body in comps.values():
+        for i in body:
+            name = _OP_NAME.search(i.attrs) if i.opcode == "while" else None
+            n = _trips(i, comps) if name else None
+            if n is not None:
+                key = name.group(1) + "/body"
+                trips[key] = max(trips.get(key, 0), n)
     return trips
 
 
@@ -191,9 +219,9 @@ def loops(hlo_text: str) -> dict[str, int]:
             continue
         times, rest = 1, c.op_name[len(c.loop) :]
         prefix = c.loop
-        while (at := rest.find(BODY)) >= 0:  # loops nested inside the outermost
-            prefix += rest[: at + len(BODY)]
-            rest = rest[at + len(BODY) :]
+        while (m := _LOOP.search(rest)) is not None:  # loops nested inside the outermost
+            prefix += rest[: m.start()] + BODY
+            rest = rest[m.end() :]
             times *= trips.get(prefix, 1)
         out[c.loop] = out.get(c.loop, 0) + c.bytes * times
     return out
@@ -219,3 +247,167 @@ def total_bytes(hlo_text: str, unknown_trips: int = 1) -> int:
     trips = trip_counts(hlo_text)
     looped = sum(b * trips.get(k, unknown_trips) for k, b in loops(hlo_text).items())
     return call_bytes(hlo_text) + looped
+
+
+# ----- HBM traffic ------------------------------------------------------------
+
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s+\(.*\{\s*$")
+_ASSIGN = re.compile(r"^\s*(ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
+_OPCODE = re.compile(r"(?:^|\s)([a-z][a-z0-9\-]*)\(")
+_CALLED = re.compile(
+    r"\b(calls|to_apply|body|condition|true_computation|false_computation)=%?([\w.\-]+)"
+)
+_BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
+# No memory traffic of their own (views, bookkeeping, control flow whose bodies count).
+_FREE = {
+    "parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while", "conditional",
+    "call", "after-all", "partition-id", "replica-id", "opt-barrier", "async-start",
+    "async-update", "async-done", "copy-done", "add-dependency", "domain",
+}  # fmt: skip
+_SLICES = {"dynamic-slice", "slice", "gather"}
+
+
+@dataclasses.dataclass
+class _Instr:
+    name: str
+    shape: str
+    opcode: str
+    operands: list[str]
+    attrs: str
+    root: bool
+    args: str = ""
+
+
+def _parse(hlo_text: str) -> tuple[dict[str, list[_Instr]], str]:
+    """Computations by name (their instructions in order) and the entry's name."""
+    comps: dict[str, list[_Instr]] = {}
+    entry, current = "", None
+    for line in hlo_text.splitlines():
+        if current is None:
+            m = _COMPUTATION.match(line)
+            if m:
+                current = comps.setdefault(m.group(1), [])
+                entry = m.group(1) if line.startswith("ENTRY") else entry
+            continue
+        if line.startswith("}"):
+            current = None
+            continue
+        m = _ASSIGN.match(line)
+        op = _OPCODE.search(m.group(3)) if m else None
+        if op is None:
+            continue
+        rest, depth, end = m.group(3), 0, len(m.group(3))
+        for i in range(op.end() - 1, len(rest)):
+            depth += {"(": 1, ")": -1}.get(rest[i], 0)
+            if depth == 0:
+                end = i
+                break
+        operands = re.findall(r"%([\w.\-]+)", rest[op.end() : end])
+        shape = _strip_layouts(rest[: op.start()])
+        root = bool(m.group(1))
+        args = rest[op.end() : end]
+        current.append(_Instr(m.group(2), shape, op.group(1), operands, rest[end:], root, args))
+    return comps, entry
+
+
+def _fusion_bytes(body: list[_Instr]) -> int:
+    """What a fusion reads and writes: a parameter used only through slices reads the
+    slices; the buffer a dynamic-update-slice root updates in place is neither read
+    nor written whole (only the update is written)."""
+    local = {i.name: i for i in body}
+    users: dict[str, list[_Instr]] = {}
+    for i in body:
+        for o in i.operands:
+            users.setdefault(o, []).append(i)
+    roots = [i for i in body if i.root]
+    root = roots[0] if roots else None
+    outs = [local[o] for o in root.operands] if root and root.opcode == "tuple" else [root]
+    in_place = {o.operands[0] for o in outs if o is not None and o.opcode == "dynamic-update-slice"}
+    read = 0
+    for i in body:
+        if i.opcode != "parameter":
+            continue
+        uses = users.get(i.name, [])
+        if uses and all(u.opcode in _SLICES for u in uses):
+            read += sum(_bytes(u.shape) for u in uses)
+        elif i.name in in_place and len(uses) == 1:
+            continue
+        else:
+            read += _bytes(i.shape)
+    written = 0
+    for o in outs:
+        if o is None:
+            continue
+        if o.opcode == "dynamic-update-slice":
+            written += _bytes(local[o.operands[1]].shape) if o.operands[1] in local else 0
+        else:
+            written += _bytes(o.shape)
+    return read + written
+
+
+def _instr_bytes(instr: _Instr, comps, sizes: dict[str, int]) -> int:
+    op = instr.opcode
+    if op in _FREE or op.endswith("-done"):
+        return 0
+    if op == "fusion":
+        called = _CALLED.search(instr.attrs)
+        if called and called.group(2) in comps:
+            return _fusion_bytes(comps[called.group(2)])
+    if op == "dynamic-slice":
+        return 2 * _bytes(instr.shape)
+    if op == "dynamic-update-slice" and len(instr.operands) > 1:
+        return 2 * sizes.get(instr.operands[1], 0)
+    if op.endswith("-start"):  # async collectives: the result half of the tuple
+        return 2 * result_bytes(instr.shape, op.removesuffix("-start"), True)
+    return _bytes(instr.shape) + sum(sizes.get(o, 0) for o in instr.operands)
+
+
+def memory_bytes(hlo_text: str) -> tuple[int, dict[str, int]]:
+    """HBM bytes per device the program reads and writes: (outside every loop,
+    {outermost loop: bytes of one iteration}), loops keyed as `Collective.loop`.
+
+    Counted from the instructions of the optimised module the way XLA's own cost
+    analysis counts them: each top-level instruction (a fusion as a unit) reads
+    its operands and writes its result; slices read what they take; a
+    dynamic-update-slice writes its update in place; views, tuples and control
+    flow move nothing. Unlike `compiled.cost_analysis()`, a loop body counts per
+    iteration: nested loops times their stated trip count (`trip_counts`; once
+    where none is stated), both branches of a conditional count. An estimate of
+    HBM traffic (caches and on-chip memory can only lower it), not a measurement.
+    """
+    comps, entry = _parse(hlo_text)
+    sizes = {i.name: _bytes(i.shape) for body in comps.values() for i in body}
+    skip = set()  # computations that run inside an instruction (fused, reducers)
+    for body in comps.values():
+        for i in body:
+            for kind, name in _CALLED.findall(i.attrs):
+                if kind == "to_apply" or (kind == "calls" and i.opcode == "fusion"):
+                    skip.add(name)
+    outside, loops_ = 0, {}
+
+    def visit(name: str, loop: str | None, times: int) -> None:
+        nonlocal outside
+        for i in comps.get(name, []):
+            called = dict((k, v) for k, v in _CALLED.findall(i.attrs) if v not in skip)
+            branches = _BRANCHES.search(i.attrs)
+            if i.opcode == "while":
+                op_name = _OP_NAME.search(i.attrs)
+                key = loop or (op_name.group(1) + "/body" if op_name else "%" + i.name)
+                trips = _trips(i, comps) if loop else None
+                inner = times * (trips or 1)
+                for part in ("body", "condition"):
+                    if part in called:
+                        visit(called[part], key, inner)
+                continue
+            for target in list(called.values()) + (
+                re.findall(r"%?([\w.\-]+)", branches.group(1)) if branches else []
+            ):
+                visit(target, loop, times)
+            size = _instr_bytes(i, comps, sizes) * times
+            if loop is None:
+                outside += size
+            else:
+                loops_[loop] = loops_.get(loop, 0) + size
+
+    visit(entry, None, 1)
+    return outside, loops_

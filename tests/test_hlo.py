@@ -35,6 +35,10 @@ ALL_REDUCE_START = (
 )
 
 
+def _module(*lines: str) -> str:
+    return "\n".join(["ENTRY %main.1 (p: f32[]) -> f32[] {", *lines, "}"])
+
+
 def _while(op_name: str, trips: int | None = None) -> str:
     config = "" if trips is None else f', backend_config={{"known_trip_count":{{"n":"{trips}"}}}}'
     return (
@@ -71,14 +75,12 @@ def test_cloned_bodies_count_once_with_the_largest_copy():
 
 def test_nested_loops_multiply_by_stated_trip_counts():
     outer, inner = "jit(f)/while/body", "jit(f)/while/body/while/body"
-    text = "\n".join(
-        [
-            SYNC,  # outer body: 4096 bytes
-            SYNC.replace("while/body/dot_general", "while/body/while/body/dot_general"),
-            ASYNC_GATHER,  # outside: 4096 bytes
-            _while("jit(f)/while"),  # the outer loop: no stated trip count
-            _while("jit(f)/while/body/while", trips=3),
-        ]
+    text = _module(
+        SYNC,  # outer body: 4096 bytes
+        SYNC.replace("while/body/dot_general", "while/body/while/body/dot_general"),
+        ASYNC_GATHER,  # outside: 4096 bytes
+        _while("jit(f)/while"),  # the outer loop: no stated trip count
+        _while("jit(f)/while/body/while", trips=3),
     )
     found = {c.op_name: c for c in hlo.collectives(text)}
     assert found[inner + "/dot_general"].loop == outer  # the OUTERMOST loop
@@ -91,7 +93,7 @@ def test_nested_loops_multiply_by_stated_trip_counts():
 
 def test_several_outermost_loops():
     second = SYNC.replace("jit(f)/while/body/", "jit(f)/scan/while/body/").replace("4,64", "2,64")
-    text = "\n".join([SYNC, second, _while("jit(f)/scan/while", trips=5)])
+    text = _module(SYNC, second, _while("jit(f)/scan/while", trips=5))
     assert hlo.loops(text) == {"jit(f)/while/body": 4096, "jit(f)/scan/while/body": 2048}
     assert hlo.loop_bytes(text) == 4096  # the loop that moves most per iteration
     assert hlo.total_bytes(text, unknown_trips=2) == 2 * 4096 + 5 * 2048
@@ -132,3 +134,76 @@ def test_a_weight_gathered_inside_a_while_loop_on_a_tpu_slice():
     assert [c.bytes for c in gathers] == [512 * 256 * 2]
     assert gathers[0].loop.endswith("while/body")
     assert hlo.loop_bytes(text) >= 512 * 256 * 2
+
+
+def test_a_loop_condition_counts_with_its_body():
+    cond = (
+        "  %all-reduce.5 = u32[]{:T(128)} all-reduce(%b), to_apply=%r, "
+        'metadata={op_name="jit(run)/while/cond/reduce_and" stack_frame_id=52}'
+    )
+    (c,) = hlo.collectives(cond)
+    assert c.in_loop and c.loop == "jit(run)/while/body"
+    assert hlo.loops(cond + "\n" + SYNC.replace("jit(f)", "jit(run)")) == {
+        "jit(run)/while/body": 4 + 4096
+    }
+
+
+# A decode loop in miniature: the body reads a [4,256] f32 weight (a dot), writes
+# one [1,256] row of a [16,256] cache in place and slices one [1,256] row out of
+# it; the condition `i < 16` gives the trip count (no known_trip_count stated).
+LOOP_MODULE = """
+%fused_update (param_0: f32[16,256], param_1: f32[1,256], param_2: s32[]) -> f32[16,256] {
+  %param_0 = f32[16,256]{1,0} parameter(0)
+  %param_1 = f32[1,256]{1,0} parameter(1)
+  %param_2 = s32[] parameter(2)
+  %c0 = s32[] constant(0)
+  ROOT %dus = f32[16,256]{1,0} dynamic-update-slice(%param_0, %param_1, %param_2, %c0)
+}
+
+%body (state: (s32[], f32[16,256], f32[4,256], f32[1,4])) -> (s32[], f32[16,256], f32[4,256], f32[1,4]) {
+  %state = (s32[], f32[16,256]{1,0}, f32[4,256]{1,0}, f32[1,4]{1,0}) parameter(0)
+  %i = s32[] get-tuple-element(%state), index=0
+  %cache = f32[16,256]{1,0} get-tuple-element(%state), index=1
+  %w = f32[4,256]{1,0} get-tuple-element(%state), index=2
+  %x = f32[1,4]{1,0} get-tuple-element(%state), index=3
+  %y = f32[1,256]{1,0} dot(%x, %w), lhs_contracting_dims={1}, rhs_contracting_dims={0}, metadata={op_name="jit(run)/while/body/dot_general"}
+  %new = f32[16,256]{1,0} fusion(%cache, %y, %i), kind=kLoop, calls=%fused_update
+  %c0 = s32[] constant(0)
+  %row = f32[1,256]{1,0} dynamic-slice(%new, %i, %c0), dynamic_slice_sizes={1,256}
+  %one = s32[] constant(1)
+  %next = s32[] add(%i, %one)
+  ROOT %out = (s32[], f32[16,256]{1,0}, f32[4,256]{1,0}, f32[1,4]{1,0}) tuple(%next, %new, %w, %x)
+}
+
+%cond (state.1: (s32[], f32[16,256], f32[4,256], f32[1,4])) -> pred[] {
+  %state.1 = (s32[], f32[16,256]{1,0}, f32[4,256]{1,0}, f32[1,4]{1,0}) parameter(0)
+  %i.1 = s32[] get-tuple-element(%state.1), index=0
+  %limit = s32[] constant(16)
+  ROOT %lt = pred[] compare(%i.1, %limit), direction=LT
+}
+
+ENTRY %main (w.1: f32[4,256], x.1: f32[1,4]) -> f32[16,256] {
+  %w.1 = f32[4,256]{1,0} parameter(0)
+  %x.1 = f32[1,4]{1,0} parameter(1)
+  %zero = s32[] constant(0)
+  %init = f32[16,256]{1,0} broadcast(%x.1), dimensions={}
+  %t = (s32[], f32[16,256]{1,0}, f32[4,256]{1,0}, f32[1,4]{1,0}) tuple(%zero, %init, %w.1, %x.1)
+  %loop = (s32[], f32[16,256]{1,0}, f32[4,256]{1,0}, f32[1,4]{1,0}) while(%t), condition=%cond, body=%body, metadata={op_name="jit(run)/while"}
+  ROOT %res = f32[16,256]{1,0} get-tuple-element(%loop), index=1
+}
+"""
+
+
+def test_memory_bytes_count_loop_bodies_per_iteration():
+    row, weight, cache = 256 * 4, 4 * 256 * 4, 16 * 256 * 4
+    outside, loops = hlo.memory_bytes(LOOP_MODULE)
+    assert outside == cache + 4 * 4  # the broadcast writes the cache, reads x
+    per_step = (
+        (16 + weight + row)  # the dot reads x and the weight, writes a row
+        + (row + 4 + row)  # the fusion reads the update and the index, writes the row in place
+        + 2 * row  # the dynamic-slice reads and writes one row
+        + 3 * 4  # the counter's add
+    )
+    compare = 2 * 4 + 1  # the condition runs every iteration too
+    assert loops == {"jit(run)/while/body": per_step + compare}
+    assert hlo.trip_counts(LOOP_MODULE) == {"jit(run)/while/body": 16}
