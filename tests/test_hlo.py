@@ -191,7 +191,7 @@ ENTRY %main (w.1: f32[4,256], x.1: f32[1,4]) -> f32[16,256] {
   %loop = (s32[], f32[16,256]{1,0}, f32[4,256]{1,0}, f32[1,4]{1,0}) while(%t), condition=%cond, body=%body, metadata={op_name="jit(run)/while"}
   ROOT %res = f32[16,256]{1,0} get-tuple-element(%loop), index=1
 }
-"""
+"""  # noqa: E501 - HLO lines as XLA prints them
 
 
 def test_memory_bytes_count_loop_bodies_per_iteration():
