@@ -129,29 +129,37 @@ def program_costs(program, text: str, devices: int, chip: Peak | None, xla=None)
     """
     from classkd_jax import hlo
 
-    outside, memory_loops = hlo.memory_bytes(text)
+    mem = hlo.memory(text)
     comm_loops, trips = hlo.loops(text), hlo.trip_counts(text)
-    steps = max(int(getattr(program, "steps", 0)), 1)
-    hbm = outside + sum(b * trips.get(k, steps) for k, b in memory_loops.items())
+    # the decode loop: a sampler's `lax.while_loop` (not a windowed einsum's loop),
+    # the one moving most; its trip count is the steps limit where XLA states none
+    decode = None
+    if program.kind in SAMPLERS:
+        candidates = [k for k in mem.loops if k.endswith(hlo.BODY)]
+        decode = max(candidates, key=mem.loops.get, default=None)
+    hbm = mem.total
+    if decode is not None and mem.trips.get(decode) is None:
+        hbm += mem.loops[decode] * (max(program.steps, 1) - 1)
     comm_call = hlo.call_bytes(text)
-    comm = comm_call + sum(b * trips.get(k, steps) for k, b in comm_loops.items())
+    steps = {decode: max(program.steps, 1)} if decode is not None else {}
+    comm = comm_call + sum(b * trips.get(k, steps.get(k, 1)) for k, b in comm_loops.items())
     row = {
         "flops_per_device": program.flops / devices,
         "hbm_bytes": hbm,
-        "hbm_source": "optimised HLO (hlo.memory_bytes)",
+        "hbm_call_bytes": mem.call,
+        "hbm_source": "optimised HLO (hlo.memory)",
         "collective_bytes": comm,
         "collective_call_bytes": comm_call,
         "collective_loops": comm_loops,
-        "loop_trips": trips,
+        "loop_trips": {k: trips.get(k, mem.trips.get(k)) for k in {*comm_loops, *mem.loops}},
     }
     if xla:
         xla = xla[0] if isinstance(xla, list | tuple) else xla
         if "bytes accessed" in xla:
             row["xla_bytes_accessed"] = float(xla["bytes accessed"])
-    decode = None
-    if program.kind in SAMPLERS and memory_loops:
-        decode = max(memory_loops, key=memory_loops.get)  # the decode loop
-        row["step_hbm_bytes"] = memory_loops[decode]
+    if decode is not None:
+        row["decode_loop"] = decode
+        row["step_hbm_bytes"] = mem.loops[decode]
         row["step_collective_bytes"] = comm_loops.get(decode, 0)
     if chip is None:
         return row

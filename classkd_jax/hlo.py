@@ -310,10 +310,16 @@ def _parse(hlo_text: str) -> tuple[dict[str, list[_Instr]], str]:
     return comps, entry
 
 
+def _collective_kind(opcode: str) -> str | None:
+    base = opcode.removesuffix("-start").removesuffix("-done").removeprefix("ragged-")
+    return base if base in KINDS else None
+
+
 def _fusion_bytes(body: list[_Instr]) -> int:
     """What a fusion reads and writes: a parameter used only through slices reads the
     slices; the buffer a dynamic-update-slice root updates in place is neither read
-    nor written whole (only the update is written)."""
+    nor written whole (only the update is written); a parameter the root passes
+    through, and a collective's result (TPU fuses async collectives), count nothing."""
     local = {i.name: i for i in body}
     users: dict[str, list[_Instr]] = {}
     for i in body:
@@ -322,21 +328,24 @@ def _fusion_bytes(body: list[_Instr]) -> int:
     roots = [i for i in body if i.root]
     root = roots[0] if roots else None
     outs = [local[o] for o in root.operands] if root and root.opcode == "tuple" else [root]
-    in_place = {o.operands[0] for o in outs if o is not None and o.opcode == "dynamic-update-slice"}
+    updates = [o for o in outs if o is not None and o.opcode == "dynamic-update-slice"]
     read = 0
     for i in body:
         if i.opcode != "parameter":
             continue
-        uses = users.get(i.name, [])
-        if uses and all(u.opcode in _SLICES for u in uses):
-            read += sum(_bytes(u.shape) for u in uses)
-        elif i.name in in_place and len(uses) == 1:
-            continue
-        else:
-            read += _bytes(i.shape)
+        parts = 0  # what its slices read; None once a use reads it whole
+        for u in users.get(i.name, []):
+            if u.opcode in _SLICES:
+                parts += _bytes(u.shape)
+            elif u is root and u.opcode == "tuple" or _collective_kind(u.opcode):
+                continue  # passed through; what a collective sends is not HBM traffic here
+            elif not (u in updates and u.operands[0] == i.name):  # not the in-place buffer
+                parts = None
+                break
+        read += _bytes(i.shape) if parts is None else parts
     written = 0
     for o in outs:
-        if o is None:
+        if o is None or o.opcode == "parameter" or _collective_kind(o.opcode):
             continue
         if o.opcode == "dynamic-update-slice":
             written += _bytes(local[o.operands[1]].shape) if o.operands[1] in local else 0
@@ -347,8 +356,8 @@ def _fusion_bytes(body: list[_Instr]) -> int:
 
 def _instr_bytes(instr: _Instr, comps, sizes: dict[str, int]) -> int:
     op = instr.opcode
-    if op in _FREE or op.endswith("-done"):
-        return 0
+    if op in _FREE or op.endswith("-done") or _collective_kind(op):
+        return 0  # a collective's bytes are counted by `collectives()`
     if op == "fusion":
         called = _CALLED.search(instr.attrs)
         if called and called.group(2) in comps:
@@ -357,23 +366,42 @@ def _instr_bytes(instr: _Instr, comps, sizes: dict[str, int]) -> int:
         return 2 * _bytes(instr.shape)
     if op == "dynamic-update-slice" and len(instr.operands) > 1:
         return 2 * sizes.get(instr.operands[1], 0)
-    if op.endswith("-start"):  # async collectives: the result half of the tuple
-        return 2 * result_bytes(instr.shape, op.removesuffix("-start"), True)
     return _bytes(instr.shape) + sum(sizes.get(o, 0) for o in instr.operands)
 
 
-def memory_bytes(hlo_text: str) -> tuple[int, dict[str, int]]:
-    """HBM bytes per device the program reads and writes: (outside every loop,
-    {outermost loop: bytes of one iteration}), loops keyed as `Collective.loop`.
+@dataclasses.dataclass(frozen=True)
+class Memory:
+    """HBM bytes one device reads and writes in one call of a program.
 
-    Counted from the instructions of the optimised module the way XLA's own cost
-    analysis counts them: each top-level instruction (a fusion as a unit) reads
-    its operands and writes its result; slices read what they take; a
-    dynamic-update-slice writes its update in place; views, tuples and control
-    flow move nothing. Unlike `compiled.cost_analysis()`, a loop body counts per
-    iteration: nested loops times their stated trip count (`trip_counts`; once
-    where none is stated), both branches of a conditional count. An estimate of
-    HBM traffic (caches and on-chip memory can only lower it), not a measurement.
+    Attributes:
+      total: every loop times its trip count (once where none is known).
+      call: outside every loop.
+      loops: outermost loop (keyed as `Collective.loop`) -> bytes of one
+        iteration, nested loops included times their trips.
+      trips: outermost loop -> its trip count (stated, or read off its
+        condition), None where neither (counted once in `total`; a decode loop
+        that may stop early: the caller knows its step limit).
+    """
+
+    total: int
+    call: int
+    loops: dict[str, int]
+    trips: dict[str, int | None]
+
+
+def memory(hlo_text: str) -> Memory:
+    """HBM traffic per device, counted from the optimised module's structure.
+
+    Each top-level instruction (a fusion as a unit) reads its operands and
+    writes its result, the way XLA's cost analysis counts; a parameter a
+    fusion only slices reads the slices, one it passes through untouched
+    nothing; a dynamic-update-slice writes its update in place; views, tuples,
+    control flow and collectives' results (their bytes are `collectives()`')
+    move nothing here; layout padding is not counted. Unlike
+    `compiled.cost_analysis()` (a loop body once), every while loop counts its
+    own trip count times (`_trips`), and both branches of a conditional count.
+    An estimate of the traffic (on-chip memory can only lower it), not a
+    measurement.
     """
     comps, entry = _parse(hlo_text)
     sizes = {i.name: _bytes(i.shape) for body in comps.values() for i in body}
@@ -383,31 +411,39 @@ def memory_bytes(hlo_text: str) -> tuple[int, dict[str, int]]:
             for kind, name in _CALLED.findall(i.attrs):
                 if kind == "to_apply" or (kind == "calls" and i.opcode == "fusion"):
                     skip.add(name)
-    outside, loops_ = 0, {}
+    totals = [0, 0]  # total, call
+    loops: dict[str, int] = {}
+    trips_of: dict[str, int | None] = {}
 
-    def visit(name: str, loop: str | None, times: int) -> None:
-        nonlocal outside
+    def visit(name: str, loop: str | None, times: int) -> int:
+        """Bytes of computation `name` run `times` times inside `loop`."""
+        moved = 0
         for i in comps.get(name, []):
-            called = dict((k, v) for k, v in _CALLED.findall(i.attrs) if v not in skip)
-            branches = _BRANCHES.search(i.attrs)
+            called = {k: v for k, v in _CALLED.findall(i.attrs) if v not in skip}
             if i.opcode == "while":
-                op_name = _OP_NAME.search(i.attrs)
-                key = loop or (op_name.group(1) + "/body" if op_name else "%" + i.name)
-                trips = _trips(i, comps) if loop else None
-                inner = times * (trips or 1)
-                for part in ("body", "condition"):
-                    if part in called:
-                        visit(called[part], key, inner)
+                trips = _trips(i, comps)
+                parts = [called[p] for p in ("body", "condition") if p in called]
+                if loop is None:  # an outermost loop: one iteration, then times its trips
+                    op_name = _OP_NAME.search(i.attrs)
+                    key = op_name.group(1) + "/body" if op_name else "%" + i.name
+                    one = sum(visit(p, key, 1) for p in parts)
+                    loops[key] = loops.get(key, 0) + one
+                    known = trips_of.get(key, trips)
+                    trips_of[key] = None if known is None or trips is None else max(known, trips)
+                    totals[0] += one * (trips or 1)
+                else:
+                    moved += sum(visit(p, loop, times * (trips or 1)) for p in parts)
                 continue
-            for target in list(called.values()) + (
-                re.findall(r"%?([\w.\-]+)", branches.group(1)) if branches else []
-            ):
-                visit(target, loop, times)
+            branches = _BRANCHES.search(i.attrs)
+            targets = list(called.values())
+            targets += re.findall(r"%?([\w.\-]+)", branches.group(1)) if branches else []
+            moved += sum(visit(t, loop, times) for t in targets)
             size = _instr_bytes(i, comps, sizes) * times
             if loop is None:
-                outside += size
-            else:
-                loops_[loop] = loops_.get(loop, 0) + size
+                totals[0] += size
+                totals[1] += size
+            moved += size
+        return moved
 
     visit(entry, None, 1)
-    return outside, loops_
+    return Memory(totals[0], totals[1], loops, trips_of)

@@ -194,9 +194,10 @@ ENTRY %main (w.1: f32[4,256], x.1: f32[1,4]) -> f32[16,256] {
 """  # noqa: E501 - HLO lines as XLA prints them
 
 
-def test_memory_bytes_count_loop_bodies_per_iteration():
+def test_memory_counts_loop_bodies_per_iteration():
     row, weight, cache = 256 * 4, 4 * 256 * 4, 16 * 256 * 4
-    outside, loops = hlo.memory_bytes(LOOP_MODULE)
+    m = hlo.memory(LOOP_MODULE)
+    outside, loops = m.call, m.loops
     assert outside == cache + 4 * 4  # the broadcast writes the cache, reads x
     per_step = (
         (16 + weight + row)  # the dot reads x and the weight, writes a row
@@ -207,3 +208,5 @@ def test_memory_bytes_count_loop_bodies_per_iteration():
     compare = 2 * 4 + 1  # the condition runs every iteration too
     assert loops == {"jit(run)/while/body": per_step + compare}
     assert hlo.trip_counts(LOOP_MODULE) == {"jit(run)/while/body": 16}
+    assert m.trips == {"jit(run)/while/body": 16}
+    assert m.total == outside + 16 * (per_step + compare)
