@@ -360,8 +360,13 @@ def _instr_bytes(instr: _Instr, comps, sizes: dict[str, int]) -> int:
         return 0  # a collective's bytes are counted by `collectives()`
     if op == "fusion":
         called = _CALLED.search(instr.attrs)
-        if called and called.group(2) in comps:
-            return _fusion_bytes(comps[called.group(2)])
+        body = comps.get(called.group(2), []) if called else []
+        if any(_collective_kind(i.opcode) for i in body):
+            return 0  # the TPU's async collective fusions: collectives' bytes, counted there
+        if body:
+            return _fusion_bytes(body)
+    if op == "copy-start":  # a prefetch (e.g. to on-chip memory): reads its operand once
+        return _bytes(_top_level(instr.shape)[0])
     if op == "dynamic-slice":
         return 2 * _bytes(instr.shape)
     if op == "dynamic-update-slice" and len(instr.operands) > 1:

@@ -210,3 +210,39 @@ def test_memory_counts_loop_bodies_per_iteration():
     assert hlo.trip_counts(LOOP_MODULE) == {"jit(run)/while/body": 16}
     assert m.trips == {"jit(run)/while/body": 16}
     assert m.total == outside + 16 * (per_step + compare)
+
+
+# The TPU fuses async collectives (`async-collective-*` fusions that pass buffers
+# through): their bytes are the collective's, not HBM traffic of a kernel.
+FUSED_COLLECTIVE = """
+%gather_fusion (param_0: bf16[64,8], param_1: bf16[64,32]) -> (bf16[64,8], bf16[64,32], bf16[64,32]) {
+  %param_0 = bf16[64,8]{1,0} parameter(0)
+  %param_1 = bf16[64,32]{1,0} parameter(1)
+  %all-gather.3 = bf16[64,32]{1,0} all-gather(%param_0), dimensions={1}, metadata={op_name="jit(run)/while/body/dot_general"}
+  ROOT %t = (bf16[64,8]{1,0}, bf16[64,32]{1,0}, bf16[64,32]{1,0}) tuple(%param_0, %param_1, %all-gather.3)
+}
+
+%pass (param_0.1: f32[1024], param_1.1: f32[16]) -> (f32[1024], f32[16]) {
+  %param_0.1 = f32[1024]{0} parameter(0)
+  %param_1.1 = f32[16]{0} parameter(1)
+  %neg = f32[16]{0} negate(%param_1.1)
+  ROOT %t.1 = (f32[1024]{0}, f32[16]{0}) tuple(%param_0.1, %neg)
+}
+
+ENTRY %main (w: bf16[64,8], buf: bf16[64,32], big: f32[1024], small: f32[16]) -> f32[16] {
+  %w = bf16[64,8]{1,0} parameter(0)
+  %buf = bf16[64,32]{1,0} parameter(1)
+  %big = f32[1024]{0} parameter(2)
+  %small = f32[16]{0} parameter(3)
+  %async-collective-start = (bf16[64,8]{1,0}, bf16[64,32]{1,0}, bf16[64,32]{1,0}) fusion(%w, %buf), kind=kCustom, calls=%gather_fusion
+  %p = (f32[1024]{0}, f32[16]{0}) fusion(%big, %small), kind=kLoop, calls=%pass
+  ROOT %out = f32[16]{0} get-tuple-element(%p), index=1
+}
+"""  # noqa: E501 - HLO lines as XLA prints them
+
+
+def test_fused_collectives_and_pass_through_buffers_are_not_hbm_traffic():
+    m = hlo.memory(FUSED_COLLECTIVE)
+    assert m.total == m.call == 16 * 4 * 2  # the negate reads and writes 16 floats
+    (gather,) = hlo.collectives(FUSED_COLLECTIVE)
+    assert gather.bytes == 64 * 32 * 2 and gather.in_loop  # found inside the fusion
