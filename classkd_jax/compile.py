@@ -279,7 +279,7 @@ def _worker_compile(name: str, donated: int, chip) -> dict:
 
 def compile_all(argv, chosen, topo, donated: int, chip, jobs: int) -> list[dict]:
     """The rows of `chosen`, in its order; with `jobs` > 1 compiled in that many
-    worker processes (started fresh: `spawn`), the costliest programs first."""
+    worker processes (started fresh: `spawn`), the longest compiles first."""
     devices = len(topo.devices)
     if jobs <= 1 or len(chosen) <= 1:
         return [compile_program(p, topo.memory_bytes, donated, devices, chip) for p in chosen]
@@ -289,7 +289,9 @@ def compile_all(argv, chosen, topo, donated: int, chip, jobs: int) -> list[dict]
 
     from classkd_jax.cli import UserError
 
-    order = sorted(chosen, key=lambda p: -p.flops)
+    # samplers first (their layers are unrolled: the longest compiles, 2-3x a train
+    # step's on TPU), then by FLOPs: the long compiles do not end up last
+    order = sorted(chosen, key=lambda p: (p.steps == 0, -p.flops))
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(jobs, context, _worker_start, (list(argv),)) as pool:
         futures = {p.name: pool.submit(_worker_compile, p.name, donated, chip) for p in order}

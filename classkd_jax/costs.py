@@ -219,18 +219,19 @@ def table(rows: list[dict], chip: Peak | None) -> str:
         str(c).ljust(w) if i in (0, 5) else str(c).rjust(w)
         for i, (c, w) in enumerate(zip(cells, widths, strict=True))
     )
-    note = "   (per device, one call; estimates)"
-    return "\n".join([fmt(head) + note, *map(fmt, lines)])
+    return "\n".join([fmt(head), *map(fmt, lines)])
 
 
 def footnote(chip: Peak | None) -> str:
-    """What the cost table's numbers are."""
+    """What the cost table's numbers are (lines of at most ~100 characters)."""
     if chip is None:
         return "no time estimates: the table of chip peaks (classkd_jax/costs.py) lacks this device"
     return (
-        f"bound: estimated lower bound, not a measurement: max(FLOPs / {chip.flops / 1e12:.0f} "
-        f"TFLOP/s, HBM bytes / {chip.hbm / 1e9:.0f} GB/s, collective bytes /\n"
-        f"  {chip.interconnect / 1e9:.0f} GB/s each way) per {chip.name}, bytes counted from the "
-        "optimised HLO (loops times their trips); MFU = compute term / bound;\n"
-        "  comm MiB/tok, ms/tok: one decode step (a token for every row)"
+        "costs per device and call, estimated from the compiled programs, not measured; bytes "
+        "from the\n  optimised HLO, loops times their trips. bound: a lower bound of the time, "
+        "the largest of\n"
+        f"  FLOPs / {chip.flops / 1e12:.0f} TFLOP/s, HBM bytes / {chip.hbm / 1e9:.0f} GB/s and "
+        f"collective bytes / {chip.interconnect / 1e9:.0f} GB/s each way ({chip.name}\n"
+        "  datasheet peaks); MFU: compute term / bound; MiB/tok, ms/tok: one decode step "
+        "(a token a row)"
     )
