@@ -1,9 +1,12 @@
-"""What a compiled program's collectives move, read from its optimised HLO text.
+"""What a compiled program moves, read from its optimised HLO text.
 
     text = jitted.lower(*args).compile().as_text()
     hlo.collectives(text)   # each source-level collective once, bytes per device
     hlo.loop_bytes(text)    # one iteration of the outermost loop (a sampler: per token)
     hlo.call_bytes(text)    # outside every loop: once per call
+    hlo.loops(text)         # {outermost loop: bytes of one iteration}
+    hlo.trip_counts(text)   # {loop: trips} where XLA states them or the condition shows them
+    hlo.memory(text)        # HBM bytes read and written: per call, per loop iteration
 
 The text is XLA's optimised module for the target (TPU slice or GPU node), so
 these are the collectives the partitioner inserted, not the ones the source
