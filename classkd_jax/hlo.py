@@ -372,6 +372,9 @@ def _instr_bytes(instr: _Instr, comps, sizes: dict[str, int]) -> int:
         return _bytes(_top_level(instr.shape)[0])
     if op == "dynamic-slice":
         return 2 * _bytes(instr.shape)
+    if op in ("slice-start", "dynamic-slice-start"):  # ((operand), slice, context)
+        parts = _top_level(instr.shape)
+        return 2 * _bytes(parts[1]) if len(parts) > 1 else 0
     if op == "dynamic-update-slice" and len(instr.operands) > 1:
         return 2 * sizes.get(instr.operands[1], 0)
     return _bytes(instr.shape) + sum(sizes.get(o, 0) for o in instr.operands)
