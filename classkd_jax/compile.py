@@ -1,7 +1,8 @@
 r"""Compile every program of a run for a TPU slice or a GPU node, from this CPU host.
 
     python -m classkd_jax.compile --config configs/<method>.py[:variant] --topology TOPOLOGY \
-        [--config.key=value ...] [--out FILE.json] [--programs all|largest|largest-step]
+        [--config.key=value ...] [--out FILE.json] [--programs largest|all|largest-step] \
+        [--jobs N]
 
 TOPOLOGY is a TPU slice in libtpu's names (`v5e:2x2`, `v5e:4x4`, `v5p:2x2x2`,
 `v6e:4x4`, `v4:2x2x1`, ...) or a GPU node `a100:8`, `h100:8`, `h200:8`
@@ -15,14 +16,23 @@ lists the programs).
 Prints one row per program: per-device arguments / outputs / aliased (donated)
 / temporaries / total GiB (arguments + outputs - aliased + temporaries),
 the device's memory, the headroom, the compile time and the program's
-FLOPs (`training/flops.py`, whole batch); then the FLOPs of one training step
-and a verdict. Exit status 0 when every program fits, 3 when one does not
-(a compile XLA refuses for lack of memory counts as not fitting), with one
-line naming the largest program, by how much it is over, and what to try.
-`--out` writes the same as JSON. `--programs largest` compiles only the
-largest bucket of each family of programs (the ones that decide the
-verdict), for quick checks of large configs; `largest-step` only the train
-step with the largest buckets (the largest program of every pair measured).
+FLOPs (`training/flops.py`, whole batch); then what each program costs
+(`costs.py`: per-device FLOPs, HBM bytes and collective bytes of one call,
+as the compiled program states them, and a lower bound of its time from the
+chip's datasheet peaks, with the train step's MFU and a sampler's ms per
+generated token at that bound: estimates, not measurements); then the FLOPs
+of one training step and a verdict. Exit status 0 when every program fits,
+3 when one does not (a compile XLA refuses for lack of memory counts as not
+fitting), with one line naming the largest program, by how much it is over,
+and what to try. `--out` writes the same as JSON.
+
+By default (`--programs largest`) only the largest bucket of each family of
+programs is compiled: a smaller bucket of the same program never needs more
+memory, so these decide the verdict. `--programs all` compiles every
+program the run would; `largest-step` only the train step with the largest
+buckets (the largest program of every pair measured). Programs compile in
+`--jobs` worker processes at once (default: one per CPU core, at most one
+per 5 GiB of available host memory: a large compile peaks at 3-5 GB).
 Needs the `compile` extra (libtpu and the CUDA plugin; no GPU or driver
 needed): `pip install -e '.[compile]'`.
 """
@@ -31,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -41,24 +52,33 @@ from pathlib import Path
 PROG = "python -m classkd_jax.compile"
 EXIT_DOES_NOT_FIT = 3
 GIB = 1024**3
+HOST_GIB_PER_JOB = 5  # host memory a large compile can peak at
+PROGRAMS = ("largest", "all", "largest-step")
 
 
 def parse_args(argv: Sequence[str]):
-    """(config, topology name, out path | None); every mistake is a `UserError`."""
+    """(config, topology name, out path | None, programs, jobs | None); every
+    mistake is a `UserError`."""
     from classkd_jax.cli import UserError
     from classkd_jax.train import parse_flags
 
     parser = argparse.ArgumentParser(prog=PROG, add_help=False, allow_abbrev=False)
     parser.add_argument("--topology")
     parser.add_argument("--out")
-    parser.add_argument("--programs", default="all")
+    parser.add_argument("--programs", default="largest")
+    parser.add_argument("--jobs")
     args, rest = parser.parse_known_args(list(argv))
     if not args.topology:
         raise UserError("--topology is required, e.g. --topology v5e:4x4 or --topology h100:8")
-    if args.programs not in ("all", "largest", "largest-step"):
-        raise UserError(f"--programs {args.programs}: expected all, largest or largest-step")
+    if args.programs not in PROGRAMS:
+        raise UserError(f"--programs {args.programs}: expected largest, all or largest-step")
+    jobs = None
+    if args.jobs is not None:
+        if not args.jobs.isdigit() or int(args.jobs) < 1:
+            raise UserError(f"--jobs {args.jobs}: expected a whole number of processes, 1 or more")
+        jobs = int(args.jobs)
     config, _ = parse_flags(rest, workdir=False)
-    return config, args.topology, args.out, args.programs
+    return config, args.topology, args.out, args.programs, jobs
 
 
 def _is_oom(error: Exception) -> bool:
@@ -71,8 +91,11 @@ def _is_oom(error: Exception) -> bool:
     )
 
 
-def compile_program(program, memory: int, donated: int = 0) -> dict:
-    """One program's row: compiled, its memory analysis, or XLA's refusal for memory."""
+def compile_program(program, memory: int, donated: int = 0, devices: int = 1, chip=None) -> dict:
+    """One program's row: compiled, its memory analysis and costs (`costs.py`;
+    `chip` the device's peaks, None for none), or XLA's refusal for memory."""
+    from classkd_jax import costs
+
     start = time.perf_counter()
     lowered = program.lower()
     row = {"program": program.name, "kind": program.kind, "flops": program.flops}
@@ -98,6 +121,9 @@ def compile_program(program, memory: int, donated: int = 0) -> dict:
         donated=donated if program.donates else 0,
         headroom=memory - total,
         compile_s=time.perf_counter() - start,
+    )
+    row.update(
+        costs.program_costs(program, compiled.as_text(), devices, chip, compiled.cost_analysis())
     )
     return row
 
@@ -197,17 +223,13 @@ def no_persistent_cache() -> Iterator[None]:
         compilation_cache.reset_cache()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _setup(argv: Sequence[str]):
+    """(config, topology name, out, programs, jobs, topology, mesh, plan, chosen):
+    what the command and each worker process build from the same arguments."""
     from classkd_jax import topology
-    from classkd_jax.training import logs
-
-    topology.quiet()
-    logs.quiet_libraries()  # before transformers is imported: no advisory lines
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing reaches the network
-    config, topo_name, out, which = parse_args(argv)
     from classkd_jax.training import checks, programs, run
 
+    config, topo_name, out, which, jobs = parse_args(argv)
     checks.validate(config)
     topo = topology.get(topo_name)
     mesh = run.make_mesh(config, devices=topo.devices)
@@ -217,16 +239,96 @@ def main(argv: Sequence[str] | None = None) -> int:
     if which == "largest-step":  # the step with the largest buckets and most batches
         steps = [p for p in chosen if p.kind == "step"]
         chosen = (max(steps, key=lambda p: (p.name.count("="), p.name)),) if steps else chosen
+    return config, topo_name, out, which, jobs, topo, mesh, plan, chosen
+
+
+def default_jobs(programs: int) -> int:
+    """Worker processes: one per CPU core this process may use, at most one per
+    `HOST_GIB_PER_JOB` of available host memory, at most one per program."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    available = None
+    with contextlib.suppress(OSError, ValueError, StopIteration), open("/proc/meminfo") as f:
+        line = next(x for x in f if x.startswith("MemAvailable:"))
+        available = int(line.split()[1]) * 1024
+    by_memory = (available // (HOST_GIB_PER_JOB * GIB)) if available else cores
+    return max(1, min(cores or 1, by_memory, programs))
+
+
+_WORKER: dict = {}
+
+
+def _worker_start(argv: list[str]) -> None:
+    """In each worker process: quiet the plugins, build the same plan, no cache."""
+    from classkd_jax import topology
+    from classkd_jax.training import logs
+
+    topology.quiet()
+    logs.quiet_libraries()
+    import jax
+
+    jax.config.update("jax_enable_compilation_cache", False)
+    _, _, _, _, _, topo, _, _, chosen = _setup(argv)
+    _WORKER.update(topo=topo, programs={p.name: p for p in chosen})
+
+
+def _worker_compile(name: str, donated: int, chip) -> dict:
+    topo = _WORKER["topo"]
+    program = _WORKER["programs"][name]
+    return compile_program(program, topo.memory_bytes, donated, len(topo.devices), chip)
+
+
+def compile_all(argv, chosen, topo, donated: int, chip, jobs: int) -> list[dict]:
+    """The rows of `chosen`, in its order; with `jobs` > 1 compiled in that many
+    worker processes (started fresh: `spawn`), the longest compiles first."""
+    devices = len(topo.devices)
+    if jobs <= 1 or len(chosen) <= 1:
+        return [compile_program(p, topo.memory_bytes, donated, devices, chip) for p in chosen]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    from classkd_jax.cli import UserError
+
+    # samplers first (their layers are unrolled: the longest compiles, 2-3x a train
+    # step's on TPU), then by FLOPs: the long compiles do not end up last
+    order = sorted(chosen, key=lambda p: (p.steps == 0, -p.flops))
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, context, _worker_start, (list(argv),)) as pool:
+        futures = {p.name: pool.submit(_worker_compile, p.name, donated, chip) for p in order}
+        try:
+            return [futures[p.name].result() for p in chosen]
+        except BrokenProcessPool:
+            raise UserError(
+                f"a compile worker process died (out of host memory?); rerun with --jobs "
+                f"{max(1, jobs - 1)}"
+            ) from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from classkd_jax import costs, topology
+    from classkd_jax.training import logs
+
+    topology.quiet()
+    logs.quiet_libraries()  # before transformers is imported: no advisory lines
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing reaches the network
+    config, topo_name, out, _, jobs, topo, mesh, plan, chosen = _setup(argv)
+    from classkd_jax.training import programs
+
+    jobs = jobs or default_jobs(len(chosen))
+    chip = costs.peak(topo.device_kind)
     print(
         f"{config.method} on {topo_name}: {len(topo.devices)} x {topo.device_kind} "
         f"({topo.processes} host(s)), mesh {dict(mesh.shape)}, {len(chosen)} of "
-        f"{len(plan.programs)} programs",
+        f"{len(plan.programs)} programs, {min(jobs, len(chosen))} at a time",
         file=sys.stderr,
     )
     with no_persistent_cache():
         donated = programs.state_bytes(plan.state) if plan.state is not None else 0
-        rows = [compile_program(p, topo.memory_bytes, donated) for p in chosen]
+        rows = compile_all(argv, chosen, topo, donated, chip, jobs)
     print(table(rows, topo.memory_bytes))
+    print(costs.table(rows, chip))
+    print(costs.footnote(chip))
     steps = [r for r in rows if r["kind"] == "step"]
     step_flops = max(r["flops"] for r in steps) if steps else 0.0
     print(f"FLOPs per training step (the largest step program): {step_flops:.4g}")
@@ -245,6 +347,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "step_flops": step_flops,
             "fits": status == 0,
             "verdict": line,
+            "peak": None if chip is None else dataclasses.asdict(chip),
+            "jobs": min(jobs, len(chosen)),
         }
         Path(out).write_text(json.dumps(record, indent=2, default=str) + "\n")
     return status

@@ -14,6 +14,7 @@ import jax
 import pytest
 
 from classkd_jax import compile as compile_cli
+from classkd_jax import costs
 from classkd_jax import train as train_cli
 from classkd_jax.training import checks, programs, rollout, run
 
@@ -37,9 +38,40 @@ def _compile(tmp_path, topology, *extra):
     return status, json.loads(out.read_text())
 
 
+@pytest.fixture(scope="module")
+def tiny_v5e(tmp_path_factory):
+    """The tiny config compiled for v5e:2x2 in this process (`--jobs 1`)."""
+    return _compile(tmp_path_factory.mktemp("v5e"), "v5e:2x2", "--jobs", "1")
+
+
+def _check_costs(record, rows):
+    """The cost report's fields: present, positive, consistent."""
+    assert record["peak"]["flops"] > 0 and record["peak"]["interconnect"] > 0
+    for row in rows.values():
+        assert row["flops_per_device"] == pytest.approx(row["flops"] / record["devices"])
+        assert row["hbm_bytes"] > 0 and row["collective_bytes"] >= row["collective_call_bytes"] >= 0
+        assert row["est_binds"] in costs.TERMS and row["est_s"] > 0
+        assert row["est_s"] == max(row["est_terms"].values())
+        # on TPU, XLA's own count (loop bodies once) is kept beside ours; GPU gives none
+        assert ("xla_bytes_accessed" in row) == record["topology"].startswith("v5e")
+    for row in rows.values():
+        if row["kind"] == "step":
+            assert 0 < row["est_mfu"] <= 1 and "est_ms_per_token" not in row
+        elif row["kind"] in ("sampler", "greedy"):
+            # a decode loop: per-token bytes and bound, and the call runs it for every step
+            assert row["est_ms_per_token"] > 0 and row["est_token_binds"] in costs.TERMS
+            assert 0 < row["step_hbm_bytes"] < row["hbm_bytes"]
+            assert 0 <= row["step_collective_bytes"] <= row["collective_bytes"]
+        else:
+            assert "est_ms_per_token" not in row and "est_mfu" not in row
+
+
 @pytest.mark.parametrize("topology", ["v5e:2x2", "h100:8"])
-def test_tiny_classkd_compiles_every_program(tmp_path, capsys, topology):
-    status, record = _compile(tmp_path, topology)
+def test_tiny_classkd_compiles_every_program(tmp_path, capsys, topology, request):
+    if topology == "v5e:2x2":
+        status, record = request.getfixturevalue("tiny_v5e")
+    else:
+        status, record = _compile(tmp_path, topology, "--jobs", "1")
     assert status == 0 and record["fits"], record["verdict"]
     rows = {r["program"]: r for r in record["programs"]}
     assert set(rows) == EXPECTED
@@ -54,9 +86,29 @@ def test_tiny_classkd_compiles_every_program(tmp_path, capsys, topology):
         # the donated state is aliased to the new state, byte for byte
         assert rows[name]["aliased"] == rows[name]["donated"] > 0
     assert all(r["aliased"] == 0 for n, r in rows.items() if not n.startswith("step"))
+    _check_costs(record, rows)
+    if topology == "v5e:2x2":
+        return  # compiled by the fixture: its output went to another test's capture
     printed = capsys.readouterr().out
     assert all(name in printed for name in EXPECTED)
+    assert "ms/tok" in printed and "not measured" in printed
+    assert max(len(line) for line in printed.splitlines()) <= 120
     assert printed.strip().splitlines()[-1].startswith(f"fits: every program fits {topology}")
+
+
+def test_worker_processes_give_the_same_rows(tmp_path, tiny_v5e):
+    """`--jobs 2` (two spawned workers, each building the plan) gives the rows that
+    one process gives, in the same order."""
+    _, alone = tiny_v5e
+    status, record = _compile(tmp_path, "v5e:2x2", "--jobs", "2", "--config.eval_every=0")
+    assert status == 0 and record["jobs"] == 2
+    names = [r["program"] for r in record["programs"]]
+    assert names == [r["program"] for r in alone["programs"] if r["program"] in names]
+    assert names == ["step off=128", "step off=128 on P=112", "sampler P=112"]
+    same = {r["program"]: r for r in alone["programs"]}
+    for row in record["programs"]:
+        expected = dict(same[row["program"]], compile_s=None)
+        assert dict(row, compile_s=None) == expected
 
 
 def test_a_run_that_cannot_fit_exits_3_with_one_line(tmp_path):
@@ -83,6 +135,8 @@ def test_user_errors_name_the_flag():
         (["--config", TINY, "--topology", "v5e:3x3"], "--topology v5e:3x3: "),
         (["--config", TINY, "--topology", "v5e:2x2", "--config.mesh.fsdp=3"], "the 4 devices"),
         (["--config", TINY, "--topology", "v5e:2x2", "--config.wrong=1"], "no key wrong"),
+        (["--config", TINY, "--topology", "v5e:2x2", "--jobs", "0"], "--jobs 0: expected"),
+        (["--config", TINY, "--topology", "v5e:2x2", "--programs", "some"], "--programs some"),
         # 8 rows split over 16 data shards of v5e:4x4 (4 hosts)
         (["--config", TINY, "--topology", "v5e:4x4"], "data.batch_size=8 does not split"),
     ]

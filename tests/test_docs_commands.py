@@ -236,7 +236,7 @@ def _parse_like_the_trainer(module: str, args: list[str], where: str) -> None:
 
 
 def _is_compile_own(args: list[str], i: int) -> bool:
-    own = ("--topology", "--out", "--programs")
+    own = ("--topology", "--out", "--programs", "--jobs")
     word = args[i]
     return _flag_name(word) in own or (i > 0 and args[i - 1] in own)
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from classkd_jax import sharding
 from classkd_jax.models import ModelConfig, abstract_params
-from classkd_jax.sampling import Sampler, SamplingConfig, data_axes, default_buckets
+from classkd_jax.sampling import Sampler, SamplingConfig, default_buckets
 from classkd_jax.training import checks, objectives, roles
 from classkd_jax.training import flops as flops_lib
 from classkd_jax.training.data import SCORED_KEYS
@@ -55,6 +55,9 @@ class Program:
       lower: () -> `jax.stages.Lowered`, traced under the mesh's sharding rules.
       flops: counted FLOPs of one call (`training/flops.py`), whole batch.
       donates: whether it donates its first argument (the state: train steps).
+      steps: samplers: decode steps per call (`max_new_tokens`); 0 otherwise.
+      step_flops: samplers: counted FLOPs of one decode step (one token for
+        every row), whole batch; 0 otherwise.
     """
 
     name: str
@@ -62,6 +65,8 @@ class Program:
     lower: Callable[[], Any]
     flops: float
     donates: bool = False
+    steps: int = 0
+    step_flops: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +140,6 @@ class _Builder:
         self.c, self.models, self.mesh = config, models, mesh
         self.builder = StepBuilder(config, models, mesh)
         self.rows, self.replicated = self.builder.rows, self.builder.replicated
-        self.shards = int(np.prod([mesh.shape[a] for a in data_axes(mesh)]))
         self.programs: list[Program] = []
         self.state = None
         d = config.data
@@ -259,6 +263,7 @@ class _Builder:
 
     def _sampler(self, kind, name, sampler, params, cfg, batch, prompts, teacher=None):
         batch = -(-batch // sampler.batch_shards) * sampler.batch_shards
+        teacher_config = self.models.teacher.config if teacher is not None else None
         for p in prompts:
             tokens = _rows((batch, p), jnp.int32, self.rows)
             mask = _rows((batch, p), jnp.bool_, self.rows)
@@ -269,12 +274,15 @@ class _Builder:
                 with sharding.activation_sharding(self.mesh):
                     return jitted.lower(params, teacher, tokens, mask, valid, self.key)
 
-            flops = flops_lib.sampling_flops(
-                sampler.config, batch, p, cfg.max_new_tokens, cfg.max_new_tokens
+            new = cfg.max_new_tokens
+            flops = flops_lib.sampling_flops(sampler.config, batch, p, new, new)
+            step = flops_lib.forward_flops(sampler.config, batch, 1, context=p + new)
+            if teacher is not None:  # the teacher's cache runs beside the student's
+                flops *= 2  # (an upper bound)
+                step += flops_lib.forward_flops(teacher_config, batch, 1, context=p + new)
+            self.programs.append(
+                Program(f"{name} P={p}", kind, lower, flops, steps=new, step_flops=step)
             )
-            if teacher is not None:
-                flops *= 2  # the teacher's cache runs beside the student's (an upper bound)
-            self.programs.append(Program(f"{name} P={p}", kind, lower, flops))
 
     def samplers(self) -> None:
         c, m = self.c, self.models
