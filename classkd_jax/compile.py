@@ -1,7 +1,7 @@
 r"""Compile every program of a run for a TPU slice or a GPU node, from this CPU host.
 
     python -m classkd_jax.compile --config configs/<method>.py[:variant] --topology TOPOLOGY \
-        [--config.key=value ...] [--out FILE.json] [--programs largest|all|largest-step] \
+        [--config.key=value ...] [--out FILE.json] [--programs largest|all|largest-step|samplers] \
         [--jobs N]
 
 TOPOLOGY is a TPU slice in libtpu's names (`v5e:2x2`, `v5e:4x4`, `v5p:2x2x2`,
@@ -30,7 +30,9 @@ By default (`--programs largest`) only the largest bucket of each family of
 programs is compiled: a smaller bucket of the same program never needs more
 memory, so these decide the verdict. `--programs all` compiles every
 program the run would; `largest-step` only the train step with the largest
-buckets (the largest program of every pair measured). Programs compile in
+buckets (the largest program of every pair measured); `samplers` the largest
+bucket of each program with a decode loop (on-policy, teacher-mixed, SeqKD,
+validation's greedy): what decoding costs. Programs compile in
 `--jobs` worker processes at once (default: one per CPU core, at most one
 per 5 GiB of available host memory: a large compile peaks at 3-5 GB).
 Needs the `compile` extra (libtpu and the CUDA plugin; no GPU or driver
@@ -53,7 +55,8 @@ PROG = "python -m classkd_jax.compile"
 EXIT_DOES_NOT_FIT = 3
 GIB = 1024**3
 HOST_GIB_PER_JOB = 5  # host memory a large compile can peak at
-PROGRAMS = ("largest", "all", "largest-step")
+PROGRAMS = ("largest", "all", "largest-step", "samplers")
+SAMPLING_KINDS = ("sampler", "greedy", "seqkd")  # programs with a decode loop
 
 
 def parse_args(argv: Sequence[str]):
@@ -71,7 +74,7 @@ def parse_args(argv: Sequence[str]):
     if not args.topology:
         raise UserError("--topology is required, e.g. --topology v5e:4x4 or --topology h100:8")
     if args.programs not in PROGRAMS:
-        raise UserError(f"--programs {args.programs}: expected largest, all or largest-step")
+        raise UserError(f"--programs {args.programs}: expected one of {', '.join(PROGRAMS)}")
     jobs = None
     if args.jobs is not None:
         if not args.jobs.isdigit() or int(args.jobs) < 1:
@@ -239,6 +242,8 @@ def _setup(argv: Sequence[str]):
     if which == "largest-step":  # the step with the largest buckets and most batches
         steps = [p for p in chosen if p.kind == "step"]
         chosen = (max(steps, key=lambda p: (p.name.count("="), p.name)),) if steps else chosen
+    if which == "samplers":  # what decoding costs: the largest bucket of each sampler
+        chosen = tuple(p for p in chosen if p.kind in SAMPLING_KINDS)
     return config, topo_name, out, which, jobs, topo, mesh, plan, chosen
 
 

@@ -112,9 +112,10 @@ def prompt_positions(mask: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1, 0)
 
 
-# `(unrolled model config) -> (the config it decodes as (KV heads repeated, see
-# `models.repeat_kv_heads`), shardings of its unrolled params, of its [V, D] head)`.
-DecodeLayout = Callable[[ModelConfig], tuple[ModelConfig, object, object]]
+# `(unrolled model config, repeat=True) -> (the config it decodes as (KV heads
+# repeated up to the KV shards, see `models.repeat_kv_heads`; as given with
+# repeat=False), shardings of that config's unrolled params, of its [V, D] head)`.
+DecodeLayout = Callable[..., tuple[ModelConfig, object, object]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,7 +158,12 @@ class Decoder:
         params = unstack_layers(params, config)
         if layout is not None:
             decoded, param_shardings, head_sharding = layout(unrolled)
-            params = repeat_kv_heads(params, unrolled, decoded.num_kv_heads)
+            if decoded.num_kv_heads != unrolled.num_kv_heads:
+                # In the decode layout with its own KV heads first (the K/V projections
+                # then whole), repeated there, then split: each step a resharding
+                # XLA's partitioner does directly, never through a full replication.
+                params = jax.lax.with_sharding_constraint(params, layout(unrolled, False)[1])
+                params = repeat_kv_heads(params, unrolled, decoded.num_kv_heads)
             params = jax.lax.with_sharding_constraint(params, param_shardings)
             unrolled = decoded
         head = lm_head(params, config).T.astype(config.compute_dtype)
@@ -251,6 +257,7 @@ def _choose(state: SamplingState, cfg: SamplingConfig, prompt_len: int, rng: jax
         # Mixing in probability space (MiniLLM): log(a p + (1 - a) q).
         alpha = cfg.teacher_mix
         policy_logp = jnp.logaddexp(jnp.log(alpha) + teacher_logp, jnp.log1p(-alpha) + student_logp)
+    policy_logp = nn.with_logical_constraint(policy_logp, ("batch", "vocab"))
     if cfg.greedy:
         token = argmax(policy_logp)
     else:
@@ -275,14 +282,26 @@ def _record(state: SamplingState, cfg: SamplingConfig, prompt_len: int, chosen) 
         buf, col[:, None], state.step, axis=1
     )
     is_eos = jnp.isin(token, jnp.asarray(cfg.eos_ids, jnp.int32)) if cfg.eos_ids else False
-    return state.replace(
-        step=state.step + 1,
-        tokens=put(state.tokens, token),
-        valid=put(state.valid, live),
-        done=state.done | (live & is_eos),
-        logprobs=put_n(state.logprobs, jnp.where(live, logp, 0.0)),
-        student_logprobs=put_n(state.student_logprobs, jnp.where(live, student_logp, 0.0)),
+    return _rows_in_place(
+        state.replace(
+            step=state.step + 1,
+            tokens=put(state.tokens, token),
+            valid=put(state.valid, live),
+            done=state.done | (live & is_eos),
+            logprobs=put_n(state.logprobs, jnp.where(live, logp, 0.0)),
+            student_logprobs=put_n(state.student_logprobs, jnp.where(live, student_logp, 0.0)),
+        )
     )
+
+
+def _rows_in_place(state: SamplingState) -> SamplingState:
+    """The carry's per-row buffers split by rows as the active logical rules split a
+    batch (the decode layout's, in a sampler on a mesh; a no-op without rules).
+    Without it XLA takes the program's output split (a training batch's) into the
+    loop and re-splits every step's [B] results to it."""
+    rows = lambda x: nn.with_logical_constraint(x, ("batch",) + (None,) * (x.ndim - 1))
+    fields = ("tokens", "valid", "prompt_lengths", "done", "logprobs", "student_logprobs")
+    return state.replace(**{f: rows(getattr(state, f)) for f in fields})
 
 
 def sample_loop(
@@ -377,7 +396,7 @@ def sample_loop(
         cache=cache,
         teacher_cache=teacher_cache,
     )
-    state = _record(state, cfg, prompt_len, _choose(state, cfg, prompt_len, rng))
+    state = _record(state, cfg, prompt_len, _choose(_rows_in_place(state), cfg, prompt_len, rng))
 
     def cond(s: SamplingState):
         return (s.step < n_new) & ~jnp.all(s.done)

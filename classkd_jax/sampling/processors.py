@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -188,8 +189,12 @@ def categorical(key: jax.Array, logits: jax.Array) -> jax.Array:
     block_key, token_key = jax.random.split(key)
 
     def draw(key, weights):  # weights [B, N] >= 0 -> [B] index of a nonzero weight
+        # Whole rows on every device that holds a share of the vocabulary (a sampler
+        # on a mesh; a no-op without logical rules): B x N floats, N <= V / 256.
+        weights = nn.with_logical_constraint(weights, ("batch", None))
         cdf = jnp.cumsum(weights, axis=-1)
-        u = jax.random.uniform(key, (batch, 1), jnp.float32) * cdf[:, -1:]
+        u = nn.with_logical_constraint(jax.random.uniform(key, (batch, 1)), ("batch", None))
+        u = u * cdf[:, -1:]
         index = jnp.sum(cdf <= u, axis=-1)
         # Rounding can put u at the very top: fall back to the last nonzero weight.
         ids = jax.lax.broadcasted_iota(jnp.int32, weights.shape, 1)

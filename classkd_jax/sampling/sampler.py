@@ -183,13 +183,14 @@ class Sampler:
         return sharding.cache_shardings(shapes, self.mesh, self.decode_rules)
 
     @functools.cache  # noqa: B019 - one entry per model config; the sampler lives as long
-    def _layout(self, config: ModelConfig):
+    def _layout(self, config: ModelConfig, repeat: bool = True):
         """`loop.DecodeLayout`: the config `config` decodes as (its KV heads
-        repeated up to the KV shards, `sharding.decode_kv_heads`), the
-        shardings of its unrolled params and of its [V, D] head under the
-        decode rules."""
-        kv = sharding.decode_kv_heads(config.num_kv_heads, self.mesh, self.decode_rules)
-        config = config.replace(num_kv_heads=kv)
+        repeated up to the KV shards, `sharding.decode_kv_heads`, unless not
+        `repeat`), the shardings of its unrolled params and of its [V, D] head
+        under the decode rules."""
+        if repeat:
+            kv = sharding.decode_kv_heads(config.num_kv_heads, self.mesh, self.decode_rules)
+            config = config.replace(num_kv_heads=kv)
         rules = self.decode_rules
         params = sharding.param_shardings(abstract_params(config), self.mesh, rules)
         head_shape = (config.vocab_size, config.hidden_size)
