@@ -367,29 +367,29 @@ def refuse_unused(c, defaults) -> None:
         return
     sections = ("misfeedback",) if c.method == "classkd" else ("misfeedback", "classmate")
     for section in sections:
-        for key in _changed(c[section], defaults[section], section):
+        for key in changed_keys(c[section], defaults[section], section):
             if c.method in MISFEEDBACK_METHODS + ("classkd",):
                 if key == "misfeedback.weight":
                     continue
                 why = "while misfeedback.weight=0; set misfeedback.weight > 0 (e.g. 0.1) or drop it"
             else:
                 why = f"on method {c.method!r}, which does not sample from the student; drop it"
-            raise UserError(f"config key {key}={_value(c, key)!r} has no effect {why}")
+            raise UserError(f"config key {key}={config_value(c, key)!r} has no effect {why}")
 
 
-def _changed(section, default, prefix: str) -> list[str]:
+def changed_keys(section, default, prefix: str) -> list[str]:
     """Dotted keys under `section` whose values differ from `default`'s."""
     out = []
     for key, value in section.items():
         name, base = f"{prefix}.{key}", default.get(key)
         if hasattr(value, "items") and hasattr(base, "items"):
-            out += _changed(value, base, name)
+            out += changed_keys(value, base, name)
         elif value != base:
             out.append(name)
     return out
 
 
-def _value(c, dotted: str) -> Any:
+def config_value(c, dotted: str) -> Any:
     for part in dotted.split("."):
         c = c[part]
     return c
