@@ -3,7 +3,8 @@
 
 Not a config itself: each method file calls `method_config(method, arg)` and
 then sets its own defaults. Every method's config has every key below (the
-trainer's contract), whether or not its method reads it.
+trainer's contract), whether or not its method reads it; a `misfeedback.*` or
+`classmate.*` override the method would ignore is refused (`checks.refuse_unused`).
 
 Variants (the argument after the colon, `--config configs/classkd.py:ARG`):
 - `size=tiny`: random-init tiny Llama-style presets (teacher 2 layers d=32,
