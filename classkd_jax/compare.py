@@ -10,6 +10,9 @@ r"""Every method from the same teacher, student init, data, steps and seeds, in 
 `--config` is a method's file (configs/<method>.py[:variant]: each method
 gets its own file with the same variant) or configs/demo.py (each method is
 its `method=` variant). `--config.KEY=VALUE` overrides apply to every run.
+`--methods` also takes `gkd+mf`, `distillm+mf`, `minillm+mf`: the method with
+ClassKD's misfeedback term and classmate, listed beside its base row with the
+paired gap (docs/comparing.md).
 `--sweep KEY=V1,V2,...` adds a row per value (several --sweep: their grid);
 without --methods a sweep runs the config's own method. `--seeds N` runs
 seeds 0..N-1 (or `--seeds 0,4,7`); a run's seed is both `seed` and

@@ -174,7 +174,9 @@ def table(rows: list[dict], memory: int) -> str:
 
 def _hints(config, mesh) -> str:
     """What to try, from what the config does not do yet."""
-    roles = ["student", "classmate"] if config.method == "classkd" else ["student"]
+    from classkd_jax.training import objectives
+
+    roles = ["student", "classmate"] if objectives.has_classmate(config) else ["student"]
     hints = [f"--config.{r}.remat=full" for r in roles if config[r].remat != "full"]
     hints.append(f"a larger --config.mesh.fsdp (now {mesh.shape['fsdp']})")
     rows = int(config.data.batch_size)

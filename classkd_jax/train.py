@@ -93,6 +93,7 @@ def parse_flags(argv: Sequence[str], *, workdir: bool = True):
         raise UserError(f"config has no key {_missing_parent(e, argv, path)}") from None
     except flags.Error as e:
         raise UserError(_flag_error(e)) from None
+    _refuse_unused(holder.value, argv, path)
     if not wants_workdir:
         return holder.value, None
     if not workdir.value:
@@ -103,6 +104,21 @@ def parse_flags(argv: Sequence[str], *, workdir: bool = True):
             "(gcsfuse, launch/tpu_pod.sh --bucket) and pass a path under the mount"
         )
     return holder.value, Path(workdir.value)
+
+
+def _refuse_unused(config, argv: Sequence[str], path: str) -> None:
+    """A misfeedback.* or classmate.* override the method would ignore is a
+    `UserError` (`checks.refuse_unused`, against the file's own defaults)."""
+    from classkd_jax.config_utils import load_config
+    from classkd_jax.training import checks
+
+    if not any(a.startswith(("--config.misfeedback.", "--config.classmate.")) for a in argv):
+        return  # the file's own values are its defaults
+    spec = next(
+        (argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"),
+        next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), path),
+    )
+    checks.refuse_unused(config, load_config(spec))
 
 
 def _config_path(argv: Sequence[str]) -> str | None:

@@ -3,7 +3,8 @@
 
 Not a config itself: each method file calls `method_config(method, arg)` and
 then sets its own defaults. Every method's config has every key below (the
-trainer's contract), whether or not its method reads it.
+trainer's contract), whether or not its method reads it; a `misfeedback.*` or
+`classmate.*` override the method would ignore is refused (`checks.refuse_unused`).
 
 Variants (the argument after the colon, `--config configs/classkd.py:ARG`):
 - `size=tiny`: random-init tiny Llama-style presets (teacher 2 layers d=32,
@@ -304,9 +305,13 @@ def method_config(method: str, arg: str | None) -> ml_collections.ConfigDict:
             "estimator": "token",  # on-policy terms: 'token' (surrogate) | 'sequence' (REINFORCE)
         }
     )
+    # ClassKD's misfeedback term (configs/classkd.py sets weight 0.1). On GKD,
+    # DistiLLM and MiniLLM, weight > 0 adds it on the student's samples with a
+    # classmate trained as ClassKD's (their `+mf` variant, docs/baselines.md);
+    # 0 is the plain method. Elsewhere these keys and `classmate` are refused if set.
     c.misfeedback = ml_collections.ConfigDict(
         {
-            "weight": 0.1,
+            "weight": 0.0,
             "variant": "skew",  # 'raw' | 'skew' | 'hinge' | 'sigmoid'
             "start_step": 0,  # weight 0 before this step
             "warmup_steps": 0,  # then a linear ramp to `weight` over this many steps

@@ -56,5 +56,6 @@ from classkd_jax.config_utils import import_sibling
 def get_config(arg=None):
     """Returns the locked ClassKD config; `arg`: `size=tiny` or `pair=T/S` (configs/_base.py)."""
     c = import_sibling(__file__, "_base").method_config("classkd", arg)
+    c.misfeedback.weight = 0.1
     c.lock()
     return c

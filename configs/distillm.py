@@ -43,6 +43,11 @@ generated tokens as labels at their own positions (unshifted) and keep the
 dataset batch's loss mask; here samples are scored like every on-policy
 batch (the mask shifted with the labels; every generated token, EOS
 included, scored once).
+
+`--config.misfeedback.weight=0.1` (0 by default: the plain method) adds
+ClassKD's misfeedback term on its fresh and replayed student samples, with a
+classmate trained as ClassKD's (`classmate.*`; `compare`'s `distillm+mf` row):
+docs/baselines.md, "ClassKD's misfeedback on the sampling baselines".
 """
 
 from classkd_jax.config_utils import import_sibling, parse_arg

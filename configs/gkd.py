@@ -33,6 +33,11 @@ likely source of the published GKD row:
   - validation once an epoch on pairs (`--eval-interval -1`: eval_every_epochs=1).
   Kept as given: the pair's global batch and learning rate (the script runs
   16 GPUs x 2 rows at lr 5e-4).
+
+`--config.misfeedback.weight=0.1` (0 by default: the plain method) adds
+ClassKD's misfeedback term on its student samples (replayed ones too), with a
+classmate trained as ClassKD's (`classmate.*`; `compare`'s `gkd+mf` row):
+docs/baselines.md, "ClassKD's misfeedback on the sampling baselines".
 """
 
 from classkd_jax.config_utils import import_sibling, parse_arg

@@ -56,6 +56,11 @@ Sampling and scoring go in calls of the pair's own batch
 samplers' KV caches and the scorer need what they needed before the batch
 grew (the reference samples 16 per GPU, 256 at once; raise
 `sampling.batch_size` to a divisor of `num_rollouts` where memory allows).
+
+`--config.misfeedback.weight=0.1` (0 by default: the plain method) adds
+ClassKD's misfeedback term on its rollouts, per token beside the policy gradient, with a
+classmate trained as ClassKD's (`classmate.*`; `compare`'s `minillm+mf` row):
+docs/baselines.md, "ClassKD's misfeedback on the sampling baselines".
 """
 
 from classkd_jax.config_utils import import_sibling

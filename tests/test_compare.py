@@ -88,6 +88,47 @@ def test_a_sweep_adds_a_row_per_value_and_user_overrides_reach_every_run(tmp_pat
     assert specs[0].workdir.parent.name == "classkd__misfeedback.weight=0"
 
 
+def test_mf_twins_sit_beside_their_base_and_bad_twins_are_refused():
+    assert plan.parse_methods("gkd+mf,sft,gkd,minillm+mf,classkd") == [
+        "sft",
+        "gkd",
+        "gkd+mf",
+        "minillm+mf",
+        "classkd",
+    ]
+    with pytest.raises(UserError, match=r"kd\+mf has no misfeedback variant"):
+        plan.parse_methods("kd,kd+mf")
+    with pytest.raises(UserError, match="listed twice"):
+        plan.parse_methods("gkd+mf,gkd+mf")
+
+
+@pytest.mark.parametrize(
+    "config, flags",
+    [
+        ("configs/gkd.py:size=tiny", ["--config.misfeedback.weight=0.1"]),
+        (  # the demo's ClassKD pace comes along
+            "configs/demo.py:size=tiny",
+            ["--config.misfeedback.weight=0.1", "--config.classmate.update_every=4"],
+        ),
+    ],
+)
+def test_an_mf_twin_is_its_method_with_classkds_misfeedback_sections(tmp_path, config, flags):
+    """`gkd+mf` trains configs/gkd.py (or demo's method=gkd) with ClassKD's misfeedback
+    and classmate sections; the plain row's runs (and so a finished one) are untouched."""
+    from classkd_jax.comparison import execute
+
+    specs = plan.plan_runs(config, ["gkd", "gkd+mf"], [0], [], [], tmp_path)
+    plain, twin = specs
+    assert (plain.row, twin.row, twin.method) == ("gkd", "gkd+mf", "gkd")
+    assert twin.workdir == tmp_path / "runs" / "gkd+mf" / "seed0"
+    assert [
+        a for a in twin.argv if a not in plain.argv and "workdir" not in a and "runs" not in a
+    ] == flags
+    assert not any("misfeedback" in a or "classmate" in a for a in plain.argv)
+    (_, a), (_, b) = execute.prepare(specs)  # both parse and pass the trainer's checks
+    assert float(a.misfeedback.weight) == 0.0 and float(b.misfeedback.weight) == 0.1
+
+
 def test_seqkd_runs_share_the_teachers_answers(tmp_path):
     (spec,) = plan.plan_runs("configs/demo.py", ["seqkd"], [3], [], [], tmp_path)
     assert f"--config.seqkd.cache_dir={tmp_path / 'seqkd_cache'}" in spec.argv
@@ -124,6 +165,24 @@ def test_rows_are_mean_and_sample_std_over_seeds():
     assert "| teacher (reference) |" in text
     assert "| sft | 2 | 300 | 52.00 ± 2.83 | 22.00 ± 2.83 | 11 | 1.00 |" in text
     assert "| classkd | 1 | 300 | **60.00** | 30.00 | 30 | 2.73 |" in text
+
+
+def test_an_mf_row_shows_its_paired_gap_to_the_base_row():
+    results = [
+        _result("gkd", "gkd", 0, 50.0, 20.0, 10.0),
+        _result("gkd", "gkd", 1, 54.0, 24.0, 10.0),
+        _result("gkd+mf", "gkd", 0, 51.0, 20.0, 12.0),
+        _result("gkd+mf", "gkd", 1, 57.0, 25.0, 12.0),
+    ]
+    gkd, twin = tables.summarize(results)
+    assert "mf_gap" not in gkd
+    assert twin["mf_gap"]["base"] == "gkd" and twin["mf_gap"]["seeds"] == [0, 1]
+    assert twin["mf_gap"]["rouge_l"] == 2.0  # (1 + 3) / 2
+    assert math.isclose(twin["mf_gap"]["rouge_l_std"], math.sqrt(2.0))
+    text = tables.markdown([gkd, twin], {}, "test")
+    assert "| gkd | 2 | 300 | 52.00 ± 2.83 | 22.00 ± 2.83 | 10 | – | – |" in text
+    assert "| gkd+mf | 2 | 300 | **54.00 ± 4.24** | 22.50 ± 3.54 | 12 | – | +2.00 ± 1.41 |" in text
+    assert "paired seeds" in text
 
 
 # --- End to end: the demo (tiny), then compare resuming on its runs ------------

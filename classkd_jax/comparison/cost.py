@@ -33,7 +33,20 @@ def total_steps(config, train_examples: int) -> int:
 
 
 def step_flops(config, mean_length: int) -> float:
-    """Expected FLOPs of one optimizer step of `config.method`."""
+    """Expected FLOPs of one optimizer step of `config.method`; a sampling
+    baseline's `+mf` adds the classmate's update on the step's rows (every
+    `update_every` steps) and its forward on them for the misfeedback."""
+    flops = _method_step_flops(config, mean_length)
+    if config.method in ("gkd", "distillm", "minillm") and float(config.misfeedback.weight) > 0:
+        student = _model(config.student)
+        classmate = _model(config.classmate) if config.classmate.path else student
+        rows, length = int(config.data.batch_size), int(mean_length)
+        forward = forward_flops(classmate, rows, length)
+        flops += 3 * forward / max(int(config.classmate.update_every), 1) + forward
+    return flops
+
+
+def _method_step_flops(config, mean_length: int) -> float:
     method = config.method
     student = _model(config.student)
     teacher = _model(config.teacher)

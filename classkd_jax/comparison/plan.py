@@ -4,7 +4,8 @@
                       sweeps=[("misfeedback.weight", ["0", "0.1"])], overrides=[],
                       workdir=Path("runs/cmp"))
 
-A row is a method, or a method with one value of each swept key. Every run of
+A row is a method (or a sampling baseline's `M+mf` twin: `mf_flags`), or
+one with one value of each swept key. Every run of
 a seed gets the same `seed` and `data.seed` whatever its method, so methods
 see the same batches and the same initial weights; the token budget is the
 config's (`steps` x `data.batch_size`), identical across methods. A run is
@@ -23,6 +24,8 @@ from pathlib import Path
 from classkd_jax.cli import UserError
 
 METHODS = ("sft", "kd", "seqkd", "gkd", "minillm", "distillm", "classkd")
+# `M+mf`: method M with ClassKD's misfeedback term and classmate (`mf_flags`).
+MF, MF_METHODS = "+mf", ("gkd", "minillm", "distillm")
 # Keys compare sets itself, per run.
 OWNED = ("seed", "data.seed")
 
@@ -32,8 +35,8 @@ class RunSpec:
     """One training run of a comparison.
 
     Attributes:
-      row: its row in the table ('classkd', or 'classkd misfeedback.weight=0.1').
-      method: the method.
+      row: its row in the table ('classkd', 'gkd+mf', or 'classkd misfeedback.weight=0.1').
+      method: the method (a `+mf` row's base method: 'gkd').
       sweep: the swept (key, value) pairs of its row.
       seed: `seed` and `data.seed` of the run.
       argv: the `python -m classkd_jax.train` arguments that make it.
@@ -62,14 +65,48 @@ def method_config(config: str, method: str) -> str:
     return f"{path}:" + ",".join([f"method={method}", *items])
 
 
+def split_name(name: str) -> tuple[str, bool]:
+    """'gkd+mf' -> ('gkd', True); 'gkd' -> ('gkd', False)."""
+    return (name[: -len(MF)], True) if name.endswith(MF) else (name, False)
+
+
 def parse_methods(text: str) -> list[str]:
+    """Methods and `M+mf` twins, each twin moved right after its base when both are listed."""
     methods = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if split_name(m)[0] not in METHODS]
     if unknown or not methods:
         raise UserError(f"--methods {text!r}: unknown {unknown or 'none given'}; known {METHODS}")
+    no_mf = [m for m in methods if split_name(m)[1] and split_name(m)[0] not in MF_METHODS]
+    if no_mf:
+        raise UserError(
+            f"--methods {text!r}: {no_mf[0]} has no misfeedback variant; "
+            f"{MF} is for the methods that sample from the student, {MF_METHODS}"
+        )
     if len(set(methods)) != len(methods):
         raise UserError(f"--methods {text!r}: a method is listed twice")
-    return methods
+    twins = [m for m in methods if split_name(m)[1] and split_name(m)[0] in methods]
+    out = []
+    for m in methods:
+        if m not in twins:
+            out += [m] + ([m + MF] if m + MF in twins else [])
+    return out
+
+
+def mf_flags(config: str, method: str) -> list[str]:
+    """The overrides that give `method`'s config ClassKD's misfeedback and classmate
+    sections: every key of those sections where the config's ClassKD variant
+    differs from the method's (on configs/<m>.py, `misfeedback.weight=0.1`; on
+    configs/demo.py also the demo's ClassKD classmate pace)."""
+    from classkd_jax.config_utils import load_config
+    from classkd_jax.training import checks
+
+    classkd = load_config(method_config(config, "classkd"))
+    own = load_config(method_config(config, method))
+    flags = []
+    for section in ("misfeedback", "classmate"):
+        for key in checks.changed_keys(classkd[section], own[section], section):
+            flags.append(f"--config.{key}={checks.config_value(classkd, key)}")
+    return flags
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -142,12 +179,13 @@ def plan_runs(
         shared.append(f"--config.compilation_cache={workdir / 'compile_cache'}")
     grid = list(itertools.product(*[[(k, v) for v in values] for k, values in sweeps]))
     specs = []
-    for method in methods:
-        extra = list(shared)
+    for name in methods:
+        method, mf = split_name(name)
+        extra = list(shared) + (mf_flags(config, method) if mf else [])
         if method == "seqkd" and "seqkd.cache_dir" not in given:
             extra.append(f"--config.seqkd.cache_dir={workdir / 'seqkd_cache'}")
         for combo in grid:
-            row = " ".join([method, *(f"{k}={v}" for k, v in combo)])
+            row = " ".join([name, *(f"{k}={v}" for k, v in combo)])
             for seed in seeds:
                 run_dir = workdir / "runs" / _slug(row.replace(" ", "__")) / f"seed{seed}"
                 argv = (

@@ -1,5 +1,8 @@
 """A comparison's table: one row per method (or swept value), mean ± std over seeds.
 
+A `M+mf` row sits beside its base row `M` (`plan.parse_methods`), with the
+gap: mean ± std of the per-seed differences (`mf_gap`; orange bars in the chart).
+
     rows = summarize(results)                     # from execute.run_all
     write_all(DIR, rows, references, split="test", command="python -m ...")
 
@@ -62,7 +65,31 @@ def summarize(results: Sequence[RunResult]) -> list[dict[str, Any]]:
             for r in runs
         ]
         out.append(row)
-    return out
+    return _twin_gaps(out)
+
+
+def _twin_gaps(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each `M+mf` row whose base row `M` (same sweep) ran gets `mf_gap`: per metric
+    the mean and sample std over the shared seeds of (twin - base), seeds paired
+    (same seed, data order and initial weights)."""
+    by_name = {r["row"]: r for r in rows}
+    for r in rows:
+        head, _, rest = r["row"].partition(" ")
+        if not head.endswith("+mf"):
+            continue
+        base = by_name.get(" ".join(filter(None, [head[: -len("+mf")], rest])))
+        if base is None:
+            continue
+        mine = {run["seed"]: run for run in r["runs"]}
+        theirs = {run["seed"]: run for run in base["runs"]}
+        seeds = [s for s in mine if s in theirs]
+        if not seeds:
+            continue
+        gap: dict[str, Any] = {"base": base["row"], "seeds": seeds}
+        for _, key in METRICS:
+            gap[key], gap[f"{key}_std"] = mean_std([mine[s][key] - theirs[s][key] for s in seeds])
+        r["mf_gap"] = gap
+    return rows
 
 
 def _pm(mean: float, std: float | None) -> str:
@@ -76,11 +103,15 @@ def markdown(rows: Sequence[Mapping], references: Mapping[str, Mapping], split: 
         "| model | seeds | steps | ROUGE-L | exact match | train s | x SFT time |",
         "|---|---|---|---|---|---|---|",
     ]
+    twins = any("mf_gap" in r for r in rows)
+    if twins:  # a +mf twin's gap to its base row, paired over seeds
+        lines = [lines[0] + " +mf gap ROUGE-L |", lines[1] + "---|"]
     for name, ref in references.items():
         secs = ref.get("train_seconds")
         lines.append(
             f"| {name} (reference) | – | {ref.get('steps') or '–'} | {ref['rougeL']:.2f} | "
             f"{ref['exact_match']:.2f} | {f'{secs:.0f}' if secs else '–'} | – |"
+            + (" – |" if twins else "")
         )
     best = max(r["rouge_l"] for r in rows) if rows else None
     for r in rows:
@@ -91,6 +122,7 @@ def markdown(rows: Sequence[Mapping], references: Mapping[str, Mapping], split: 
         lines.append(
             f"| {r['row']} | {len(r['seeds'])} | {r['steps']} | {rl} | "
             f"{_pm(r['exact_match'], r['exact_match_std'])} | {r['train_seconds']:.0f} | {ratio} |"
+            + (f" {_gap(r.get('mf_gap'))} |" if twins else "")
         )
     n = rows[0]["n"] if rows else next(iter(references.values()), {}).get("n", 0)
     lines += [
@@ -98,7 +130,19 @@ def markdown(rows: Sequence[Mapping], references: Mapping[str, Mapping], split: 
         f"{split} split, {n} examples, greedy; mean ± std (ddof=1) over seeds; train s: "
         "wall-clock per run in the trainer (start-up and compiles included).",
     ]
+    if twins:
+        lines.append(
+            "+mf gap: the +mf row minus its base row, mean ± std (ddof=1) of the "
+            "per-seed differences (paired seeds)."
+        )
     return "\n".join(lines) + "\n"
+
+
+def _gap(gap: Mapping | None) -> str:
+    if gap is None:
+        return "–"
+    mean, std = gap["rouge_l"], gap["rouge_l_std"]
+    return f"{mean:+.2f}" if std is None else f"{mean:+.2f} ± {std:.2f}"
 
 
 def write_csv(path: Path, rows: Sequence[Mapping], references: Mapping[str, Mapping]) -> None:
@@ -146,7 +190,8 @@ def plot(path: Path, rows: Sequence[Mapping], references: Mapping[str, Mapping])
         xs = range(len(rows))
         means = [r[key] for r in rows]
         errs = [r[f"{key}_std"] or 0.0 for r in rows]
-        bars = ax.bar(xs, means, 0.6, yerr=errs, capsize=3, color="tab:blue")
+        colors = ["tab:orange" if "+mf" in r["row"].split(" ")[0] else "tab:blue" for r in rows]
+        bars = ax.bar(xs, means, 0.6, yerr=errs, capsize=3, color=colors)
         ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
         ref_key = "rougeL" if key == "rouge_l" else key
         for (name, ref), style in zip(references.items(), ("--", ":"), strict=False):

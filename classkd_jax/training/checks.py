@@ -21,6 +21,8 @@ from classkd_jax.sharding import DECODE_LAYOUTS
 from classkd_jax.training.optim import SCHEDULES
 
 METHODS = ("sft", "kd", "gkd", "classkd", "seqkd", "distillm", "minillm")
+# The sampling baselines that take ClassKD's misfeedback term (`objectives.MISFEEDBACK_METHODS`).
+MISFEEDBACK_METHODS = ("gkd", "distillm", "minillm")
 DTYPES = ("float32", "bfloat16", "float16")
 # Keys a rerun in the same workdir may change (the rest must match config.json).
 RESUMABLE_CHANGES = (
@@ -100,8 +102,10 @@ def validate(c) -> None:
     if c.method != "sft":
         _role(c, "teacher", False)
     if c.method == "classkd":
-        _role(c, "classmate", True)
         _classkd(c)
+    if c.method == "classkd" or (c.method in MISFEEDBACK_METHODS and c.misfeedback.weight > 0):
+        _role(c, "classmate", True)
+        _misfeedback(c)
     if c.method == "distillm":
         _distillm(c)
     if c.method == "minillm":
@@ -144,11 +148,10 @@ def _sampling(c) -> None:
 
 
 def _classkd(c) -> None:
-    k, m, cm = c.classkd, c.misfeedback, c.classmate
+    k, m = c.classkd, c.misfeedback
     divergences = tuple(losses.DIVERGENCES)
     _choice("classkd.off_policy_divergence", k.off_policy_divergence, divergences)
     _choice("classkd.on_policy_divergence", k.on_policy_divergence, divergences)
-    _choice("classmate.divergence", cm.divergence, divergences)
     _unit("classkd.lmbda", k.lmbda)
     _require(k.temperature > 0, "classkd.temperature", k.temperature, "> 0")
     for key in ("off_policy_weight", "on_policy_weight"):
@@ -157,6 +160,13 @@ def _classkd(c) -> None:
     _choice("classkd.estimator", k.estimator, losses.ESTIMATORS)
     if k.estimator == "sequence":
         _sequence_estimator(c)
+
+
+def _misfeedback(c) -> None:
+    """The misfeedback term's and the classmate's keys (ClassKD, a baseline's `+mf`)."""
+    m, cm = c.misfeedback, c.classmate
+    _choice("misfeedback.variant", m.variant, losses.MISFEEDBACK_VARIANTS)
+    _choice("classmate.divergence", cm.divergence, tuple(losses.DIVERGENCES))
     _require(m.weight >= 0, "misfeedback.weight", m.weight, ">= 0")
     _require(m.start_step >= 0, "misfeedback.start_step", m.start_step, ">= 0")
     _require(m.warmup_steps >= 0, "misfeedback.warmup_steps", m.warmup_steps, ">= 0")
@@ -338,3 +348,48 @@ def _flatten(d: dict, prefix: str = "") -> dict:
         else:
             out[key] = v
     return out
+
+
+def refuse_unused(c, defaults) -> None:
+    """Raises `UserError` naming the first misfeedback.* or classmate.* key that
+    differs from `defaults` (the same config file and variant without the
+    command line's overrides) but has no effect on the run: on a method that
+    does not sample from the student (sft, kd, seqkd), or, but for ClassKD's
+    classmate (trained and its gap logged whatever the weight), while
+    misfeedback.weight == 0; also a weight > 0 on GKD that never samples."""
+    m = c.misfeedback
+    if c.method in MISFEEDBACK_METHODS + ("classkd",) and m.weight > 0:
+        if c.method == "gkd" and c.gkd.lmbda == 0:
+            raise UserError(
+                "misfeedback.weight > 0 on GKD with gkd.lmbda=0: it never trains on the "
+                "student's samples, so the term has no effect; set gkd.lmbda > 0"
+            )
+        return
+    sections = ("misfeedback",) if c.method == "classkd" else ("misfeedback", "classmate")
+    for section in sections:
+        for key in changed_keys(c[section], defaults[section], section):
+            if c.method in MISFEEDBACK_METHODS + ("classkd",):
+                if key == "misfeedback.weight":
+                    continue
+                why = "while misfeedback.weight=0; set misfeedback.weight > 0 (e.g. 0.1) or drop it"
+            else:
+                why = f"on method {c.method!r}, which does not sample from the student; drop it"
+            raise UserError(f"config key {key}={config_value(c, key)!r} has no effect {why}")
+
+
+def changed_keys(section, default, prefix: str) -> list[str]:
+    """Dotted keys under `section` whose values differ from `default`'s."""
+    out = []
+    for key, value in section.items():
+        name, base = f"{prefix}.{key}", default.get(key)
+        if hasattr(value, "items") and hasattr(base, "items"):
+            out += changed_keys(value, base, name)
+        elif value != base:
+            out.append(name)
+    return out
+
+
+def config_value(c, dotted: str) -> Any:
+    for part in dotted.split("."):
+        c = c[part]
+    return c

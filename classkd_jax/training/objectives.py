@@ -24,6 +24,10 @@ say what each config key means):
   distillm: off: kd_ratio * SKL_alpha(p, q) + (1 - kd_ratio) * CE(q)
                                           (dataset rows, fresh samples or replay)
   minillm:  on:  PPO-clipped PG(q; A, w) + KL(q_t || p_t)   (teacher-mixed rollouts)
+  gkd, distillm, minillm with misfeedback.weight > 0 (`+mf`, `with_misfeedback`):
+            the part on the student's samples gets + w * M(q, c), and the
+            classmate trains on the method's batch ('off', MiniLLM's 'on') as
+            ClassKD's does: D(p, c) under its schedule and gap control
   with a plain-text stream (data.lm_path), distillm and minillm add
             lm:  lm_coef * ((1 - lm_kd_ratio) * CE(q) + lm_kd_ratio * KL(p || q))
 """
@@ -191,14 +195,68 @@ def _classkd_sequence_part(config) -> Part:
 
 
 def classmate_parts(config) -> tuple[Part, ...]:
-    div = _divergence(config.classmate.divergence, config.classkd.temperature)
+    """The classmate's objective: D(p, c) on `classmate_batch(config)`, teacher only."""
+    div = _divergence(config.classmate.divergence, loss_temperature(config))
 
     def token_fn(logits, ex):
         c, p = logits
         value = div(c, p)
         return value, {"classmate_kd": value, "classmate_fkl": _forward_kl(c, p)}
 
-    return (Part("off", ("teacher",), token_fn),)
+    return (Part(classmate_batch(config), ("teacher",), token_fn),)
+
+
+# Methods that sample from the student and take ClassKD's misfeedback term when
+# misfeedback.weight > 0 (their `+mf` variant); classkd has it built in.
+MISFEEDBACK_METHODS = ("gkd", "distillm", "minillm")
+
+
+def with_misfeedback(config) -> bool:
+    """Whether `config` adds the misfeedback term to a sampling baseline (`+mf`)."""
+    return config.method in MISFEEDBACK_METHODS and float(config.misfeedback.weight) > 0
+
+
+def has_classmate(config) -> bool:
+    """Whether the run builds and trains a classmate (ClassKD, or a baseline's `+mf`)."""
+    return config.method == "classkd" or with_misfeedback(config)
+
+
+def classmate_batch(config) -> str:
+    """The batch the classmate learns from: the student's batch of its method
+    ('off': ClassKD's dataset rows, GKD's and DistiLLM's step batch; MiniLLM's 'on' rollouts)."""
+    return "on" if config.method == "minillm" else "off"
+
+
+def loss_temperature(config) -> float:
+    """The method's loss temperature (the misfeedback and the classmate's loss use it)."""
+    section = config.method if config.method in MISFEEDBACK_METHODS else "classkd"
+    return float(config[section].temperature)
+
+
+def misfeedback_part(config, part: Part) -> Part:
+    """`part` (trained model and teacher logits first) plus w * M(q, c) on its tokens,
+    the classmate's logits appended to its inputs; `w` is the 'weight' extra (0 on a
+    batch that holds no student samples: `objectives.control`). Also logs
+    `student_fkl` = KL(p || q), the student's side of the classmate's gap control."""
+    m = config.misfeedback
+    kw = dict(
+        temperature=loss_temperature(config),
+        variant=m.variant,
+        alpha=float(m.alpha),
+        margin=float(m.margin),
+        beta=float(m.beta),
+    )
+    sigmoid = m.variant == "sigmoid"
+
+    def token_fn(logits, ex):
+        value, aux = part.token_fn(logits[:-1], ex)
+        targets = ex["targets"] if sigmoid else None
+        mis = losses.misfeedback_per_token(logits[0], logits[-1], targets=targets, **kw)
+        aux = {**aux, "misfeedback": mis, "student_fkl": _forward_kl(logits[0], logits[1])}
+        return value + ex["weight"] * mis, aux
+
+    extras = tuple(dict.fromkeys(part.extras + ("weight",) + (("targets",) if sigmoid else ())))
+    return Part(part.batch, part.others + ("classmate",), token_fn, extras)
 
 
 def lm_part(config) -> Part:
@@ -257,7 +315,16 @@ def minillm_parts(config) -> tuple[Part, ...]:
 
 def student_parts(config, *, on_policy: bool = False, lm: bool = False) -> tuple[Part, ...]:
     """The student's objective for `config.method` (`lm`: the batch has a
-    plain-text 'lm' part; static per compile, like `on_policy`)."""
+    plain-text 'lm' part; static per compile, like `on_policy`), with the
+    misfeedback term on the method's batch when `with_misfeedback(config)`."""
+    parts = _method_parts(config, on_policy=on_policy, lm=lm)
+    if not with_misfeedback(config):
+        return parts
+    name = classmate_batch(config)
+    return tuple(misfeedback_part(config, p) if p.batch == name else p for p in parts)
+
+
+def _method_parts(config, *, on_policy: bool, lm: bool) -> tuple[Part, ...]:
     method = config.method
     if method in ("distillm", "minillm"):
         parts = distillm_parts(config) if method == "distillm" else minillm_parts(config)
@@ -296,11 +363,15 @@ def classmate_scheduled(config, step: int) -> bool:
     return not (int(cm.stop_step) > 0 and step >= int(cm.stop_step))
 
 
-def control(config, step: int) -> dict[str, np.ndarray]:
+def control(config, step: int, samples: bool = True) -> dict[str, np.ndarray]:
     """The step's schedule values, computed on the host and passed to the step as
-    replicated scalars, so that sweeping them does not recompile (ClassKD only)."""
+    replicated scalars, so that sweeping them does not recompile (runs with a
+    classmate: `has_classmate`). `samples`: whether the step's batch holds the
+    student's samples; the misfeedback weight is 0 on a batch that does not
+    (a `+mf` baseline's dataset or teacher-sampled step)."""
+    weight = misfeedback_weight(config, step) if samples else 0.0
     return {
-        "misfeedback_weight": np.float32(misfeedback_weight(config, step)),
+        "misfeedback_weight": np.float32(weight),
         "classmate_update": np.bool_(classmate_scheduled(config, step)),
         "min_gap": np.float32(config.classmate.min_gap),
     }

@@ -207,6 +207,9 @@ class _Builder:
                 out.append((f"step rollouts W={p + self.new}", {"on": self._rollout(p)}))
         else:  # sft, kd, seqkd
             out += [(f"step {n}", {"off": b}) for n, b in offs]
+        if objectives.with_misfeedback(c):  # `+mf`: the schedule's scalars, every step
+            control = _control(c, self.replicated)
+            out = [(n, {**b, "control": control}) for n, b in out]
         if c.method in ("distillm", "minillm") and c.data.lm_path:
             d = c.data
             lm = _scored(
@@ -244,7 +247,8 @@ class _Builder:
         for role, name in others:
             total += flops_lib.forward_flops(getattr(m, role).config, *shapes[name])
         if m.classmate is not None:
-            total += 3 * flops_lib.forward_flops(m.classmate.config, *shapes["off"])
+            shape = shapes[objectives.classmate_batch(c)]
+            total += 3 * flops_lib.forward_flops(m.classmate.config, *shape)
         return total
 
     # ----- sampling -----

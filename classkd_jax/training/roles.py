@@ -33,6 +33,7 @@ from classkd_jax.data import synthetic_tokenizer_path
 from classkd_jax.models import ModelConfig, abstract_params, get_preset, load_hf, load_tokenizer
 from classkd_jax.models.hf_io import resolve_hf_dir
 from classkd_jax.models.layers import INIT_STDDEV, norm_scale_init
+from classkd_jax.training import objectives
 from classkd_jax.training.state import params_shardings
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
@@ -272,7 +273,7 @@ def plan_roles(
     roles = ["student"]
     if config.method != "sft":
         roles.insert(0, "teacher")
-    if config.method == "classkd":
+    if objectives.has_classmate(config):  # ClassKD, or a sampling baseline's `+mf`
         roles.append("classmate")
     sources = {}
     for role in roles:

@@ -20,6 +20,9 @@ of the classmate enters the student's batches:
             (collected at each phase's first step, `classkd_jax.training.minillm`)
   distillm and minillm with `data.lm_path` also get 'lm': the next packed
   plain-text batch.
+  classkd, and gkd / distillm / minillm with misfeedback.weight > 0, also get
+  'control': the schedule's scalars (`objectives.control`; the misfeedback
+  weight is 0 on a step that does not train on the student's samples).
 
 Samples come from the jitted `lax.while_loop` sampler
 (`classkd_jax.sampling.Sampler`), with the student's current params, rows
@@ -291,13 +294,16 @@ class BatchPlan:
             info["flops"] += host["flops"]
             return out
 
+        student_samples = True  # whether the step trains on the student's samples
         if c.method == "minillm":
             batch["on"] = self._minillm(step, state, frozen, info)
         elif c.method == "distillm":
             batch["off"], kind = self._distillm(step, state, sample)
             self.kinds[kind] = self.kinds.get(kind, 0) + 1
+            student_samples = kind != "data"
         elif c.method == "gkd":
-            if agreed(draw(seed, step, "gkd") < float(c.gkd.lmbda)):
+            student_samples = agreed(draw(seed, step, "gkd") < float(c.gkd.lmbda))
+            if student_samples:
                 batch["off"] = sample("student", state.student.params)
                 if self.buffer is not None:  # DistiLLM's mixed-jsd: push, then replay
                     self.buffer.push(sharding.fetch(batch["off"]))
@@ -313,8 +319,8 @@ class BatchPlan:
             )
             if on_policy:
                 batch["on"] = sample("student", state.student.params)
-        if c.method == "classkd":
-            batch["control"] = objectives.control(c, step)
+        if objectives.has_classmate(c):
+            batch["control"] = objectives.control(c, step, student_samples)
         if self.data.lm is not None:
             batch["lm"] = self.data.next_lm(self.rows)
         return batch, info

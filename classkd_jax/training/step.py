@@ -16,9 +16,10 @@ own compiled program (GKD trains on either; ClassKD on 'off' plus, on
 on-policy steps, 'on').
 
 Inside one program: the teacher's forward on every batch the objective
-reads, the student's forward and backward, and for ClassKD the classmate's
-forward on the samples (misfeedback, no gradient) and its own update from
-the teacher on the 'off' batch, taken only when its schedule and the gap
+reads, the student's forward and backward, and for ClassKD (and a sampling
+baseline's `+mf`: `objectives.with_misfeedback`) the classmate's forward on
+the samples (misfeedback, no gradient) and its own update from the teacher
+on its batch (`objectives.classmate_batch`), taken only when its schedule and the gap
 control allow (`lax.cond`; the forward that measures the gap runs every step).
 With `classkd.estimator='sequence'` the student also scores its samples once
 without gradient, for the per-sequence rewards and baseline of the
@@ -484,7 +485,7 @@ class StepBuilder:
         metrics = {"loss": loss, **self._named_means(aux, parts, counts)}
         metrics.update({f"student_{k}": v for k, v in opt.items()})
         metrics.update(self._token_metrics(batches, counts))
-        if self.config.method == "classkd":
+        if objectives.has_classmate(self.config):
             metrics["misfeedback_weight"] = weight
         new = state.replace(step=state.step + 1, student=student)
         metrics["flops"] = self._flops(batches, parts, others)
@@ -494,8 +495,8 @@ class StepBuilder:
                 new, state, batches, others, heads, aux, control, cm_rng
             )
             metrics.update(cm_metrics)
-            off = batches["off"]["tokens"].shape
-            cm_fwd = flops_lib.forward_flops(self.models.classmate.config, *off)
+            shape = batches[objectives.classmate_batch(self.config)]["tokens"].shape
+            cm_fwd = flops_lib.forward_flops(self.models.classmate.config, *shape)
             metrics["flops"] += cm_fwd + 2 * cm_fwd * cm_metrics["classmate_updated"]
         return new, metrics
 
@@ -540,7 +541,8 @@ class StepBuilder:
     def _classmate(
         self, new: RunState, old: RunState, batches, others, heads, aux, control, rng=None
     ):
-        """The classmate's measured KL, gap control and (maybe) update, on the 'off' batch.
+        """The classmate's measured KL, gap control and (maybe) update, on its batch
+        (`objectives.classmate_batch`: 'off', or MiniLLM's 'on' rollouts).
 
         With dropout, both branches run the classmate's training forward on the
         same key (`rng`), so the gap compares training-mode KLs of both roles
@@ -554,9 +556,10 @@ class StepBuilder:
         cfg = self.config.classmate
         role = self.models.classmate
         parts = objectives.classmate_parts(self.config)
-        off = {"off": batches["off"]}
+        name = objectives.classmate_batch(self.config)
+        off = {name: batches[name]}
         counts = self._counts(off)
-        cm_others = {("teacher", "off"): others[("teacher", "off")]}
+        cm_others = {("teacher", name): others[("teacher", name)]}
         cm_heads = {"teacher": heads["teacher"]}
         extras = self._extras(off, 0.0)
         ema_s, ema_c = old.gap.averages(float(cfg.gap_ema))
@@ -583,7 +586,7 @@ class StepBuilder:
 
         lr = role.schedule(old.classmate.step)
         classmate, loss, cm_aux, grad_norm = jax.lax.cond(allowed, update, measure, old.classmate)
-        count = jnp.maximum(counts["off"], 1.0)
+        count = jnp.maximum(counts[name], 1.0)
         student_kl = aux["student_fkl"] / count
         classmate_kl = cm_aux["classmate_fkl"] / count
         gap = old.gap.update(student_kl, classmate_kl, float(cfg.gap_ema))
