@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import re
 import sys
@@ -318,6 +319,11 @@ def stderr_to_log(log):
     saved, hook, buffer = sys.stderr, sys.unraisablehook, io.StringIO()
 
     def settle() -> None:
+        # Failed tasks that are collected later (at exit, say) log "never retrieved"
+        # through asyncio's logger: from now on, to this run's log only.
+        asyncio_log = logging.getLogger("asyncio")
+        asyncio_log.handlers = list(log.handlers) or [logging.NullHandler()]
+        asyncio_log.propagate = False
         time.sleep(0.5)
         gc.collect()
 

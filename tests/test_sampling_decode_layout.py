@@ -179,6 +179,12 @@ def _decode_step_collectives(topology_name: str, layout: str) -> tuple[list, int
     # FSDP over the whole slice, as the pairs run (tiny's default mesh is all data).
     flags = ["--config", "configs/classkd.py:size=tiny", "--config.classkd.lmbda=0.5"]
     flags += ["--config.mesh.data=1", "--config.mesh.fsdp=-1"]
+    # A student wider than tiny's (d=64, MLP 256): the sampler's per-row arrays over
+    # the 256-token vocabulary then weigh against the weights as they do at scale.
+    flags += [
+        "--config.student.shape.hidden_size=64",
+        "--config.student.shape.intermediate_size=256",
+    ]
     config, _ = parse_flags([*flags, f"--config.sampling.decode_layout={layout}"], workdir=False)
     mesh = run.make_mesh(config, devices=topology.get(topology_name).devices)
     plan = programs.plan(config, mesh)
@@ -193,11 +199,11 @@ def _decode_step_collectives(topology_name: str, layout: str) -> tuple[list, int
 def test_a_decode_step_moves_activations_never_weights(topology_name):
     """Counted in the compiled program, each source-level collective once: the
     training layout gathers the student's weights on every token; the decode
-    layout moves activation-sized collectives (the [8, 16] hidden state after
+    layout moves activation-sized collectives (the [8, 64] hidden state after
     each MLP, the embedding lookup's row, the softmax's statistics, the
-    sampler's [8, 256] block of probabilities). This student is so small (d=16)
-    that those are a few percent of its weights; at a 1.5B model they are
-    0.3% (benchmarks/README.md)."""
+    sampler's [8, 256] block of probabilities). This student is so small that
+    those are a few percent of its weights; at a 1.5B model they are 0.3%
+    (benchmarks/README.md)."""
     before, weights = _decode_step_collectives(topology_name, "train")
     assert sum(c.bytes for c in before) >= 0.5 * weights  # (the TPU gathers some in bf16)
     after, _ = _decode_step_collectives(topology_name, "tensor")

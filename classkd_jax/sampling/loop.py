@@ -257,7 +257,6 @@ def _choose(state: SamplingState, cfg: SamplingConfig, prompt_len: int, rng: jax
         # Mixing in probability space (MiniLLM): log(a p + (1 - a) q).
         alpha = cfg.teacher_mix
         policy_logp = jnp.logaddexp(jnp.log(alpha) + teacher_logp, jnp.log1p(-alpha) + student_logp)
-    policy_logp = nn.with_logical_constraint(policy_logp, ("batch", "vocab"))
     if cfg.greedy:
         token = argmax(policy_logp)
     else:
@@ -282,26 +281,14 @@ def _record(state: SamplingState, cfg: SamplingConfig, prompt_len: int, chosen) 
         buf, col[:, None], state.step, axis=1
     )
     is_eos = jnp.isin(token, jnp.asarray(cfg.eos_ids, jnp.int32)) if cfg.eos_ids else False
-    return _rows_in_place(
-        state.replace(
-            step=state.step + 1,
-            tokens=put(state.tokens, token),
-            valid=put(state.valid, live),
-            done=state.done | (live & is_eos),
-            logprobs=put_n(state.logprobs, jnp.where(live, logp, 0.0)),
-            student_logprobs=put_n(state.student_logprobs, jnp.where(live, student_logp, 0.0)),
-        )
+    return state.replace(
+        step=state.step + 1,
+        tokens=put(state.tokens, token),
+        valid=put(state.valid, live),
+        done=state.done | (live & is_eos),
+        logprobs=put_n(state.logprobs, jnp.where(live, logp, 0.0)),
+        student_logprobs=put_n(state.student_logprobs, jnp.where(live, student_logp, 0.0)),
     )
-
-
-def _rows_in_place(state: SamplingState) -> SamplingState:
-    """The carry's per-row buffers split by rows as the active logical rules split a
-    batch (the decode layout's, in a sampler on a mesh; a no-op without rules).
-    Without it XLA takes the program's output split (a training batch's) into the
-    loop and re-splits every step's [B] results to it."""
-    rows = lambda x: nn.with_logical_constraint(x, ("batch",) + (None,) * (x.ndim - 1))
-    fields = ("tokens", "valid", "prompt_lengths", "done", "logprobs", "student_logprobs")
-    return state.replace(**{f: rows(getattr(state, f)) for f in fields})
 
 
 def sample_loop(
@@ -396,7 +383,7 @@ def sample_loop(
         cache=cache,
         teacher_cache=teacher_cache,
     )
-    state = _record(state, cfg, prompt_len, _choose(_rows_in_place(state), cfg, prompt_len, rng))
+    state = _record(state, cfg, prompt_len, _choose(state, cfg, prompt_len, rng))
 
     def cond(s: SamplingState):
         return (s.step < n_new) & ~jnp.all(s.done)
