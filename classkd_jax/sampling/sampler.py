@@ -13,6 +13,7 @@ left-padded shapes the loop wants.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections.abc import Sequence
@@ -209,28 +210,17 @@ class Sampler:
 
         def run(params, teacher_params, tokens, mask, row_valid, rng):
             self.num_traces += 1  # Python side effect: runs once per trace.
-            loop = functools.partial(
-                sample_loop,
-                self.config,
-                params,
-                tokens,
-                mask,
-                rng,
-                cfg,
-                row_valid=row_valid,
-                teacher_config=self.teacher_config,
-                teacher_params=teacher_params,
-            )
-            if self.mesh is None:
-                return loop()
-            # Rows move to the decode layout's split once (the loop's carry follows
-            # them), and the loop's activations follow the decode rules, whatever
-            # rules the caller traces under (e.g. the compile command's).
-            rows = (self._decode_rows,) * 3
-            tokens, mask, row_valid = jax.lax.with_sharding_constraint(
-                (tokens, mask, row_valid), rows
-            )
-            with sharding.logical_rules(self.decode_rules):
+            placed, rules = {}, contextlib.nullcontext()
+            if self.mesh is not None:
+                # Rows move to the decode layout's split once (the loop's carry follows
+                # them), and the loop's activations follow the decode rules, whatever
+                # rules the caller traces under (e.g. the compile command's).
+                tokens, mask, row_valid = jax.lax.with_sharding_constraint(
+                    (tokens, mask, row_valid), (self._decode_rows,) * 3
+                )
+                placed = dict(cache_sharding=self._cache_sharding, layout=self._layout)
+                rules = sharding.logical_rules(self.decode_rules)
+            with rules:
                 return sample_loop(
                     self.config,
                     params,
@@ -241,8 +231,7 @@ class Sampler:
                     row_valid=row_valid,
                     teacher_config=self.teacher_config,
                     teacher_params=teacher_params,
-                    cache_sharding=self._cache_sharding,
-                    layout=self._layout,
+                    **placed,
                 )
 
         if self.mesh is None:
