@@ -1,7 +1,8 @@
 """Pod runs on one CPU machine: every method through the real CLI on 2 processes
 x 4 devices, and its 1-process reference, for tests/test_pod_runs_*.py.
 
-`pod_run(method, root)` trains `configs/<method>.py:size=tiny` twice:
+`pod_run(method, root)` trains `configs/<method>.py:size=tiny` twice (`<method>+mf`:
+the method with ClassKD's misfeedback term and classmate, weight 0.1):
   * on 2 processes of 4 CPU devices each (gloo), mesh (data 2, fsdp 4): validation
     and checkpoints at step 2 and at the end (step 4), the export to `student_hf`;
   * on 1 process of 8 devices, on the mesh `REFERENCE_MESH[method]`.
@@ -33,7 +34,10 @@ REFERENCE_MESH = {
     "minillm": (2, 2, 2),
     "distillm": (8, 1, 1),
     "classkd": (1, 4, 2),
+    "distillm+mf": (8, 1, 1),
 }
+# The `+mf` twin's keys (as `compare --methods M+mf` sets them).
+MISFEEDBACK = ["--config.misfeedback.weight=0.1", "--config.classmate.update_every=1"]
 COMMON = [
     "--config.steps=4",
     "--config.log_every=1",
@@ -43,6 +47,7 @@ COMMON = [
 # A replay buffer full after one sampled batch, so that the 4 steps sample (step 2)
 # and replay (step 4) on both runs.
 EXTRA = {"distillm": ["--config.distillm.capacity=8"]}
+EXTRA["distillm+mf"] = EXTRA["distillm"] + MISFEEDBACK
 # Per-step values compared between the runs (when the method logs them).
 COMPARED = (
     "loss",
@@ -81,7 +86,7 @@ def _argv(method: str, workdir: Path, mesh: tuple[int, int, int]) -> list[str]:
     data, fsdp, tensor = mesh
     return [
         "--config",
-        f"configs/{method}.py:size=tiny",
+        f"configs/{method.removesuffix('+mf')}.py:size=tiny",
         "--workdir",
         str(workdir),
         *COMMON,
@@ -181,9 +186,12 @@ def check_pod_run(run: PodRun) -> None:
     assert_same_records(records(run.one), two)
     # The method's own host-side machinery ran on both processes.
     steps = [r for r in two if "loss" in r]
-    if run.method in ("gkd", "minillm", "distillm", "classkd"):
+    if run.method.removesuffix("+mf") in ("gkd", "minillm", "distillm", "classkd"):
         assert any(r["sampling_share"] > 0 for r in steps), "no step sampled"
-    if run.method == "distillm":
+    if run.method.endswith("+mf"):  # the term acted, and the classmate trained
+        assert any(abs(r.get("misfeedback", 0.0)) > 0 for r in steps), steps
+        assert any(r.get("classmate_loss", 0.0) > 0 for r in steps), steps
+    if run.method.startswith("distillm"):
         assert steps[-1]["distillm_replay_steps"] >= 1 and steps[-1]["replay_buffer_rows"] > 0
     if run.method == "seqkd":
         assert any((run.two / "seqkd").iterdir())  # the teacher's generated responses

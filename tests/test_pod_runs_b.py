@@ -1,5 +1,7 @@
-"""Pod runs that finish (2 of 2): MiniLLM, DistiLLM and ClassKD on 2 processes x 4
-CPU devices as in tests/test_pod_runs_a.py, and checkpoints that restore on any
+"""Pod runs that finish (2 of 2): MiniLLM, DistiLLM with the misfeedback term
+(`distillm+mf`: DistiLLM's own machinery, sampling and replay, plus the
+classmate and its term) and ClassKD on 2 processes x 4 CPU devices as in
+tests/test_pod_runs_a.py, and checkpoints that restore on any
 topology: a checkpoint written by 2 processes, or by 1 process on 8 devices,
 exports, generates and evaluates on 1 device (the reading side builds its
 target from its own devices, never from the topology the checkpoint was
@@ -22,7 +24,7 @@ def classkd_run(tmp_path_factory):
     return pod_run("classkd", tmp_path_factory.mktemp("pod"))
 
 
-@pytest.mark.parametrize("method", ["minillm", "distillm"])
+@pytest.mark.parametrize("method", ["minillm", "distillm+mf"])
 def test_method_runs_to_completion_on_two_processes_as_on_one(method, tmp_path):
     check_pod_run(pod_run(method, tmp_path))
 
