@@ -1,0 +1,339 @@
+"""Cross-tokenizer distillation: host alignment, chunk arrays, losses, and a CLI run.
+
+Tiny tokenizers built with `tokenizers` (module scope, no files): a byte-level
+BPE (GPT-2 style, splits multi-byte characters), a SentencePiece-style BPE
+with byte fallback (Metaspace, '<0xNN>' pieces), a WordPiece (offsets leave
+the spaces out) and a byte-level tokenizer without merges (one token per byte).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from classkd_jax.data import alignment, cross_rows, vocab_map
+
+CORPUS = [
+    "the quick brown fox jumps over the lazy dog.",
+    "a student learns from a teacher, héllo wörld 日本語 😀 naïve café",
+    "knowledge distillation trains a small model to match a large one.",
+]
+TEXTS = [
+    "the héllo 😀 dog",
+    "日本語 and café: naïve students learn",
+    "  two  spaces, then 😀😀 emoji",
+    "plain ascii sentence.",
+    "é",
+]
+
+
+def _fast(tok, **kw):
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **kw)
+
+
+def byte_bpe(vocab_size=300, merges=True):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size if merges else 257,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS * 20, trainer)
+    return _fast(tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+
+
+def sentencepiece_bpe():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=340, special_tokens=specials, limit_alphabet=40, show_progress=False
+    )
+    ascii_corpus = [c.encode("ascii", "ignore").decode() for c in CORPUS]
+    tok.train_from_iterator(ascii_corpus * 20, trainer)
+    return _fast(tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def wordpiece():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=150, special_tokens=["[UNK]", "[EOS]"], show_progress=False
+    )
+    tok.train_from_iterator(CORPUS * 20, trainer)
+    return _fast(tok, eos_token="[EOS]", unk_token="[UNK]")
+
+
+@pytest.fixture(scope="module")
+def toks():
+    return {
+        "byte_bpe": byte_bpe(),
+        "sentencepiece": sentencepiece_bpe(),
+        "wordpiece": wordpiece(),
+        "bytes": byte_bpe(merges=False),
+    }
+
+
+@pytest.fixture(scope="module")
+def spell(toks):
+    return {k: vocab_map.token_bytes(t) for k, t in toks.items()}
+
+
+def _encode(toks, spell, name, text, refine=True):
+    return alignment.encode_with_spans(toks[name], text, spell[name] if refine else None)
+
+
+PAIRS = [
+    ("byte_bpe", "sentencepiece"),
+    ("byte_bpe", "wordpiece"),
+    ("sentencepiece", "wordpiece"),
+    ("byte_bpe", "bytes"),
+    ("sentencepiece", "bytes"),
+]
+
+
+def _check_partition(spans, chunks, align, covered_to):
+    """Chunks run in order, each side's tokens of chunk k lie inside its byte range,
+    and every token ending within the shared coverage is in a chunk."""
+    real = spans[:, 1] > spans[:, 0]
+    ids = chunks[real & (chunks >= 0)]
+    assert np.all(np.diff(ids) >= 0), "chunk ids must follow the text order"
+    for k in range(align.num_chunks):
+        lo, hi = align.cuts[k], align.cuts[k + 1]
+        mine = spans[(chunks == k) & real]
+        assert len(mine), f"chunk {k} has no token"
+        assert mine[:, 0].min() >= lo and mine[:, 1].max() <= hi
+        others = spans[(chunks != k) & real]
+        overlap = (others[:, 0] < hi) & (others[:, 1] > lo)
+        assert not overlap.any(), f"a token of another chunk overlaps chunk {k}"
+    assert np.all(chunks[real & (spans[:, 1] <= covered_to)] >= 0)
+
+
+@pytest.mark.parametrize("refine", [True, False], ids=["exact-bytes", "char-offsets"])
+@pytest.mark.parametrize("pair", PAIRS, ids="-".join)
+def test_chunks_partition_both_sides_with_equal_byte_ranges(toks, spell, pair, refine):
+    for text in TEXTS:
+        _, sa = _encode(toks, spell, pair[0], text, refine)
+        _, sb = _encode(toks, spell, pair[1], text, refine)
+        align = alignment.align_spans(sa, sb, len(text.encode()))
+        assert align.num_chunks >= 1
+        assert set(align.a[align.a >= 0]) == set(align.b[align.b >= 0]) == set(
+            range(align.num_chunks)
+        )
+        _check_partition(sa, align.a, align, align.cuts[-1])
+        _check_partition(sb, align.b, align, align.cuts[-1])
+
+
+@pytest.mark.parametrize("other", ["wordpiece", "bytes", "sentencepiece"])
+def test_byte_level_chunks_spell_their_bytes_exactly(toks, spell, other):
+    """Byte-level BPE covers every byte: its chunk k's token bytes are exactly the
+    text's bytes cuts[k]..cuts[k+1], also where tokens end inside a character."""
+    for text in TEXTS:
+        ids, sa = _encode(toks, spell, "byte_bpe", text)
+        _, sb = _encode(toks, spell, other, text)
+        raw = text.encode()
+        align = alignment.align_spans(sa, sb, len(raw))
+        for k in range(align.num_chunks):
+            got = b"".join(spell["byte_bpe"][i] for i, c in zip(ids, align.a, strict=True) if c == k)
+            assert got == raw[align.cuts[k] : align.cuts[k + 1]]
+
+
+def test_cuts_inside_a_multibyte_character_only_at_known_bytes(toks, spell):
+    """Character offsets alone never cut inside a character; with the tokens'
+    spellings, two byte-level sides that split a character alike share those cuts."""
+    text = "😀é日"
+    char_starts = set(np.cumsum([0] + [len(c.encode()) for c in text]).tolist())
+    _, sa = _encode(toks, spell, "byte_bpe", text, refine=False)
+    _, sb = _encode(toks, spell, "bytes", text, refine=False)
+    assert len(sb) == len(text.encode())  # one token per byte on that side
+    coarse = alignment.align_spans(sa, sb, len(text.encode()))
+    assert set(coarse.cuts.tolist()) <= char_starts
+    _, sb = _encode(toks, spell, "bytes", text)
+    fine = alignment.align_spans(sb, sb, len(text.encode()))
+    assert fine.num_chunks == len(text.encode())
+
+
+@pytest.mark.parametrize("name", ["sentencepiece", "byte_bpe", "wordpiece"])
+def test_same_tokenizer_gives_one_token_chunks(toks, spell, name):
+    for text in TEXTS:
+        _, s = _encode(toks, spell, name, text)
+        align = alignment.align_spans(s, s, len(text.encode()))
+        np.testing.assert_array_equal(align.a, np.arange(len(s)))
+        np.testing.assert_array_equal(align.b, np.arange(len(s)))
+
+
+def test_bos_on_one_side_joins_the_first_chunk(toks, spell):
+    text = "the quick fox"
+    _, sa = _encode(toks, spell, "byte_bpe", text)
+    _, sb = _encode(toks, spell, "sentencepiece", text)
+    with_bos = np.concatenate([[[0, 0]], sb])  # a BOS reports the empty span (0, 0)
+    plain = alignment.align_spans(sa, sb, len(text))
+    bos = alignment.align_spans(sa, with_bos, len(text))
+    assert bos.b[0] == 0 and bos.num_chunks == plain.num_chunks
+    np.testing.assert_array_equal(bos.b[1:], plain.b)
+    np.testing.assert_array_equal(bos.a, plain.a)
+
+
+def test_truncated_side_leaves_later_tokens_out(toks, spell):
+    text = "the quick brown fox jumps over the lazy dog."
+    _, sa = _encode(toks, spell, "byte_bpe", text)
+    _, sb = _encode(toks, spell, "wordpiece", text)
+    full = alignment.align_spans(sa, sb, len(text))
+    cut = alignment.align_spans(sa, sb[:4], len(text))
+    assert 0 < cut.num_chunks < full.num_chunks
+    covered = sb[3, 1]
+    assert np.all(cut.a[sa[:, 1] > covered] == -1)
+    assert np.all(cut.b[:4] >= 0)
+    np.testing.assert_array_equal(cut.a[cut.a >= 0], full.a[: np.sum(cut.a >= 0)])
+
+
+def test_row_arrays_static_shapes_and_eos_chunk(toks, spell):
+    s_tok, t_tok = toks["byte_bpe"], toks["sentencepiece"]
+    text = "héllo 😀 dog"
+    s_ids = np.asarray(s_tok(text, add_special_tokens=False)["input_ids"] + [s_tok.eos_token_id])
+    t_ids = np.asarray(t_tok(text, add_special_tokens=False)["input_ids"] + [t_tok.eos_token_id])
+    eos = (s_tok.eos_token_id, t_tok.eos_token_id)
+    spellings = (spell["byte_bpe"], spell["sentencepiece"])
+    align = cross_rows.response_alignment(text, s_ids, t_ids, (s_tok, t_tok), eos, spellings)
+    assert align.a[-1] == align.b[-1] == align.num_chunks - 1  # EOS pairs with EOS
+    assert np.sum(align.a == align.num_chunks - 1) == 1
+    arrays = cross_rows.row_arrays(align, 3, 5, 32, 48)
+    assert arrays["student_chunk"].shape == (32,) and arrays["teacher_chunk"].shape == (48,)
+    assert arrays["chunk_mask"].sum() == align.num_chunks
+    assert arrays["first_mask"].sum() == align.num_chunks
+    # Column 2 predicts the first response token, on the teacher's side column 4.
+    assert arrays["student_chunk"][2] == 0 and arrays["teacher_index"][2] == 4
+    assert np.all(arrays["student_chunk"][: 2] == -1)
+    assert np.all(arrays["student_chunk"][2 + len(s_ids) :] == -1)
+
+
+def test_shared_vocabulary_matches_spellings(toks):
+    s, t = toks["byte_bpe"], toks["sentencepiece"]
+    s_ids, t_ids = vocab_map.shared_vocabulary(s, t)
+    spell_s, spell_t = vocab_map.token_bytes(s), vocab_map.token_bytes(t)
+    assert len(s_ids) > 30
+    assert len(set(s_ids.tolist())) == len(s_ids) and len(set(t_ids.tolist())) == len(t_ids)
+    for i, j in zip(s_ids, t_ids, strict=True):
+        if spell_s[i] is None:
+            continue
+        assert spell_s[i] == spell_t[j]
+    assert (s.eos_token_id, t.eos_token_id) in set(zip(s_ids.tolist(), t_ids.tolist()))
+    # Every spelling both sides have is in the map ('Ġt' / '▁t' included).
+    both = (set(spell_s) & set(spell_t)) - {None}
+    assert {spell_s[i] for i in s_ids} - {None} == both and b" t" in both
+
+
+# ----- losses -----
+
+
+def test_exact_match_kl_on_one_vocabulary_is_forward_kl():
+    import jax
+    import jax.numpy as jnp
+
+    from classkd_jax import losses
+    from classkd_jax.losses import cross_tokenizer as xt
+
+    kq, kp = jax.random.split(jax.random.key(0))
+    q = jax.random.normal(kq, (6, 40)) * 3
+    p = jax.random.normal(kp, (6, 40)) * 3
+    ids = jnp.arange(40, dtype=jnp.int32)
+    got = xt.exact_match_kl_per_token(q, p, ids, ids, temperature=1.5)
+    want = losses.forward_kl_per_token(q, p, temperature=1.5)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_alm_on_one_token_chunks_is_its_token_level_form():
+    """Same tokenizer: chunk k is token k, and ALM is the per-token binarised KL
+    between p(y_t) and q(y_t), written out here from its definition."""
+    import jax
+    import jax.numpy as jnp
+
+    from classkd_jax.losses import cross_tokenizer as xt
+
+    b, t = 2, 7
+    k1, k2 = jax.random.split(jax.random.key(1))
+    logq = jax.nn.log_sigmoid(jax.random.normal(k1, (b, t)) * 2)
+    logp = jax.nn.log_sigmoid(jax.random.normal(k2, (b, t)) * 2)
+    ids = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t)).at[:, -2:].set(-1)
+    mask = (jnp.arange(t) < t - 2).astype(jnp.float32)[None].repeat(b, 0)
+    loss, grad, sq, sp = xt.alm_chunk_terms(logq, logp, ids, ids, mask)
+    pq, pp = np.exp(np.asarray(logq, np.float64)), np.exp(np.asarray(logp, np.float64))
+    want = pp * np.log(pp / pq) + (1 - pp) * np.log((1 - pp) / (1 - pq))
+    want = np.where(np.asarray(mask) > 0, want, 0.0)
+    np.testing.assert_allclose(loss, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(sq, np.where(mask > 0, logq, 0), rtol=1e-6)
+    # d/dlog q of the binarised KL: q (1 - p) / (1 - q) - p.
+    dwant = np.where(np.asarray(mask) > 0, pq * (1 - pp) / (1 - pq) - pp, 0.0)
+    np.testing.assert_allclose(grad, dwant, rtol=1e-4, atol=1e-6)
+
+
+def test_uld_is_sorted_l1_and_ignores_vocabulary_order():
+    import jax
+    import jax.numpy as jnp
+
+    from classkd_jax.losses import cross_tokenizer as xt
+
+    q = jax.random.normal(jax.random.key(2), (3, 12))
+    p = jax.random.normal(jax.random.key(3), (3, 20))
+    got = xt.uld_per_token(q, p)
+    sq = -np.sort(-np.asarray(jax.nn.softmax(q)), -1)
+    sp = -np.sort(-np.asarray(jax.nn.softmax(p)), -1)
+    want = np.abs(np.pad(sq, ((0, 0), (0, 8))) - sp).sum(-1)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    perm = jax.random.permutation(jax.random.key(4), 20)
+    np.testing.assert_allclose(xt.uld_per_token(q, p[:, perm]), got, rtol=1e-6, atol=1e-7)
+
+
+def test_teacher_chunk_loglik_by_characters_is_the_chain_rule(toks, spell):
+    """A teacher that splits every student token into bytes: its chunk
+    log-likelihoods (one forward, `chunk_sums`) equal the product rule computed
+    by scoring each byte after its own prefix in separate forwards."""
+    import jax
+    import jax.numpy as jnp
+
+    from classkd_jax.losses import cross_tokenizer as xt
+    from classkd_jax.models import Transformer, get_preset, init_params
+
+    s_tok, t_tok = toks["byte_bpe"], toks["bytes"]
+    text = "the quick fox"
+    s_ids, s_spans = _encode(toks, spell, "byte_bpe", text)
+    t_ids, t_spans = _encode(toks, spell, "bytes", text)
+    align = alignment.align_spans(s_spans, t_spans, len(text))
+    assert align.num_chunks == len(s_ids) and len(t_ids) == len(text)
+    cfg = get_preset("tiny-llama", vocab_size=len(t_tok), dtype="float32")
+    params = init_params(cfg, jax.random.key(0))
+    model = Transformer(cfg)
+    bos = [t_tok.eos_token_id]  # a one-token prompt: the first byte is predicted too
+    tokens = np.asarray(bos + t_ids, np.int32)
+    n = len(tokens)
+
+    @jax.jit
+    def logits_of(row):
+        return model.apply({"params": params}, row[None]).logits[0]
+
+    logp = jax.nn.log_softmax(logits_of(jnp.asarray(tokens)), -1)
+    per_pos = np.asarray(logp[np.arange(n - 1), tokens[1:]])  # column t scores token t+1
+    chunk_of_col = np.asarray(align.b, np.int32)
+    got = xt.chunk_sums(per_pos[None], chunk_of_col[None], align.num_chunks)[0]
+    for k in range(align.num_chunks):
+        brute = 0.0
+        for j in np.flatnonzero(align.b == k):  # byte j of the text, token j + 1 of the row
+            prefix = np.zeros(n, np.int32)  # right padding: causal, earlier columns unaffected
+            prefix[: j + 1] = tokens[: j + 1]
+            brute += float(jax.nn.log_softmax(logits_of(jnp.asarray(prefix))[j])[tokens[j + 1]])
+        np.testing.assert_allclose(got[k], brute, rtol=1e-5, atol=1e-5)
