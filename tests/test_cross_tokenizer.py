@@ -132,8 +132,8 @@ def test_chunks_partition_both_sides_with_equal_byte_ranges(toks, spell, pair, r
         _, sb = _encode(toks, spell, pair[1], text, refine)
         align = alignment.align_spans(sa, sb, len(text.encode()))
         assert align.num_chunks >= 1
-        assert set(align.a[align.a >= 0]) == set(align.b[align.b >= 0]) == set(
-            range(align.num_chunks)
+        assert (
+            set(align.a[align.a >= 0]) == set(align.b[align.b >= 0]) == set(range(align.num_chunks))
         )
         _check_partition(sa, align.a, align, align.cuts[-1])
         _check_partition(sb, align.b, align, align.cuts[-1])
@@ -149,7 +149,8 @@ def test_byte_level_chunks_spell_their_bytes_exactly(toks, spell, other):
         raw = text.encode()
         align = alignment.align_spans(sa, sb, len(raw))
         for k in range(align.num_chunks):
-            got = b"".join(spell["byte_bpe"][i] for i, c in zip(ids, align.a, strict=True) if c == k)
+            mine = [i for i, c in zip(ids, align.a, strict=True) if c == k]
+            got = b"".join(spell["byte_bpe"][i] for i in mine)
             assert got == raw[align.cuts[k] : align.cuts[k + 1]]
 
 
@@ -218,7 +219,7 @@ def test_row_arrays_static_shapes_and_eos_chunk(toks, spell):
     assert arrays["first_mask"].sum() == align.num_chunks
     # Column 2 predicts the first response token, on the teacher's side column 4.
     assert arrays["student_chunk"][2] == 0 and arrays["teacher_index"][2] == 4
-    assert np.all(arrays["student_chunk"][: 2] == -1)
+    assert np.all(arrays["student_chunk"][:2] == -1)
     assert np.all(arrays["student_chunk"][2 + len(s_ids) :] == -1)
 
 
@@ -232,7 +233,7 @@ def test_shared_vocabulary_matches_spellings(toks):
         if spell_s[i] is None:
             continue
         assert spell_s[i] == spell_t[j]
-    assert (s.eos_token_id, t.eos_token_id) in set(zip(s_ids.tolist(), t_ids.tolist()))
+    assert (s.eos_token_id, t.eos_token_id) in set(zip(s_ids.tolist(), t_ids.tolist(), strict=True))
     # Every spelling both sides have is in the map ('Ġt' / '▁t' included).
     both = (set(spell_s) & set(spell_t)) - {None}
     assert {spell_s[i] for i in s_ids} - {None} == both and b" t" in both
@@ -284,7 +285,6 @@ def test_alm_on_one_token_chunks_is_its_token_level_form():
 
 def test_uld_is_sorted_l1_and_ignores_vocabulary_order():
     import jax
-    import jax.numpy as jnp
 
     from classkd_jax.losses import cross_tokenizer as xt
 
@@ -309,7 +309,7 @@ def test_teacher_chunk_loglik_by_characters_is_the_chain_rule(toks, spell):
     from classkd_jax.losses import cross_tokenizer as xt
     from classkd_jax.models import Transformer, get_preset, init_params
 
-    s_tok, t_tok = toks["byte_bpe"], toks["bytes"]
+    t_tok = toks["bytes"]
     text = "the quick fox"
     s_ids, s_spans = _encode(toks, spell, "byte_bpe", text)
     t_ids, t_spans = _encode(toks, spell, "bytes", text)

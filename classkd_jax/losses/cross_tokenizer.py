@@ -130,7 +130,9 @@ def exact_match_kl_per_token(
     return jnp.sum(prob * jnp.where(prob > 0, logp - logq, 0.0), axis=-1)
 
 
-def uld_per_token(student_logits: Array, teacher_logits: Array, *, temperature: float = 1.0) -> Array:
+def uld_per_token(
+    student_logits: Array, teacher_logits: Array, *, temperature: float = 1.0
+) -> Array:
     """ULD's closed-form Wasserstein-1 between two distributions over unrelated vocabularies.
 
     Args:

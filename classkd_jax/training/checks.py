@@ -135,6 +135,31 @@ def validate(c) -> None:
     _require(c.eval.max_new_tokens >= 1, "eval.max_new_tokens", c.eval.max_new_tokens, ">= 1")
     _require(c.eval.batch_size >= 1, "eval.batch_size", c.eval.batch_size, ">= 1")
     _require(c.data.batch_size >= 1, "data.batch_size", c.data.batch_size, ">= 1")
+    if c.teacher.tokenizer:
+        _cross_tokenizer(c)
+
+
+CROSS_TOKENIZER_LOSSES = ("alm", "exact", "uld")  # `training.cross_objectives.LOSSES`
+
+
+def _cross_tokenizer(c) -> None:
+    """A teacher with its own tokenizer (`teacher.tokenizer`): word-level KD on
+    unpacked rows (one example per row, aligned on the host)."""
+    if c.method != "kd":
+        raise UserError(
+            f"teacher.tokenizer={c.teacher.tokenizer!r} (a teacher with another tokenizer) "
+            f"works with method='kd' so far, not {c.method!r} (docs/models.md)"
+        )
+    _choice("cross_tokenizer.loss", c.cross_tokenizer.loss, CROSS_TOKENIZER_LOSSES)
+    if c.data.pack:
+        raise UserError(
+            "teacher.tokenizer is set: cross-tokenizer rows hold one example each; "
+            "set data.pack=False"
+        )
+    if c.teacher.template:
+        from classkd_jax.data.templates import TEMPLATES
+
+        _choice("teacher.template", c.teacher.template, tuple(TEMPLATES))
 
 
 def _sampling(c) -> None:
@@ -357,6 +382,7 @@ def refuse_unused(c, defaults) -> None:
     does not sample from the student (sft, kd, seqkd), or, but for ClassKD's
     classmate (trained and its gap logged whatever the weight), while
     misfeedback.weight == 0; also a weight > 0 on GKD that never samples."""
+    _refuse_unused_cross(c, defaults)
     m = c.misfeedback
     if c.method in MISFEEDBACK_METHODS + ("classkd",) and m.weight > 0:
         if c.method == "gkd" and c.gkd.lmbda == 0:
@@ -375,6 +401,24 @@ def refuse_unused(c, defaults) -> None:
             else:
                 why = f"on method {c.method!r}, which does not sample from the student; drop it"
             raise UserError(f"config key {key}={config_value(c, key)!r} has no effect {why}")
+
+
+def _refuse_unused_cross(c, defaults) -> None:
+    """cross_tokenizer.* and teacher.template act only with a teacher.tokenizer;
+    kd.divergence only without one (the cross-tokenizer loss replaces it)."""
+    changed = changed_keys(c.cross_tokenizer, defaults.cross_tokenizer, "cross_tokenizer")
+    if c.teacher.template != defaults.teacher.template:
+        changed.append("teacher.template")
+    if not c.teacher.tokenizer and changed:
+        raise UserError(
+            f"config key {changed[0]}={config_value(c, changed[0])!r} has no effect without "
+            "teacher.tokenizer (a teacher with another tokenizer); set it or drop the key"
+        )
+    if c.teacher.tokenizer and c.kd.divergence != defaults.kd.divergence:
+        raise UserError(
+            f"config key kd.divergence={c.kd.divergence!r} has no effect with "
+            "teacher.tokenizer set (cross_tokenizer.loss chooses the loss); drop it"
+        )
 
 
 def changed_keys(section, default, prefix: str) -> list[str]:

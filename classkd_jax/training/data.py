@@ -17,9 +17,11 @@ from classkd_jax.cli import UserError
 from classkd_jax.data import (
     BatchIterator,
     EvalExample,
+    cross_rows,
     format_prompt,
     pipeline,
     to_global,
+    tokenize,
 )
 from classkd_jax.data.tokenize import TokenizedData
 from classkd_jax.training import checks
@@ -44,6 +46,7 @@ class TrainData:
     dev: TokenizedData | None
     dev_examples: list[EvalExample]
     lm: BatchIterator | None = None  # the plain-text stream (data.lm_path), if any
+    cross: cross_rows.CrossRows | None = None  # a teacher with another tokenizer's rows
 
     def state(self) -> dict[str, Any]:
         out = {"off": self.off.get_state()}
@@ -74,7 +77,11 @@ class TrainData:
     def next_off(self, rows) -> dict:
         """The next off-policy batch as global arrays, rows sharded by `rows`."""
         batch = next(self.off)
-        return to_global({k: batch[k] for k in SCORED_KEYS}, rows)
+        keys = SCORED_KEYS
+        if self.cross is not None:
+            batch = self.cross.add_teacher(batch, self.train)
+            keys = SCORED_KEYS + cross_rows.CROSS_KEYS
+        return to_global({k: batch[k] for k in keys}, rows)
 
     def next_prompts(self, rows) -> tuple[Any, Any]:
         """The next prompt batch: (tokens [B, P] int32, mask [B, P] bool) global arrays."""
@@ -94,8 +101,44 @@ def eval_examples(examples, data: TokenizedData, template: str) -> list[EvalExam
     return out
 
 
-def build(config, tokenizer, *, sampling_batch: int, needs_prompts: bool) -> TrainData:
-    """Loads, tokenises and wraps the splits (errors name the config key)."""
+def build_cross(config, examples, train: TokenizedData, tokenizer, teacher_tokenizer):
+    """The teacher's tokenisation of the examples the student kept (`teacher.template`,
+    prompts cut from the left rather than dropped, so both keep the same ones) and
+    every response's alignment (`data.cross_rows`)."""
+    from classkd_jax.data import vocab_map
+
+    cfg = config.data
+    kept = [examples[int(i)] for i in train.source_index]
+    teacher = tokenize.tokenize_examples(
+        kept,
+        teacher_tokenizer,
+        template=config.teacher.template or cfg.template,
+        max_prompt_length=cfg.max_prompt_length,
+        max_length=cfg.max_length,
+        add_bos=cfg.add_bos,
+        long_prompts="truncate",
+    )
+    eos = (tokenize.special_ids(tokenizer)[0], tokenize.special_ids(teacher_tokenizer)[0])
+    spellings = (vocab_map.token_bytes(tokenizer), vocab_map.token_bytes(teacher_tokenizer))
+    aligns = [
+        cross_rows.response_alignment(
+            ex.response,
+            train.responses[i],
+            teacher.responses[i],
+            (tokenizer, teacher_tokenizer),
+            eos,
+            spellings,
+        )
+        for i, ex in enumerate(kept)
+    ]
+    return cross_rows.CrossRows(teacher, aligns, tuple(cfg.length_buckets))
+
+
+def build(
+    config, tokenizer, *, sampling_batch: int, needs_prompts: bool, teacher_tokenizer=None
+) -> TrainData:
+    """Loads, tokenises and wraps the splits (errors name the config key);
+    `teacher_tokenizer`: a teacher's own tokenizer (cross-tokenizer KD rows)."""
     cfg = config.data
     train_examples = pipeline.load_split(cfg, "train")
     if not train_examples:
@@ -134,7 +177,10 @@ def build(config, tokenizer, *, sampling_batch: int, needs_prompts: bool) -> Tra
             if "data.lm_path" not in message:
                 message = f"data.lm_path={cfg.lm_path!r}: {message}"
             raise UserError(message) from None
-    return TrainData(train, off, prompts, dev, dev_examples, lm)
+    cross = None
+    if teacher_tokenizer is not None:
+        cross = build_cross(config, train_examples, train, tokenizer, teacher_tokenizer)
+    return TrainData(train, off, prompts, dev, dev_examples, lm, cross)
 
 
 def _empty_train_message(cfg) -> str:

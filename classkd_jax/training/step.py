@@ -46,10 +46,12 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from classkd_jax import losses, sharding
+from classkd_jax.data.cross_rows import CROSS_KEYS
 from classkd_jax.models import ModelConfig, Transformer, lm_head
 from classkd_jax.sampling import data_axes
+from classkd_jax.training import cross_objectives, minillm, objectives
 from classkd_jax.training import flops as flops_lib
-from classkd_jax.training import minillm, objectives
+from classkd_jax.training.cross_objectives import CrossTokenizer
 from classkd_jax.training.minillm import ROLLOUT_KEYS
 from classkd_jax.training.objectives import Part
 from classkd_jax.training.state import RunState, TrainState
@@ -76,6 +78,7 @@ class Models:
     teacher: Role | None = None
     classmate: Role | None = None
     vocab_size: int | None = None  # the shared real vocabulary (len(tokenizer))
+    cross: CrossTokenizer | None = None  # a teacher with another tokenizer (KD)
 
 
 def scored_batch(batch: Batch) -> Batch:
@@ -88,7 +91,7 @@ def scored_batch(batch: Batch) -> Batch:
     one position, the last prompt token.
     """
     if "loss_mask" in batch:  # scored rows (with MiniLLM's rollout values, if any)
-        return {k: batch[k] for k in SCORED_KEYS + ROLLOUT_KEYS if k in batch}
+        return {k: batch[k] for k in SCORED_KEYS + ROLLOUT_KEYS + CROSS_KEYS if k in batch}
     missing = [k for k in SAMPLE_KEYS if k not in batch]
     if missing:
         raise ValueError(f"batch has neither {SCORED_KEYS} nor the sampler's {SAMPLE_KEYS}")
@@ -173,6 +176,8 @@ class LossPath:
       vocab_major: (role, bool) pairs: whether that role's head is passed as
         stored `[V, D]` (tied embeddings) rather than `[D, V]`.
       softcaps: (role, cap) pairs: the role's final-logit soft-cap (Gemma 2), if any.
+      vocabs: (role, size) pairs: a role's own real vocabulary where its tokenizer
+        is not the trained model's (a cross-tokenizer teacher).
     """
 
     impl: str
@@ -180,6 +185,15 @@ class LossPath:
     vocab_size: int | None
     vocab_major: tuple[tuple[str, bool], ...] = ()
     softcaps: tuple[tuple[str, float | None], ...] = ()
+    vocabs: tuple[tuple[str, int], ...] = ()
+
+    def vocab_sizes(self, others: tuple[str, ...]) -> tuple[int, ...] | None:
+        """Per model of a part (the trained one, then `others`) its vocabulary, or
+        None when they all share `vocab_size`."""
+        own = dict(self.vocabs)
+        if not any(r in own for r in others):
+            return None
+        return (self.vocab_size,) + tuple(own.get(r, self.vocab_size) for r in others)
 
     def layout(self, role: str) -> bool:
         return dict(self.vocab_major).get(role, False)
@@ -232,6 +246,7 @@ def objective(
             extras,
             impl=path.impl,
             vocab_size=path.vocab_size,
+            vocab_sizes=path.vocab_sizes(part.others),
             trainable=(True,) + (False,) * len(part.others),
             chunk_size=path.chunk_size,
             vocab_major=(own_layout,) + tuple(path.layout(r) for r in part.others),
@@ -328,7 +343,10 @@ class StepBuilder:
             for role in ("teacher", "classmate")
             if getattr(models, role) is not None
         )
-        self.path = LossPath(impl, int(config.loss.chunk_size), models.vocab_size, layouts, caps)
+        vocabs = (("teacher", models.cross.teacher_vocab),) if models.cross else ()
+        self.path = LossPath(
+            impl, int(config.loss.chunk_size), models.vocab_size, layouts, caps, vocabs
+        )
         self.grad_accum = int(config.grad_accum)
         self.rows = NamedSharding(mesh, P(data_axes(mesh) or None))
         self.replicated = NamedSharding(mesh, P())
@@ -353,9 +371,13 @@ class StepBuilder:
                     continue
                 model, params = sources[role]
                 p = params()
-                others[key] = jax.lax.stop_gradient(
-                    hidden_states(model.config, p, batches[part.batch])
-                )
+                batch = batches[part.batch]
+                if role == "teacher" and self.models.cross is not None:
+                    h = hidden_states(model.config, p, cross_objectives.teacher_batch(batch))
+                    h = cross_objectives.gather_teacher(h, batch["teacher_index"])
+                else:
+                    h = hidden_states(model.config, p, batch)
+                others[key] = jax.lax.stop_gradient(h)
                 heads.setdefault(role, jax.lax.stop_gradient(head(model.config, p)[0]))
         return others, heads
 
@@ -372,8 +394,36 @@ class StepBuilder:
             if "rewards" in batch:
                 ex.update({k: batch[k] for k in ROLLOUT_KEYS})
                 ex["advantages"] = minillm.advantages(batch, self.config.minillm)
+            if self.models.cross is not None and self.models.cross.loss != "alm":
+                ex["xt_weight"] = cross_objectives.pair_weight(batch, self.models.cross.loss)
             out[name] = ex
         return out
+
+    def _alm_extras(self, state: RunState, frozen, batch):
+        """ALM's per-token extras (`cross_objectives.alm_extras`) on the whole batch:
+        the teacher's forward on its own rows and the student's scoring forward
+        (deterministic, no gradient) give both sides' realised-token log-probs."""
+        temperature = float(self.config.kd.temperature)
+
+        def logprobs(config, params, rows, vocab):
+            w, vm = head(config, params)
+            return minillm.target_logprobs(
+                hidden_states(config, params, rows),
+                w,
+                vm,
+                rows["targets"],
+                vocab_size=vocab,
+                temperature=temperature,
+                chunk=self.path.chunk_size,
+                final_softcap=config.final_logit_softcap,
+            )
+
+        s_cfg, t_cfg = self.models.student.config, self.models.teacher.config
+        s_params = jax.lax.stop_gradient(state.student.params)
+        logq = logprobs(s_cfg, s_params, batch, self.path.vocab_size)
+        teacher_rows = cross_objectives.teacher_batch(batch)
+        logp = logprobs(t_cfg, frozen["teacher"], teacher_rows, self.models.cross.teacher_vocab)
+        return cross_objectives.alm_extras(batch, logq, logp)
 
     def _sequence_estimator(self, batches) -> bool:
         return (
@@ -471,6 +521,8 @@ class StepBuilder:
         extras = self._extras(batches, weight)
         if self._sequence_estimator(batches):
             extras["on"].update(self._sequence_extras(state, batches["on"], others, heads))
+        if self.models.cross is not None and self.models.cross.loss == "alm":
+            extras["off"].update(self._alm_extras(state, frozen, batches["off"]))
         student, loss, aux, opt = self._update(
             state.student,
             self.models.student,
@@ -509,7 +561,13 @@ class StepBuilder:
             )
         for role, name in others:
             model = self.models.teacher if role == "teacher" else self.models.classmate
-            total += flops_lib.forward_flops(model.config, *batches[name]["tokens"].shape)
+            key = "teacher_tokens" if role == "teacher" and self.models.cross else "tokens"
+            total += flops_lib.forward_flops(model.config, *batches[name][key].shape)
+        if self.models.cross is not None and self.models.cross.loss == "alm":
+            off = batches["off"]  # the teacher's and the student's scoring forwards
+            t_cfg, s_cfg = self.models.teacher.config, self.models.student.config
+            total += flops_lib.forward_flops(t_cfg, *off["teacher_tokens"].shape)
+            total += flops_lib.forward_flops(s_cfg, *off["tokens"].shape)
         if self._sequence_estimator(batches):  # its scoring forward (`_sequence_extras`)
             shape = batches["on"]["tokens"].shape
             total += flops_lib.forward_flops(self.models.student.config, *shape)
@@ -527,6 +585,8 @@ class StepBuilder:
                 f"method {method!r} trains on the batches {' or '.join(map(str, expected))}, "
                 f"got {sorted(batches)}"
             )
+        if self.models.cross is not None:
+            return cross_objectives.kd_parts(self.config, self.models.cross)
         on_policy = method == "classkd" and "on" in batches
         return objectives.student_parts(self.config, on_policy=on_policy, lm="lm" in batches)
 
