@@ -337,3 +337,182 @@ def test_teacher_chunk_loglik_by_characters_is_the_chain_rule(toks, spell):
             prefix[: j + 1] = tokens[: j + 1]
             brute += float(jax.nn.log_softmax(logits_of(jnp.asarray(prefix))[j])[tokens[j + 1]])
         np.testing.assert_allclose(got[k], brute, rtol=1e-5, atol=1e-5)
+
+
+def test_alm_surrogate_gradient_is_the_chunk_loss_gradient():
+    """The step's ALM part (value + g_k (log q - sg(log q)), token-separable) has the
+    gradient of the chunk loss itself, on chunks of several tokens."""
+    import jax
+    import jax.numpy as jnp
+
+    from classkd_jax import losses
+    from classkd_jax.losses import cross_tokenizer as xt
+    from classkd_jax.training import cross_objectives
+
+    b, t, v = 2, 9, 11
+    logits = jax.random.normal(jax.random.key(5), (b, t, v))
+    targets = jax.random.randint(jax.random.key(6), (b, t), 0, v)
+    chunk = jnp.asarray([[-1, 0, 0, 1, 2, 2, 2, 3, -1], [-1, -1, 0, 1, 1, 2, -1, -1, -1]])
+    teacher_logp = -jax.random.uniform(jax.random.key(7), (b, 6)) * 3
+    teacher_chunk = jnp.asarray([[0, 1, 1, 2, 3, -1], [0, 0, 1, 2, 2, -1]])
+    chunk_mask = (jnp.arange(t)[None] < jnp.asarray([[4], [3]])).astype(jnp.float32)
+    first = (
+        jnp.zeros((b, t))
+        .at[0, jnp.asarray([1, 3, 4, 7])]
+        .set(1)
+        .at[1, 2:6:1]
+        .set(jnp.asarray([1.0, 1.0, 0.0, 1.0]))
+    )
+    loss_mask = (chunk >= 0).astype(jnp.float32)
+    batch = dict(
+        student_chunk=chunk,
+        teacher_chunk=teacher_chunk,
+        chunk_mask=chunk_mask,
+        first_mask=first,
+        loss_mask=loss_mask,
+    )
+
+    def logq_of(lg):
+        return losses.token_log_probs(lg, targets)
+
+    def direct(lg):
+        loss, _, _, _ = xt.alm_chunk_terms(
+            logq_of(lg), teacher_logp, chunk, teacher_chunk, chunk_mask
+        )
+        return jnp.sum(loss) / jnp.sum(chunk_mask)
+
+    ex = cross_objectives.alm_extras(batch, logq_of(logits), teacher_logp)
+
+    def surrogate(lg):
+        logq = logq_of(lg)
+        per = ex["alm_value"] + ex["alm_grad"] * (logq - jax.lax.stop_gradient(logq))
+        return jnp.sum(per * loss_mask) / jnp.sum(loss_mask)
+
+    np.testing.assert_allclose(surrogate(logits), direct(logits), rtol=1e-6)
+    np.testing.assert_allclose(jax.grad(surrogate)(logits), jax.grad(direct)(logits), atol=1e-7)
+
+
+# ----- the jitted step (tiny presets, one device) -----
+
+
+def _kd_config(**changes):
+    from classkd_jax.config_utils import import_sibling
+
+    config = import_sibling("configs/x.py", "kd").get_config("size=tiny")
+    changes = {"steps": 2, "eval_every": 0, "data.pack": False, "student.eps": 1e-6, **changes}
+    with config.unlocked():
+        for key, value in changes.items():
+            section, _, leaf = key.rpartition(".")
+            target = config
+            for part in section.split(".") if section else ():
+                target = target[part]
+            target[leaf] = value
+    return config
+
+
+class KDStep:
+    """Tiny KD on one device; `cross`: the same tokenizer taken as the teacher's own
+    (every chunk one token), through the cross-tokenizer path with that loss."""
+
+    def __init__(self, cross: str | None):
+        import jax
+
+        from classkd_jax.sharding import make_mesh
+        from classkd_jax.training import checks, roles
+        from classkd_jax.training import data as data_lib
+        from classkd_jax.training.cross_objectives import CrossTokenizer
+        from classkd_jax.training.run import build_models, initial_state
+        from classkd_jax.training.state import params_shardings, run_state_shardings
+        from classkd_jax.training.step import StepBuilder
+
+        self.config = config = _kd_config()
+        self.mesh = mesh = make_mesh(data=1, devices=jax.devices()[:1])
+        tok, where = roles.resolve_tokenizer(config)
+        context, why = checks.context_length(config)
+        self.sources = roles.plan_roles(config, tok, where, context, why)
+        v = len(tok)
+        ids = np.arange(v, dtype=np.int32)
+        xt = CrossTokenizer(cross, v, ids, ids) if cross else None
+        self.models = build_models(config, self.sources, 2, v, xt)
+        self.teacher = roles.load_params(self.sources["teacher"], mesh, (0, 1))
+        self.data = data_lib.build(
+            config,
+            tok,
+            sampling_batch=8,
+            needs_prompts=False,
+            teacher_tokenizer=tok if cross else None,
+        )
+        self.builder = StepBuilder(config, self.models, mesh)
+        student = (self.models.student.config, self.models.student.optimizer)
+        shardings = run_state_shardings(mesh, student, None)
+        frozen = {"teacher": params_shardings(self.models.teacher.config, mesh)}
+        self.step = self.builder.jit(shardings, frozen)
+        self.initial = lambda: initial_state(config, self.models, self.sources, mesh)
+
+    def batch(self):
+        return {"off": self.data.next_off(self.builder.rows)}
+
+    def run(self, batch):
+        import jax
+
+        state, metrics = self.step(
+            self.initial(), {"teacher": self.teacher}, batch, jax.random.key(0)
+        )
+        return jax.device_get(state), {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+@pytest.fixture(scope="module")
+def plain_kd():
+    step = KDStep(None)
+    return step, step.run(step.batch())
+
+
+def test_exact_match_on_one_tokenizer_is_word_level_kd(plain_kd):
+    """Same tokenizer through the cross-tokenizer path with 'exact': the step's loss
+    and update equal today's word-level KD (forward KL) on the same rows."""
+    import jax
+
+    kd, (kd_state, kd_metrics) = plain_kd
+    xt = KDStep("exact")
+    batch = xt.batch()
+    assert np.all(np.asarray(batch["off"]["exact_mask"]) == np.asarray(batch["off"]["loss_mask"]))
+    state, metrics = xt.run(batch)
+    np.testing.assert_allclose(metrics["loss"], kd_metrics["loss"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(metrics["xt_exact"], kd_metrics["kd"], rtol=1e-6, atol=1e-7)
+    leaves = zip(jax.tree.leaves(state.student), jax.tree.leaves(kd_state.student), strict=True)
+    for a, b in leaves:
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=0)
+
+
+def test_alm_step_on_one_tokenizer_is_the_token_level_binarised_kl():
+    """Same tokenizer, 'alm': the step's loss is the mean over response tokens of
+    KL(Bern(p(y_t)) || Bern(q(y_t))), computed here from the dense logits; a second
+    batch of the same bucket reuses the compiled program."""
+    import jax
+
+    from classkd_jax.training.step import head, hidden_states
+
+    xt = KDStep("alm")
+    batch = xt.batch()
+    off = batch["off"]
+    state = xt.initial()
+
+    def token_logp(cfg, params, rows):
+        w, vocab_major = head(cfg, params)
+        h = hidden_states(cfg, params, rows)
+        logits = h @ (w.T if vocab_major else w)
+        logp = jax.nn.log_softmax(logits.astype(np.float32), -1)
+        return np.asarray(np.take_along_axis(logp, rows["targets"][..., None], -1)[..., 0])
+
+    logq = token_logp(xt.models.student.config, state.student.params, off)
+    logp = token_logp(xt.models.teacher.config, xt.teacher, off)
+    mask = np.asarray(off["loss_mask"]) > 0
+    q, p = np.exp(logq.astype(np.float64)), np.exp(logp.astype(np.float64))
+    kl = p * (logp - logq) + (1 - p) * (np.log1p(-p) - np.log1p(-q))
+    _, metrics = xt.run(batch)
+    np.testing.assert_allclose(metrics["xt_alm"], kl[mask].mean(), rtol=1e-5)
+    np.testing.assert_allclose(metrics["loss"], kl[mask].mean(), rtol=1e-5)
+    second = xt.batch()
+    assert second["off"]["teacher_tokens"].shape == off["teacher_tokens"].shape
+    xt.run(second)
+    assert xt.builder and xt.step.jitted(second)._cache_size() == 1
