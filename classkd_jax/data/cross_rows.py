@@ -131,6 +131,8 @@ class CrossRows:
 
     def add_teacher(self, batch: dict[str, np.ndarray], student: TokenizedData) -> dict:
         """`batch` (unpacked student rows with `index`) plus the `CROSS_KEYS` arrays."""
+        if "index" not in batch:
+            raise ValueError("cross-tokenizer rows need unpacked batches (data.pack=False)")
         idx = batch["index"]
         length_s = batch["tokens"].shape[1]
         kept = [int(i) for i in idx if i >= 0]
