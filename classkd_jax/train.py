@@ -108,7 +108,7 @@ def parse_flags(argv: Sequence[str], *, workdir: bool = True):
 
 def _refuse_unused(config, argv: Sequence[str], path: str) -> None:
     """A misfeedback.*, classmate.*, cross_tokenizer.* or teacher.template override
-    (or kd.divergence beside teacher.tokenizer) the method would ignore is a
+    (or kd.divergence / gkd.beta beside teacher.tokenizer) the method would ignore is a
     `UserError` (`checks.refuse_unused`, against the file's own defaults)."""
     from classkd_jax.config_utils import load_config
     from classkd_jax.training import checks
@@ -119,6 +119,7 @@ def _refuse_unused(config, argv: Sequence[str], path: str) -> None:
         "--config.cross_tokenizer.",
         "--config.teacher.template",
         "--config.kd.divergence",
+        "--config.gkd.beta",
     )
     if not any(a.startswith(watched) for a in argv):
         return  # the file's own values are its defaults

@@ -142,13 +142,23 @@ def validate(c) -> None:
 CROSS_TOKENIZER_LOSSES = ("alm", "exact", "uld")  # `training.cross_objectives.LOSSES`
 
 
+CROSS_TOKENIZER_METHODS = ("kd", "gkd")
+
+
 def _cross_tokenizer(c) -> None:
-    """A teacher with its own tokenizer (`teacher.tokenizer`): word-level KD on
-    unpacked rows (one example per row, aligned on the host)."""
-    if c.method != "kd":
+    """A teacher with its own tokenizer (`teacher.tokenizer`): KD, or GKD on dataset
+    rows and the student's samples, on unpacked rows (one example per row, aligned
+    on the host)."""
+    if c.method not in CROSS_TOKENIZER_METHODS:
         raise UserError(
             f"teacher.tokenizer={c.teacher.tokenizer!r} (a teacher with another tokenizer) "
-            f"works with method='kd' so far, not {c.method!r} (docs/models.md)"
+            f"works with method='kd' or 'gkd' so far, not {c.method!r} (docs/models.md)"
+        )
+    if c.method == "gkd" and (c.gkd.seq_kd or c.gkd.replay or c.misfeedback.weight > 0):
+        raise UserError(
+            "teacher.tokenizer with GKD trains on dataset rows and the student's fresh "
+            "samples only: gkd.seq_kd, gkd.replay and misfeedback.weight > 0 are not "
+            "supported with another tokenizer yet"
         )
     _choice("cross_tokenizer.loss", c.cross_tokenizer.loss, CROSS_TOKENIZER_LOSSES)
     if c.data.pack:
@@ -405,7 +415,8 @@ def refuse_unused(c, defaults) -> None:
 
 def _refuse_unused_cross(c, defaults) -> None:
     """cross_tokenizer.* and teacher.template act only with a teacher.tokenizer;
-    kd.divergence only without one (the cross-tokenizer loss replaces it)."""
+    kd.divergence (KD) and gkd.beta (GKD) only without one (the cross-tokenizer
+    loss replaces them)."""
     changed = changed_keys(c.cross_tokenizer, defaults.cross_tokenizer, "cross_tokenizer")
     if c.teacher.template != defaults.teacher.template:
         changed.append("teacher.template")
@@ -414,9 +425,14 @@ def _refuse_unused_cross(c, defaults) -> None:
             f"config key {changed[0]}={config_value(c, changed[0])!r} has no effect without "
             "teacher.tokenizer (a teacher with another tokenizer); set it or drop the key"
         )
-    if c.teacher.tokenizer and c.kd.divergence != defaults.kd.divergence:
+    replaced = {"kd": "kd.divergence", "gkd": "gkd.beta"}.get(c.method)
+    if (
+        c.teacher.tokenizer
+        and replaced
+        and config_value(c, replaced) != config_value(defaults, replaced)
+    ):
         raise UserError(
-            f"config key kd.divergence={c.kd.divergence!r} has no effect with "
+            f"config key {replaced}={config_value(c, replaced)!r} has no effect with "
             "teacher.tokenizer set (cross_tokenizer.loss chooses the loss); drop it"
         )
 

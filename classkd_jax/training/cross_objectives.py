@@ -17,6 +17,8 @@ The step's 'off' batch then holds the teacher's rows and the chunk arrays of
 Each is normalised to a mean over its chunks (or pairs) through per-token
 weights scaled by `count / n`, as the step divides every part by the
 batch's scored-token count. `kd.ce_weight` mixes in the student's CE as in KD.
+GKD takes the same loss (in place of its JSD) on its dataset batches and on
+the student's samples, re-tokenised for the teacher (`data.cross_samples`).
 """
 
 from __future__ import annotations
@@ -108,10 +110,16 @@ def alm_extras(batch: dict, student_logp: jax.Array, teacher_logp: jax.Array) ->
     }
 
 
+def temperature(config) -> float:
+    """The method's loss temperature (`kd.temperature`, GKD's `gkd.temperature`)."""
+    return float(config.gkd.temperature if config.method == "gkd" else config.kd.temperature)
+
+
 def kd_parts(config, cross: CrossTokenizer) -> tuple[Part, ...]:
-    """The student's KD objective against a teacher of another tokenizer."""
-    k = config.kd
-    t, ce_w = float(k.temperature), float(k.ce_weight)
+    """The student's objective against a teacher of another tokenizer: KD's, or GKD's
+    on whichever 'off' batch the step gets (dataset rows or the student's samples)."""
+    t = temperature(config)
+    ce_w = float(config.kd.ce_weight) if config.method == "kd" else 0.0
     name = f"xt_{cross.loss}"
 
     def mix(value, q, ex):

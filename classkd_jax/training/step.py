@@ -108,6 +108,8 @@ def scored_batch(batch: Batch) -> Batch:
         "segment_ids": valid.astype(jnp.int32),
         "targets": targets,
         "loss_mask": loss_mask,
+        # A teacher with another tokenizer: its rows of the same samples (`cross_samples`).
+        **{k: batch[k] for k in CROSS_KEYS if k in batch},
     }
 
 
@@ -403,7 +405,7 @@ class StepBuilder:
         """ALM's per-token extras (`cross_objectives.alm_extras`) on the whole batch:
         the teacher's forward on its own rows and the student's scoring forward
         (deterministic, no gradient) give both sides' realised-token log-probs."""
-        temperature = float(self.config.kd.temperature)
+        temperature = cross_objectives.temperature(self.config)
 
         def logprobs(config, params, rows, vocab):
             w, vm = head(config, params)
