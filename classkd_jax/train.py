@@ -120,6 +120,8 @@ def _refuse_unused(config, argv: Sequence[str], path: str) -> None:
         "--config.teacher.template",
         "--config.kd.divergence",
         "--config.gkd.beta",
+        "--config.classkd.off_policy_divergence",
+        "--config.classkd.on_policy_divergence",
     )
     if not any(a.startswith(watched) for a in argv):
         return  # the file's own values are its defaults

@@ -142,7 +142,7 @@ def validate(c) -> None:
 CROSS_TOKENIZER_LOSSES = ("alm", "exact", "uld")  # `training.cross_objectives.LOSSES`
 
 
-CROSS_TOKENIZER_METHODS = ("kd", "gkd")
+CROSS_TOKENIZER_METHODS = ("kd", "gkd", "classkd")
 
 
 def _cross_tokenizer(c) -> None:
@@ -152,7 +152,13 @@ def _cross_tokenizer(c) -> None:
     if c.method not in CROSS_TOKENIZER_METHODS:
         raise UserError(
             f"teacher.tokenizer={c.teacher.tokenizer!r} (a teacher with another tokenizer) "
-            f"works with method='kd' or 'gkd' so far, not {c.method!r} (docs/models.md)"
+            f"works with method='kd', 'gkd' or 'classkd' so far, not {c.method!r} "
+            "(docs/models.md)"
+        )
+    if c.method == "classkd" and c.classkd.estimator != "token":
+        raise UserError(
+            "teacher.tokenizer with ClassKD needs classkd.estimator='token' (the sequence "
+            "estimator's teacher log-ratios are not aligned yet)"
         )
     if c.method == "gkd" and (c.gkd.seq_kd or c.gkd.replay or c.misfeedback.weight > 0):
         raise UserError(
@@ -415,8 +421,8 @@ def refuse_unused(c, defaults) -> None:
 
 def _refuse_unused_cross(c, defaults) -> None:
     """cross_tokenizer.* and teacher.template act only with a teacher.tokenizer;
-    kd.divergence (KD) and gkd.beta (GKD) only without one (the cross-tokenizer
-    loss replaces them)."""
+    kd.divergence (KD), gkd.beta (GKD) and ClassKD's divergences only without one
+    (the cross-tokenizer loss replaces them)."""
     changed = changed_keys(c.cross_tokenizer, defaults.cross_tokenizer, "cross_tokenizer")
     if c.teacher.template != defaults.teacher.template:
         changed.append("teacher.template")
@@ -425,16 +431,21 @@ def _refuse_unused_cross(c, defaults) -> None:
             f"config key {changed[0]}={config_value(c, changed[0])!r} has no effect without "
             "teacher.tokenizer (a teacher with another tokenizer); set it or drop the key"
         )
-    replaced = {"kd": "kd.divergence", "gkd": "gkd.beta"}.get(c.method)
-    if (
-        c.teacher.tokenizer
-        and replaced
-        and config_value(c, replaced) != config_value(defaults, replaced)
-    ):
-        raise UserError(
-            f"config key {replaced}={config_value(c, replaced)!r} has no effect with "
-            "teacher.tokenizer set (cross_tokenizer.loss chooses the loss); drop it"
-        )
+    replaced = {
+        "kd": ("kd.divergence",),
+        "gkd": ("gkd.beta",),
+        "classkd": (
+            "classkd.off_policy_divergence",
+            "classkd.on_policy_divergence",
+            "classmate.divergence",
+        ),
+    }.get(c.method, ())
+    for key in replaced if c.teacher.tokenizer else ():
+        if config_value(c, key) != config_value(defaults, key):
+            raise UserError(
+                f"config key {key}={config_value(c, key)!r} has no effect with "
+                "teacher.tokenizer set (cross_tokenizer.loss chooses the loss); drop it"
+            )
 
 
 def changed_keys(section, default, prefix: str) -> list[str]:

@@ -111,13 +111,17 @@ def alm_extras(batch: dict, student_logp: jax.Array, teacher_logp: jax.Array) ->
 
 
 def temperature(config) -> float:
-    """The method's loss temperature (`kd.temperature`, GKD's `gkd.temperature`)."""
-    return float(config.gkd.temperature if config.method == "gkd" else config.kd.temperature)
+    """The method's loss temperature (`kd.temperature`, `gkd.temperature`,
+    `classkd.temperature`)."""
+    section = config.method if config.method in ("gkd", "classkd") else "kd"
+    return float(config[section].temperature)
 
 
 def kd_parts(config, cross: CrossTokenizer) -> tuple[Part, ...]:
     """The student's objective against a teacher of another tokenizer: KD's, or GKD's
     on whichever 'off' batch the step gets (dataset rows or the student's samples)."""
+    if config.method == "classkd":
+        raise ValueError("classkd: use classkd_parts")
     t = temperature(config)
     ce_w = float(config.kd.ce_weight) if config.method == "kd" else 0.0
     name = f"xt_{cross.loss}"
@@ -149,3 +153,86 @@ def kd_parts(config, cross: CrossTokenizer) -> tuple[Part, ...]:
 
     extras = ("xt_weight", "targets") if ce_w else ("xt_weight",)
     return (Part("off", ("teacher",), pair_fn, extras),)
+
+
+def _divergence(cross: CrossTokenizer, t: float, s_ids, t_ids):
+    """The pair loss (exact or ULD) of a trained model's and the teacher's logits rows."""
+
+    def div(q, p):
+        if cross.loss == "exact":
+            return xt.exact_match_kl_per_token(q, p, s_ids, t_ids, temperature=t)
+        return xt.uld_per_token(q, p, temperature=t)
+
+    return div
+
+
+def _teacher_term(cross: CrossTokenizer, t: float):
+    """`(term(logits, ex) -> [N], others, extras)`: the cross-tokenizer loss of the
+    trained model (logits[0]) against the teacher, as a per-token surrogate; the
+    teacher's logits are logits[1] when `others` holds it (exact, ULD)."""
+    if cross.loss == "alm":
+
+        def alm(logits, ex):
+            logq = losses.token_log_probs(logits[0], ex["targets"], temperature=t)
+            return ex["alm_value"] + ex["alm_grad"] * (logq - jax.lax.stop_gradient(logq))
+
+        return alm, (), ("targets", "alm_value", "alm_grad")
+    div = _divergence(cross, t, jnp.asarray(cross.student_ids), jnp.asarray(cross.teacher_ids))
+    return (
+        (lambda logits, ex: ex["xt_weight"] * div(logits[0], logits[1])),
+        ("teacher",),
+        ("xt_weight",),
+    )
+
+
+def classkd_parts(config, cross: CrossTokenizer, *, on_policy: bool) -> tuple[Part, ...]:
+    """ClassKD's student parts with a teacher of another tokenizer: the cross loss X in
+    place of D_off and D_on; the misfeedback M(q, c) unchanged (the classmate shares
+    the student's tokenizer). `student_fkl`, the student's side of the gap control,
+    is X itself, as the classmate's side is (`classmate_parts`)."""
+    k, m = config.classkd, config.misfeedback
+    t = temperature(config)
+    term, others, extras = _teacher_term(cross, t)
+    off_w, on_w = float(k.off_policy_weight), float(k.on_policy_weight)
+
+    def off_fn(logits, ex):
+        x = term(logits, ex)
+        return off_w * x, {"off_kd": x, "student_fkl": x}
+
+    parts = [Part("off", others, off_fn, extras)]
+    if not on_policy:
+        return tuple(parts)
+    with_mis = float(m.weight) != 0
+    mis_kw = dict(
+        temperature=t,
+        variant=m.variant,
+        alpha=float(m.alpha),
+        margin=float(m.margin),
+        beta=float(m.beta),
+    )
+
+    def on_fn(logits, ex):
+        x = term(logits, ex)
+        if not with_mis:
+            return on_w * x, {"on_kd": x}
+        targets = ex["targets"] if m.variant == "sigmoid" else None
+        mis = losses.misfeedback_per_token(logits[0], logits[-1], targets=targets, **mis_kw)
+        return on_w * x + ex["weight"] * mis, {"on_kd": x, "misfeedback": mis}
+
+    on_others = others + (("classmate",) if with_mis else ())
+    on_extras = extras + (("weight",) if with_mis else ())
+    if with_mis and m.variant == "sigmoid" and "targets" not in on_extras:
+        on_extras += ("targets",)
+    parts.append(Part("on", on_others, on_fn, on_extras))
+    return tuple(parts)
+
+
+def classmate_parts(config, cross: CrossTokenizer) -> tuple[Part, ...]:
+    """The classmate's loss X(p, c) on 'off' (its ALM extras are its own)."""
+    term, others, extras = _teacher_term(cross, temperature(config))
+
+    def token_fn(logits, ex):
+        x = term(logits, ex)
+        return x, {"classmate_kd": x, "classmate_fkl": x}
+
+    return (Part("off", others, token_fn, extras),)

@@ -401,10 +401,14 @@ class StepBuilder:
             out[name] = ex
         return out
 
-    def _alm_extras(self, state: RunState, frozen, batch):
-        """ALM's per-token extras (`cross_objectives.alm_extras`) on the whole batch:
-        the teacher's forward on its own rows and the student's scoring forward
-        (deterministic, no gradient) give both sides' realised-token log-probs."""
+    def _alm(self) -> bool:
+        return self.models.cross is not None and self.models.cross.loss == "alm"
+
+    def _alm_extras(self, config: ModelConfig, params, frozen, batch):
+        """ALM's per-token extras (`cross_objectives.alm_extras`) of a trained model
+        (`config`, `params`) on the whole batch: the teacher's forward on its own rows
+        and the model's scoring forward (deterministic, no gradient) give both sides'
+        realised-token log-probs."""
         temperature = cross_objectives.temperature(self.config)
 
         def logprobs(config, params, rows, vocab):
@@ -420,9 +424,8 @@ class StepBuilder:
                 final_softcap=config.final_logit_softcap,
             )
 
-        s_cfg, t_cfg = self.models.student.config, self.models.teacher.config
-        s_params = jax.lax.stop_gradient(state.student.params)
-        logq = logprobs(s_cfg, s_params, batch, self.path.vocab_size)
+        t_cfg = self.models.teacher.config
+        logq = logprobs(config, jax.lax.stop_gradient(params), batch, self.path.vocab_size)
         teacher_rows = cross_objectives.teacher_batch(batch)
         logp = logprobs(t_cfg, frozen["teacher"], teacher_rows, self.models.cross.teacher_vocab)
         return cross_objectives.alm_extras(batch, logq, logp)
@@ -523,8 +526,10 @@ class StepBuilder:
         extras = self._extras(batches, weight)
         if self._sequence_estimator(batches):
             extras["on"].update(self._sequence_extras(state, batches["on"], others, heads))
-        if self.models.cross is not None and self.models.cross.loss == "alm":
-            extras["off"].update(self._alm_extras(state, frozen, batches["off"]))
+        if self._alm():
+            cfg, params = self.models.student.config, state.student.params
+            for name, batch in batches.items():
+                extras[name].update(self._alm_extras(cfg, params, frozen, batch))
         student, loss, aux, opt = self._update(
             state.student,
             self.models.student,
@@ -546,7 +551,7 @@ class StepBuilder:
         if state.classmate is not None:
             cm_rng = dropout_key(rng, _ROLE_KEYS["classmate"])
             new, cm_metrics = self._classmate(
-                new, state, batches, others, heads, aux, control, cm_rng
+                new, state, batches, others, heads, aux, control, cm_rng, frozen
             )
             metrics.update(cm_metrics)
             shape = batches[objectives.classmate_batch(self.config)]["tokens"].shape
@@ -565,11 +570,11 @@ class StepBuilder:
             model = self.models.teacher if role == "teacher" else self.models.classmate
             key = "teacher_tokens" if role == "teacher" and self.models.cross else "tokens"
             total += flops_lib.forward_flops(model.config, *batches[name][key].shape)
-        if self.models.cross is not None and self.models.cross.loss == "alm":
-            off = batches["off"]  # the teacher's and the student's scoring forwards
+        if self._alm():  # per batch the teacher's and the student's scoring forwards
             t_cfg, s_cfg = self.models.teacher.config, self.models.student.config
-            total += flops_lib.forward_flops(t_cfg, *off["teacher_tokens"].shape)
-            total += flops_lib.forward_flops(s_cfg, *off["tokens"].shape)
+            for b in batches.values():
+                total += flops_lib.forward_flops(t_cfg, *b["teacher_tokens"].shape)
+                total += flops_lib.forward_flops(s_cfg, *b["tokens"].shape)
         if self._sequence_estimator(batches):  # its scoring forward (`_sequence_extras`)
             shape = batches["on"]["tokens"].shape
             total += flops_lib.forward_flops(self.models.student.config, *shape)
@@ -587,9 +592,13 @@ class StepBuilder:
                 f"method {method!r} trains on the batches {' or '.join(map(str, expected))}, "
                 f"got {sorted(batches)}"
             )
+        on_policy = method == "classkd" and "on" in batches
+        if self.models.cross is not None and method == "classkd":
+            return cross_objectives.classkd_parts(
+                self.config, self.models.cross, on_policy=on_policy
+            )
         if self.models.cross is not None:
             return cross_objectives.kd_parts(self.config, self.models.cross)
-        on_policy = method == "classkd" and "on" in batches
         return objectives.student_parts(self.config, on_policy=on_policy, lm="lm" in batches)
 
     def _named_means(self, aux, parts, counts):
@@ -601,7 +610,7 @@ class StepBuilder:
         return out
 
     def _classmate(
-        self, new: RunState, old: RunState, batches, others, heads, aux, control, rng=None
+        self, new: RunState, old: RunState, batches, others, heads, aux, control, rng, frozen
     ):
         """The classmate's measured KL, gap control and (maybe) update, on its batch
         (`objectives.classmate_batch`: 'off', or MiniLLM's 'on' rollouts).
@@ -617,13 +626,20 @@ class StepBuilder:
         """
         cfg = self.config.classmate
         role = self.models.classmate
-        parts = objectives.classmate_parts(self.config)
+        if self.models.cross is not None:
+            parts = cross_objectives.classmate_parts(self.config, self.models.cross)
+        else:
+            parts = objectives.classmate_parts(self.config)
         name = objectives.classmate_batch(self.config)
         off = {name: batches[name]}
         counts = self._counts(off)
-        cm_others = {("teacher", name): others[("teacher", name)]}
-        cm_heads = {"teacher": heads["teacher"]}
+        reads = {r for p in parts for r in p.others}  # the teacher, but not for ALM
+        cm_others = {(r, name): others[(r, name)] for r in reads}
+        cm_heads = {r: heads[r] for r in reads}
         extras = self._extras(off, 0.0)
+        if self._alm():  # the classmate's own chunk terms against the teacher
+            cm_params = old.classmate.params
+            extras[name].update(self._alm_extras(role.config, cm_params, frozen, off[name]))
         ema_s, ema_c = old.gap.averages(float(cfg.gap_ema))
         min_gap = control["min_gap"]
         allowed = control["classmate_update"] & ((min_gap < 0) | ((ema_c - ema_s) >= min_gap))
