@@ -395,11 +395,13 @@ def test_alm_surrogate_gradient_is_the_chunk_loss_gradient():
 # ----- the jitted step (tiny presets, one device) -----
 
 
-def _kd_config(**changes):
+def _kd_config(method="kd", **changes):
     from classkd_jax.config_utils import import_sibling
 
-    config = import_sibling("configs/x.py", "kd").get_config("size=tiny")
+    config = import_sibling("configs/x.py", method).get_config("size=tiny")
     changes = {"steps": 2, "eval_every": 0, "data.pack": False, "student.eps": 1e-6, **changes}
+    if method == "classkd":
+        changes = {"classmate.eps": 1e-6, **changes}
     with config.unlocked():
         for key, value in changes.items():
             section, _, leaf = key.rpartition(".")
@@ -411,10 +413,11 @@ def _kd_config(**changes):
 
 
 class KDStep:
-    """Tiny KD on one device; `cross`: the same tokenizer taken as the teacher's own
-    (every chunk one token), through the cross-tokenizer path with that loss."""
+    """Tiny KD (or `method`) on one device; `cross`: the same tokenizer taken as the
+    teacher's own (every chunk one token), through the cross-tokenizer path with
+    that loss."""
 
-    def __init__(self, cross: str | None):
+    def __init__(self, cross: str | None, method: str = "kd", **changes):
         import jax
 
         from classkd_jax.sharding import make_mesh
@@ -425,7 +428,7 @@ class KDStep:
         from classkd_jax.training.state import params_shardings, run_state_shardings
         from classkd_jax.training.step import StepBuilder
 
-        self.config = config = _kd_config()
+        self.config = config = _kd_config(method, **changes)
         self.mesh = mesh = make_mesh(data=1, devices=jax.devices()[:1])
         tok, where = roles.resolve_tokenizer(config)
         context, why = checks.context_length(config)
@@ -439,18 +442,45 @@ class KDStep:
             config,
             tok,
             sampling_batch=8,
-            needs_prompts=False,
+            needs_prompts=method != "kd",
             teacher_tokenizer=tok if cross else None,
         )
+        self.tok = tok
         self.builder = StepBuilder(config, self.models, mesh)
-        student = (self.models.student.config, self.models.student.optimizer)
-        shardings = run_state_shardings(mesh, student, None)
+        opt = lambda r: (r.config, r.optimizer) if r is not None else None  # noqa: E731
+        shardings = run_state_shardings(mesh, opt(self.models.student), opt(self.models.classmate))
         frozen = {"teacher": params_shardings(self.models.teacher.config, mesh)}
         self.step = self.builder.jit(shardings, frozen)
         self.initial = lambda: initial_state(config, self.models, self.sources, mesh)
 
     def batch(self):
         return {"off": self.data.next_off(self.builder.rows)}
+
+    def classkd_batch(self, new: int):
+        """'off' rows, 'on' 'samples' that are the prompts' own dataset responses (the
+        tokenizer's own segmentation, cut to `new` tokens) and the step's controls."""
+        from classkd_jax.data import to_global
+        from classkd_jax.training import objectives
+
+        tokens, mask, index = self.data.next_prompts_indexed(self.builder.rows)
+        out = np.zeros((len(index), new), np.int32)
+        for row, i in enumerate(index):
+            ids = self.data.train.responses[i][:new]
+            out[row, : len(ids)] = ids
+        lengths = [min(len(self.data.train.responses[i]), new) for i in index]
+        samples = {
+            "prompt_tokens": np.asarray(tokens),
+            "prompt_mask": np.asarray(mask),
+            "tokens": out,
+            "mask": np.arange(new)[None] < np.asarray(lengths)[:, None],
+        }
+        if self.models.cross is not None:
+            on = self.data.add_teacher_to_samples(samples, index, self.builder.rows)
+        else:
+            on = to_global(samples, self.builder.rows)
+        batch = {"off": self.data.next_off(self.builder.rows), "on": on}
+        batch["control"] = objectives.control(self.config, 0)
+        return batch
 
     def run(self, batch):
         import jax
@@ -696,3 +726,30 @@ def test_gkd_trains_on_its_samples_with_a_teacher_of_another_tokenizer(tmp_path,
     values = [m["xt_alm"] for m in lines if "xt_alm" in m]
     assert len(values) == 3 and all(np.isfinite(values)) and all(v > 0 for v in values)
     assert all(m["sampling_share"] > 0 for m in lines if "xt_alm" in m)
+
+
+@pytest.mark.slow
+def test_classkd_through_exact_match_on_one_tokenizer_is_classkd():
+    """ClassKD with the forward KL on- and off-policy: through the cross path with
+    one tokenizer and 'exact', the student's and the classmate's losses, the gap's
+    KLs, the misfeedback and both updates equal plain ClassKD's on the same rows
+    (dataset rows, and 'samples' re-tokenised for the teacher on the host)."""
+    import jax
+
+    changes = {"classkd.on_policy_divergence": "forward_kl", "sampling.max_new_tokens": 64}
+    plain = KDStep(None, "classkd", **changes)
+    xt = KDStep("exact", "classkd", **changes)
+    a, b = plain.classkd_batch(64), xt.classkd_batch(64)
+    off, on = b["off"], b["on"]
+    np.testing.assert_array_equal(np.asarray(off["exact_mask"]), np.asarray(off["loss_mask"]))
+    assert np.asarray(on["exact_mask"]).sum() == np.asarray(on["mask"]).sum()  # one-token chunks
+    state_a, metrics_a = plain.run(a)
+    state_b, metrics_b = xt.run(b)
+    keys = ("loss", "off_kd", "on_kd", "misfeedback", "classmate_loss", "gap_step")
+    for key in keys:
+        np.testing.assert_allclose(
+            metrics_b[key], metrics_a[key], rtol=1e-5, atol=1e-7, err_msg=key
+        )
+    assert metrics_a["misfeedback"] != 0 and metrics_a["classmate_updated"] == 1
+    for x, y in zip(jax.tree.leaves(state_b), jax.tree.leaves(state_a), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5, rtol=0)
