@@ -616,7 +616,9 @@ def test_cross_tokenizer_keys_are_checked():
     from classkd_jax.training import checks
 
     for method, changes, words in [
-        ("gkd", {"teacher.tokenizer": "x"}, "method='kd'"),
+        ("minillm", {"teacher.tokenizer": "x"}, "method='kd', 'gkd' or 'classkd'"),
+        ("gkd", {"teacher.tokenizer": "x", "gkd.seq_kd": True}, "gkd.seq_kd"),
+        ("classkd", {"teacher.tokenizer": "x", "classkd.estimator": "sequence"}, "estimator"),
         ("kd", {"teacher.tokenizer": "x", "data.pack": True}, "data.pack=False"),
         ("kd", {"teacher.tokenizer": "x", "cross_tokenizer.loss": "gold"}, "cross_tokenizer.loss"),
     ]:
@@ -627,15 +629,18 @@ def test_cross_tokenizer_keys_are_checked():
                 config[section][leaf] = value
         with pytest.raises(UserError, match=words.replace("(", r"\(")):
             checks.validate(config)
-    defaults = _kd_config()
-    for changes, words in [
-        ({"cross_tokenizer.loss": "uld"}, "without teacher.tokenizer"),
-        ({"teacher.template": "compact"}, "without teacher.tokenizer"),
-        ({"teacher.tokenizer": "x", "kd.divergence": "reverse_kl"}, "kd.divergence"),
+    x = {"teacher.tokenizer": "x"}
+    for method, changes, words in [
+        ("kd", {"cross_tokenizer.loss": "uld"}, "without teacher.tokenizer"),
+        ("kd", {"teacher.template": "compact"}, "without teacher.tokenizer"),
+        ("kd", {**x, "kd.divergence": "reverse_kl"}, "kd.divergence"),
+        ("gkd", {**x, "gkd.beta": 0.9}, "gkd.beta"),
+        ("classkd", {**x, "classmate.divergence": "reverse_kl"}, "classmate.divergence"),
     ]:
-        config = _kd_config(**changes)
+        config = _kd_config(method, **changes)
         with pytest.raises(UserError, match=words):
-            checks.refuse_unused(config, defaults)
+            checks.refuse_unused(config, _kd_config(method))
+        checks.refuse_unused(_kd_config(method, **x), _kd_config(method))  # the plain key is fine
 
 
 # ----- on-policy samples re-tokenised for the teacher (GKD) -----
