@@ -272,7 +272,7 @@ def test_alm_on_one_token_chunks_is_its_token_level_form():
     logp = jax.nn.log_sigmoid(jax.random.normal(k2, (b, t)) * 2)
     ids = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t)).at[:, -2:].set(-1)
     mask = (jnp.arange(t) < t - 2).astype(jnp.float32)[None].repeat(b, 0)
-    loss, grad, sq, sp = xt.alm_chunk_terms(logq, logp, ids, ids, mask)
+    loss, grad, sq, sp = jax.jit(xt.alm_chunk_terms)(logq, logp, ids, ids, mask)
     pq, pp = np.exp(np.asarray(logq, np.float64)), np.exp(np.asarray(logp, np.float64))
     want = pp * np.log(pp / pq) + (1 - pp) * np.log((1 - pp) / (1 - pq))
     want = np.where(np.asarray(mask) > 0, want, 0.0)
@@ -381,15 +381,18 @@ def test_alm_surrogate_gradient_is_the_chunk_loss_gradient():
         )
         return jnp.sum(loss) / jnp.sum(chunk_mask)
 
-    ex = cross_objectives.alm_extras(batch, logq_of(logits), teacher_logp)
+    ex = jax.jit(cross_objectives.alm_extras)(batch, logq_of(logits), teacher_logp)
 
     def surrogate(lg):
         logq = logq_of(lg)
         per = ex["alm_value"] + ex["alm_grad"] * (logq - jax.lax.stop_gradient(logq))
         return jnp.sum(per * loss_mask) / jnp.sum(loss_mask)
 
-    np.testing.assert_allclose(surrogate(logits), direct(logits), rtol=1e-6)
-    np.testing.assert_allclose(jax.grad(surrogate)(logits), jax.grad(direct)(logits), atol=1e-7)
+    (v_s, g_s), (v_d, g_d) = jax.jit(
+        lambda lg: (jax.value_and_grad(surrogate)(lg), jax.value_and_grad(direct)(lg))
+    )(logits)
+    np.testing.assert_allclose(v_s, v_d, rtol=1e-6)
+    np.testing.assert_allclose(g_s, g_d, atol=1e-7)
 
 
 # ----- the jitted step (tiny presets, one device) -----
@@ -518,7 +521,10 @@ def test_alm_step_on_one_tokenizer_is_the_token_level_binarised_kl():
     """Same tokenizer, 'alm': the step's loss is the mean over response tokens of
     KL(Bern(p(y_t)) || Bern(q(y_t))), computed here from the dense logits; a second
     batch of the same bucket reuses the compiled program."""
+    import functools
+
     import jax
+    import jax.numpy as jnp
 
     from classkd_jax.training.step import head, hidden_states
 
@@ -527,15 +533,17 @@ def test_alm_step_on_one_tokenizer_is_the_token_level_binarised_kl():
     off = batch["off"]
     state = xt.initial()
 
+    @functools.partial(jax.jit, static_argnums=0)
     def token_logp(cfg, params, rows):
         w, vocab_major = head(cfg, params)
         h = hidden_states(cfg, params, rows)
         logits = h @ (w.T if vocab_major else w)
-        logp = jax.nn.log_softmax(logits.astype(np.float32), -1)
-        return np.asarray(np.take_along_axis(logp, rows["targets"][..., None], -1)[..., 0])
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+        return jnp.take_along_axis(logp, rows["targets"][..., None], -1)[..., 0]
 
-    logq = token_logp(xt.models.student.config, state.student.params, off)
-    logp = token_logp(xt.models.teacher.config, xt.teacher, off)
+    rows = {k: off[k] for k in ("tokens", "positions", "segment_ids", "targets")}
+    logq = np.asarray(token_logp(xt.models.student.config, state.student.params, rows))
+    logp = np.asarray(token_logp(xt.models.teacher.config, xt.teacher, rows))
     mask = np.asarray(off["loss_mask"]) > 0
     q, p = np.exp(logq.astype(np.float64)), np.exp(logp.astype(np.float64))
     kl = p * (logp - logq) + (1 - p) * (np.log1p(-p) - np.log1p(-q))
