@@ -7,8 +7,10 @@ synthetic task (`configs/kd.py:size=tiny`'s); the teacher's default tokenizer
 is a byte-level BPE (GPT-2/Qwen style, 400 tokens) trained here on the same
 task's responses, so the two segment differently. Prints the one-off
 alignment time per example (`training.data.build_cross`, done once per run
-before training) and the per-batch time of `CrossRows.add_teacher` (every
-step, on the host), each the best of `--reps`.
+before training), the per-batch time of `CrossRows.add_teacher` (every
+step, on the host) and of `SampleRetokenizer.add_teacher` (GKD's and ClassKD's
+on-policy batches: samples re-tokenised for the teacher; here the prompts'
+own responses cut to `--new` tokens stand for samples), each the best of `--reps`.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=512)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--new", type=int, default=64)
     args = parser.parse_args()
 
     from classkd_jax.config_utils import import_sibling
@@ -91,6 +94,31 @@ def main() -> None:
         f"add_teacher: {min(per_batch) * 1e3:.3f} ms per batch of {args.batch} rows "
         f"(student rows {out['tokens'].shape}, teacher rows {out['teacher_tokens'].shape}); "
         f"share of one-token-each-side chunks {one_to_one:.2f}"
+    )
+
+    retok = data_lib.sample_retokenizer(config, examples, train, student, teacher)
+    prompts = pipeline.make_iterator(
+        config.data, student, "train", kind="prompt", data=train, global_batch_size=args.batch
+    )
+    fake = []
+    for _ in range(20):
+        p = next(prompts)
+        tokens = np.zeros((len(p["index"]), args.new), np.int32)
+        mask = np.zeros_like(tokens, bool)
+        for row, i in enumerate(p["index"]):
+            ids = train.responses[i][: args.new]
+            tokens[row, : len(ids)], mask[row, : len(ids)] = ids, True
+        sample = {"prompt_tokens": p["tokens"], "prompt_mask": p["mask"], "tokens": tokens}
+        fake.append(({**sample, "mask": mask}, p["index"]))
+    per_batch = []
+    for _ in range(args.reps):
+        start = time.perf_counter()
+        for sample, index in fake:
+            retok.add_teacher(sample, index)
+        per_batch.append((time.perf_counter() - start) / len(fake))
+    print(
+        f"samples re-tokenised for the teacher: {min(per_batch) * 1e3:.3f} ms per batch of "
+        f"{args.batch} rows of {args.new} new tokens"
     )
 
 
