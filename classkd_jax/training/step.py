@@ -78,7 +78,7 @@ class Models:
     teacher: Role | None = None
     classmate: Role | None = None
     vocab_size: int | None = None  # the shared real vocabulary (len(tokenizer))
-    cross: CrossTokenizer | None = None  # a teacher with another tokenizer (KD)
+    cross: CrossTokenizer | None = None  # a teacher with another tokenizer (KD, GKD, ClassKD)
 
 
 def scored_batch(batch: Batch) -> Batch:
@@ -404,31 +404,37 @@ class StepBuilder:
     def _alm(self) -> bool:
         return self.models.cross is not None and self.models.cross.loss == "alm"
 
-    def _alm_extras(self, config: ModelConfig, params, frozen, batch):
+    def _logprobs(self, config: ModelConfig, params, rows, vocab: int | None) -> jax.Array:
+        """`[B, T]` log-probs of `rows`' targets under a model, deterministic, no gradient,
+        a chunk of tokens at a time (no `[B, T, V]`)."""
+        params = jax.lax.stop_gradient(params)
+        w, vm = head(config, params)
+        return minillm.target_logprobs(
+            hidden_states(config, params, rows),
+            w,
+            vm,
+            rows["targets"],
+            vocab_size=vocab,
+            temperature=cross_objectives.temperature(self.config),
+            chunk=self.path.chunk_size,
+            final_softcap=config.final_logit_softcap,
+        )
+
+    def _teacher_logprobs(self, frozen, batches) -> dict[str, jax.Array]:
+        """ALM: per batch the teacher's realised-token log-probs on its own rows (one
+        teacher forward per batch, shared by the student's and the classmate's terms)."""
+        cfg, vocab = self.models.teacher.config, self.models.cross.teacher_vocab
+        return {
+            name: self._logprobs(cfg, frozen["teacher"], cross_objectives.teacher_batch(b), vocab)
+            for name, b in batches.items()
+        }
+
+    def _alm_extras(self, config: ModelConfig, params, batch, teacher_logp):
         """ALM's per-token extras (`cross_objectives.alm_extras`) of a trained model
-        (`config`, `params`) on the whole batch: the teacher's forward on its own rows
-        and the model's scoring forward (deterministic, no gradient) give both sides'
-        realised-token log-probs."""
-        temperature = cross_objectives.temperature(self.config)
-
-        def logprobs(config, params, rows, vocab):
-            w, vm = head(config, params)
-            return minillm.target_logprobs(
-                hidden_states(config, params, rows),
-                w,
-                vm,
-                rows["targets"],
-                vocab_size=vocab,
-                temperature=temperature,
-                chunk=self.path.chunk_size,
-                final_softcap=config.final_logit_softcap,
-            )
-
-        t_cfg = self.models.teacher.config
-        logq = logprobs(config, jax.lax.stop_gradient(params), batch, self.path.vocab_size)
-        teacher_rows = cross_objectives.teacher_batch(batch)
-        logp = logprobs(t_cfg, frozen["teacher"], teacher_rows, self.models.cross.teacher_vocab)
-        return cross_objectives.alm_extras(batch, logq, logp)
+        (`config`, `params`) on the whole batch, from its scoring forward and the
+        teacher's log-probs `teacher_logp` `[B, T_t]`."""
+        logq = self._logprobs(config, params, batch, self.path.vocab_size)
+        return cross_objectives.alm_extras(batch, logq, teacher_logp)
 
     def _sequence_estimator(self, batches) -> bool:
         return (
@@ -526,10 +532,10 @@ class StepBuilder:
         extras = self._extras(batches, weight)
         if self._sequence_estimator(batches):
             extras["on"].update(self._sequence_extras(state, batches["on"], others, heads))
-        if self._alm():
+        teacher_logp = self._teacher_logprobs(frozen, batches) if self._alm() else {}
+        for name, logp in teacher_logp.items():
             cfg, params = self.models.student.config, state.student.params
-            for name, batch in batches.items():
-                extras[name].update(self._alm_extras(cfg, params, frozen, batch))
+            extras[name].update(self._alm_extras(cfg, params, batches[name], logp))
         student, loss, aux, opt = self._update(
             state.student,
             self.models.student,
@@ -551,7 +557,7 @@ class StepBuilder:
         if state.classmate is not None:
             cm_rng = dropout_key(rng, _ROLE_KEYS["classmate"])
             new, cm_metrics = self._classmate(
-                new, state, batches, others, heads, aux, control, cm_rng, frozen
+                new, state, batches, others, heads, aux, control, cm_rng, teacher_logp
             )
             metrics.update(cm_metrics)
             shape = batches[objectives.classmate_batch(self.config)]["tokens"].shape
@@ -570,11 +576,15 @@ class StepBuilder:
             model = self.models.teacher if role == "teacher" else self.models.classmate
             key = "teacher_tokens" if role == "teacher" and self.models.cross else "tokens"
             total += flops_lib.forward_flops(model.config, *batches[name][key].shape)
-        if self._alm():  # per batch the teacher's and the student's scoring forwards
+        if self._alm():  # per batch the teacher's and the trained roles' scoring forwards
             t_cfg, s_cfg = self.models.teacher.config, self.models.student.config
-            for b in batches.values():
+            for name, b in batches.items():
                 total += flops_lib.forward_flops(t_cfg, *b["teacher_tokens"].shape)
                 total += flops_lib.forward_flops(s_cfg, *b["tokens"].shape)
+                if self.models.classmate is not None and name == "off":
+                    total += flops_lib.forward_flops(
+                        self.models.classmate.config, *b["tokens"].shape
+                    )
         if self._sequence_estimator(batches):  # its scoring forward (`_sequence_extras`)
             shape = batches["on"]["tokens"].shape
             total += flops_lib.forward_flops(self.models.student.config, *shape)
@@ -610,7 +620,7 @@ class StepBuilder:
         return out
 
     def _classmate(
-        self, new: RunState, old: RunState, batches, others, heads, aux, control, rng, frozen
+        self, new: RunState, old: RunState, batches, others, heads, aux, control, rng, t_logp
     ):
         """The classmate's measured KL, gap control and (maybe) update, on its batch
         (`objectives.classmate_batch`: 'off', or MiniLLM's 'on' rollouts).
@@ -622,7 +632,7 @@ class StepBuilder:
         `control['classmate_update']` is its schedule's decision for this step
         (start, interval, stop: `objectives.control`), `control['min_gap']` the
         gap it must keep (negative: off); both are inputs, so a sweep over them
-        reuses one compiled program.
+        reuses one compiled program. `t_logp`: ALM's teacher log-probs per batch.
         """
         cfg = self.config.classmate
         role = self.models.classmate
@@ -639,7 +649,7 @@ class StepBuilder:
         extras = self._extras(off, 0.0)
         if self._alm():  # the classmate's own chunk terms against the teacher
             cm_params = old.classmate.params
-            extras[name].update(self._alm_extras(role.config, cm_params, frozen, off[name]))
+            extras[name].update(self._alm_extras(role.config, cm_params, off[name], t_logp[name]))
         ema_s, ema_c = old.gap.averages(float(cfg.gap_ema))
         min_gap = control["min_gap"]
         allowed = control["classmate_update"] & ((min_gap < 0) | ((ema_c - ema_s) >= min_gap))
