@@ -118,6 +118,7 @@ def _refuse_unused(config, argv: Sequence[str], path: str) -> None:
         "--config.classmate.",
         "--config.cross_tokenizer.",
         "--config.teacher.template",
+        "--config.teacher.add_bos",
         "--config.kd.divergence",
         "--config.gkd.beta",
         "--config.classkd.off_policy_divergence",

@@ -376,6 +376,9 @@ def _cross_tokenizer(c: ml_collections.ConfigDict) -> None:
     # every example, aligned to the student's on the host (classkd_jax/data/alignment.py).
     c.teacher.tokenizer = ""
     c.teacher.template = ""  # the teacher's prompt template ('' = data.template)
+    # BOS first in the teacher's prompts (None = data.add_bos): e.g. True for a Gemma
+    # teacher of a student that takes none; the alignment covers responses only.
+    c.teacher.add_bos = config_dict.placeholder(bool)
     c.cross_tokenizer = ml_collections.ConfigDict(
         # 'alm': chunk log-likelihoods, binarised KL (ALM); 'exact': KL over the
         # entries spelled alike on one-token chunks (GOLD's exact match); 'uld':

@@ -641,6 +641,7 @@ def test_cross_tokenizer_keys_are_checked():
     for method, changes, words in [
         ("kd", {"cross_tokenizer.loss": "uld"}, "without teacher.tokenizer"),
         ("kd", {"teacher.template": "compact"}, "without teacher.tokenizer"),
+        ("kd", {"teacher.add_bos": True}, "without teacher.tokenizer"),
         ("kd", {**x, "kd.divergence": "reverse_kl"}, "kd.divergence"),
         ("gkd", {**x, "gkd.beta": 0.9}, "gkd.beta"),
         ("classkd", {**x, "classmate.divergence": "reverse_kl"}, "classmate.divergence"),
@@ -766,3 +767,47 @@ def test_classkd_through_exact_match_on_one_tokenizer_is_classkd():
     assert metrics_a["misfeedback"] != 0 and metrics_a["classmate_updated"] == 1
     for x, y in zip(jax.tree.leaves(state_b), jax.tree.leaves(state_a), strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5, rtol=0)
+
+
+def test_bos_on_the_teachers_side_only(toks):
+    """teacher.add_bos=True with a student that takes no BOS: every teacher prompt
+    starts with the teacher's BOS and the response chunks are those without it."""
+    from classkd_jax.data import pipeline
+    from classkd_jax.training import data as data_lib
+    from classkd_jax.training import roles
+
+    config = _kd_config(**{"data.synthetic.num_train": 64})
+    student, _ = roles.resolve_tokenizer(config)
+    teacher = toks["sentencepiece"]
+    examples = pipeline.load_split(config.data, "train")
+    train = pipeline.tokenize_examples_for(config.data, student, examples)
+    plain = data_lib.build_cross(config, examples, train, student, teacher)
+    with config.unlocked():
+        config.teacher.add_bos = True
+    bos = data_lib.build_cross(config, examples, train, student, teacher)
+    assert not config.data.add_bos and all(
+        p[0] == teacher.bos_token_id for p in bos.teacher.prompts
+    )
+    longest = int(config.data.max_prompt_length)  # a long prompt is cut after its BOS
+    for p, q in zip(bos.teacher.prompts, plain.teacher.prompts, strict=True):
+        assert len(p) == min(len(q) + 1, longest)
+        np.testing.assert_array_equal(p[1:], q[len(q) - (len(p) - 1) :])
+    # Responses that max_length did not cut shorter on the BOS side align as before.
+    pairs = zip(bos.teacher.responses, plain.teacher.responses, strict=True)
+    same = [i for i, (r, q) in enumerate(pairs) if len(r) == len(q)]
+    assert len(same) > len(bos.alignments) // 2
+    for i in same:
+        np.testing.assert_array_equal(bos.alignments[i].a, plain.alignments[i].a)
+        np.testing.assert_array_equal(bos.alignments[i].b, plain.alignments[i].b)
+    batch = next(pipeline.make_iterator(config.data, student, "train", kind="full", data=train))
+    rows_bos, rows = bos.add_teacher(batch, train), plain.add_teacher(batch, train)
+    # The teacher's columns move one to the right (but where a prompt was cut after
+    # its BOS); the student's arrays stay.
+    keep = np.asarray([i in same for i in batch["index"]])
+    grew = np.asarray([len(plain.teacher.prompts[i]) < longest for i in batch["index"]])
+    assert (keep & grew).any()
+    np.testing.assert_array_equal(rows_bos["student_chunk"][keep], rows["student_chunk"][keep])
+    first = (rows["first_mask"] > 0) & (keep & grew)[:, None]
+    np.testing.assert_array_equal(
+        rows_bos["teacher_index"][first], rows["teacher_index"][first] + 1
+    )

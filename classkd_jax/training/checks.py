@@ -420,12 +420,14 @@ def refuse_unused(c, defaults) -> None:
 
 
 def _refuse_unused_cross(c, defaults) -> None:
-    """cross_tokenizer.* and teacher.template act only with a teacher.tokenizer;
+    """cross_tokenizer.*, teacher.template and teacher.add_bos act only with a
+    teacher.tokenizer;
     kd.divergence (KD), gkd.beta (GKD) and ClassKD's divergences only without one
     (the cross-tokenizer loss replaces them)."""
     changed = changed_keys(c.cross_tokenizer, defaults.cross_tokenizer, "cross_tokenizer")
-    if c.teacher.template != defaults.teacher.template:
-        changed.append("teacher.template")
+    for key in ("template", "add_bos"):
+        if c.teacher.get(key) != defaults.teacher.get(key):
+            changed.append(f"teacher.{key}")
     if not c.teacher.tokenizer and changed:
         raise UserError(
             f"config key {changed[0]}={config_value(c, changed[0])!r} has no effect without "

@@ -120,6 +120,12 @@ def eval_examples(examples, data: TokenizedData, template: str) -> list[EvalExam
     return out
 
 
+def teacher_bos(config) -> bool:
+    """Whether the teacher's prompts start with its BOS (`teacher.add_bos`, else `data.add_bos`)."""
+    own = config.teacher.get("add_bos")
+    return bool(config.data.add_bos if own is None else own)
+
+
 def build_cross(config, examples, train: TokenizedData, tokenizer, teacher_tokenizer):
     """The teacher's tokenisation of the examples the student kept (`teacher.template`,
     prompts cut from the left rather than dropped, so both keep the same ones) and
@@ -128,15 +134,18 @@ def build_cross(config, examples, train: TokenizedData, tokenizer, teacher_token
 
     cfg = config.data
     kept = [examples[int(i)] for i in train.source_index]
-    teacher = tokenize.tokenize_examples(
-        kept,
-        teacher_tokenizer,
-        template=config.teacher.template or cfg.template,
-        max_prompt_length=cfg.max_prompt_length,
-        max_length=cfg.max_length,
-        add_bos=cfg.add_bos,
-        long_prompts="truncate",
-    )
+    try:
+        teacher = tokenize.tokenize_examples(
+            kept,
+            teacher_tokenizer,
+            template=config.teacher.template or cfg.template,
+            max_prompt_length=cfg.max_prompt_length,
+            max_length=cfg.max_length,
+            add_bos=teacher_bos(config),
+            long_prompts="truncate",
+        )
+    except ValueError as e:  # e.g. add_bos with a tokenizer that has no BOS
+        raise UserError(f"teacher.tokenizer={config.teacher.tokenizer}: {e}") from None
     eos = (tokenize.special_ids(tokenizer)[0], tokenize.special_ids(teacher_tokenizer)[0])
     spellings = (vocab_map.token_bytes(tokenizer), vocab_map.token_bytes(teacher_tokenizer))
     aligns = [
@@ -219,7 +228,7 @@ def sample_retokenizer(config, examples, train: TokenizedData, tokenizer, teache
         teacher=teacher_tokenizer,
         spellings=(vocab_map.token_bytes(tokenizer), vocab_map.token_bytes(teacher_tokenizer)),
         template=config.teacher.template or cfg.template,
-        add_bos=bool(cfg.add_bos),
+        add_bos=teacher_bos(config),
         eos=(tokenize.special_ids(tokenizer)[0], tokenize.special_ids(teacher_tokenizer)[0]),
         pad=tokenize.special_ids(teacher_tokenizer)[1],
         max_prompt_length=int(cfg.max_prompt_length),
