@@ -107,12 +107,24 @@ def parse_flags(argv: Sequence[str], *, workdir: bool = True):
 
 
 def _refuse_unused(config, argv: Sequence[str], path: str) -> None:
-    """A misfeedback.* or classmate.* override the method would ignore is a
+    """A misfeedback.*, classmate.*, cross_tokenizer.* or teacher.template override
+    (or kd.divergence / gkd.beta beside teacher.tokenizer) the method would ignore is a
     `UserError` (`checks.refuse_unused`, against the file's own defaults)."""
     from classkd_jax.config_utils import load_config
     from classkd_jax.training import checks
 
-    if not any(a.startswith(("--config.misfeedback.", "--config.classmate.")) for a in argv):
+    watched = (
+        "--config.misfeedback.",
+        "--config.classmate.",
+        "--config.cross_tokenizer.",
+        "--config.teacher.template",
+        "--config.teacher.add_bos",
+        "--config.kd.divergence",
+        "--config.gkd.beta",
+        "--config.classkd.off_policy_divergence",
+        "--config.classkd.on_policy_divergence",
+    )
+    if not any(a.startswith(watched) for a in argv):
         return  # the file's own values are its defaults
     spec = next(
         (argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"),

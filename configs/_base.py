@@ -365,4 +365,23 @@ def method_config(method: str, arg: str | None) -> ml_collections.ConfigDict:
     else:
         _pair(c, arg.pair or DEFAULT_PAIR)
     _classmate_dynamics(c.classmate)
+    _cross_tokenizer(c)
     return c
+
+
+def _cross_tokenizer(c: ml_collections.ConfigDict) -> None:
+    """A teacher with another tokenizer (word-level KD only so far, docs/models.md)."""
+    # '' = the student's tokenizer (one shared vocabulary: token-level losses). A
+    # tokenizer directory or hub name: the teacher reads its own tokenisation of
+    # every example, aligned to the student's on the host (classkd_jax/data/alignment.py).
+    c.teacher.tokenizer = ""
+    c.teacher.template = ""  # the teacher's prompt template ('' = data.template)
+    # BOS first in the teacher's prompts (None = data.add_bos): e.g. True for a Gemma
+    # teacher of a student that takes none; the alignment covers responses only.
+    c.teacher.add_bos = config_dict.placeholder(bool)
+    c.cross_tokenizer = ml_collections.ConfigDict(
+        # 'alm': chunk log-likelihoods, binarised KL (ALM); 'exact': KL over the
+        # entries spelled alike on one-token chunks (GOLD's exact match); 'uld':
+        # sorted-probability L1 at chunk starts (ULD). docs/method.md has the formulas.
+        {"loss": "alm"}
+    )

@@ -99,15 +99,19 @@ def _bos(tokenizer: Any, add_bos: bool) -> list[int]:
 
 
 def _fit_prompt(
-    ids: list[int], max_prompt_length: int, long_prompts: str, stats
+    ids: list[int], max_prompt_length: int, long_prompts: str, stats, bos: list[int] = ()
 ) -> list[int] | None:
-    if len(ids) <= max_prompt_length:
-        return ids
+    """`bos + ids` within `max_prompt_length`, cut from the left after the BOS
+    (which a model that takes one needs first), or None when dropped."""
+    bos = list(bos)
+    if len(bos) + len(ids) <= max_prompt_length:
+        return bos + ids
     if long_prompts == "drop":
         stats.long_prompt_dropped += 1
         return None
     stats.long_prompt_truncated += 1
-    return ids[len(ids) - max_prompt_length :]
+    keep = max_prompt_length - len(bos)
+    return bos + ids[len(ids) - keep :]
 
 
 def tokenize_prompts(
@@ -130,7 +134,7 @@ def tokenize_prompts(
     bos = _bos(tokenizer, add_bos)
     kept_p, kept_i = [], []
     for i, ids in enumerate(_encode(tokenizer, prompts)):
-        ids = _fit_prompt(bos + list(ids), max_prompt_length, long_prompts, stats)
+        ids = _fit_prompt(list(ids), max_prompt_length, long_prompts, stats, bos)
         if ids is not None:
             kept_p.append(np.asarray(ids, np.int32))
             kept_i.append(i)
@@ -178,7 +182,7 @@ def tokenize_examples(
     bos = _bos(tokenizer, add_bos)
     kept_p, kept_r, kept_i = [], [], []
     for i, (p, r) in enumerate(zip(prompt_ids, response_ids, strict=True)):
-        p = _fit_prompt(bos + list(p), max_prompt_length, long_prompts, stats)
+        p = _fit_prompt(list(p), max_prompt_length, long_prompts, stats, bos)
         if p is None:
             continue
         r = list(r) + [eos]

@@ -95,6 +95,23 @@ def shared_vocab_size(
     return int(vocab_size)
 
 
+def per_model_vocab(
+    widths: Sequence[int],
+    vocab_size: int | Sequence[int] | None,
+    tokenizer_ids: Sequence[Hashable] | None,
+    vocab_sizes: Sequence[int] | None,
+) -> tuple[int, ...]:
+    """Each model's scored vocabulary: its own (`vocab_sizes`, checked against its
+    head's width) or the one they share (:func:`shared_vocab_size`)."""
+    if vocab_sizes is None:
+        shared = shared_vocab_size(widths, vocab_size=vocab_size, tokenizer_ids=tokenizer_ids)
+        return (shared,) * len(widths)
+    sizes = tuple(int(v) for v in vocab_sizes)
+    if len(sizes) != len(widths) or any(not 0 < v <= w for v, w in zip(sizes, widths, strict=True)):
+        raise ValueError(f"vocab_sizes={sizes} must give each of the heads {list(widths)} a size")
+    return sizes
+
+
 def shared_vocab_logits(logits: Array, vocab_size: int) -> Array:
     """Drop padded vocabulary entries: ``[..., V_pad]`` -> ``[..., vocab_size]`` (dense path)."""
     if vocab_size > logits.shape[-1]:
@@ -143,7 +160,7 @@ def _logits(h: Array, w: Array, vocab_major: bool) -> Array:
 def _make_fused(
     token_fn: TokenFn,
     trainable: tuple[bool, ...],
-    vocab: int,
+    vocab: tuple[int, ...],
     head_dtypes,
     vocab_block: int,
     vocab_major: tuple[bool, ...],
@@ -159,7 +176,8 @@ def _make_fused(
 
     def chunk_logits(hs, heads):
         return tuple(
-            _logits(h, w, vm)[:, :vocab] for h, w, vm in zip(hs, heads, vocab_major, strict=True)
+            _logits(h, w, vm)[:, :v]
+            for h, w, vm, v in zip(hs, heads, vocab_major, vocab, strict=True)
         )
 
     def reduce(logits, keep, ex):
@@ -274,6 +292,7 @@ def chunked_token_loss(
     vocab_block: int = 16384,
     vocab_major: Sequence[bool] | None = None,
     softcaps: Sequence[float | None] | None = None,
+    vocab_sizes: Sequence[int] | None = None,
 ) -> tuple[Array, Array, dict[str, Array]]:
     """Masked sum of a per-token loss over several models' logits, chunk by chunk.
 
@@ -307,6 +326,9 @@ def chunked_token_loss(
       vocab_major: per model whether its head is ``[V, D]``; default all ``[D, V]``.
       softcaps: per model its final-logit soft-cap (``ModelConfig.final_logit_softcap``,
         Gemma 2) or None; default none.
+      vocab_sizes: per model its own real vocabulary, for models with different
+        tokenizers (cross-tokenizer losses, whose ``token_fn`` takes logits of
+        different widths); replaces ``vocab_size`` and ``tokenizer_ids``.
 
     Returns:
       ``(loss_sum, count, aux_sums)``: scalar float32 masked sum, number of masked
@@ -335,7 +357,7 @@ def chunked_token_loss(
             want = f"[V, {h.shape[2]}]" if vm else f"[{h.shape[2]}, V]"
             raise ValueError(f"heads[{i}] has shape {w.shape}, expected {want}")
     widths = [w.shape[0 if vm else 1] for w, vm in zip(heads, vocab_major, strict=True)]
-    vocab = shared_vocab_size(widths, vocab_size=vocab_size, tokenizer_ids=tokenizer_ids)
+    vocab = per_model_vocab(widths, vocab_size, tokenizer_ids, vocab_sizes)
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     # `chunk_size` tokens per chunk over the whole batch: `chunk` positions of every row.

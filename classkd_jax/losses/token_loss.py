@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from classkd_jax.losses.chunked import TokenFn, chunked_token_loss, shared_vocab_size
+from classkd_jax.losses.chunked import TokenFn, chunked_token_loss, per_model_vocab
 from classkd_jax.models.layers import softcap
 
 Array = jax.Array
@@ -38,6 +38,7 @@ def dense_token_loss(
     trainable: Sequence[bool] | None = None,
     vocab_major: Sequence[bool] | None = None,
     softcaps: Sequence[float | None] | None = None,
+    vocab_sizes: Sequence[int] | None = None,
 ) -> tuple[Array, Array, dict[str, Array]]:
     """:func:`chunked_token_loss` computed on full logits (same arguments and results).
 
@@ -51,17 +52,18 @@ def dense_token_loss(
     vocab_major = tuple(vocab_major) if vocab_major is not None else (False,) * len(heads)
     caps = tuple(softcaps) if softcaps is not None else (None,) * len(heads)
     widths = [w.shape[0 if vm else 1] for w, vm in zip(heads, vocab_major, strict=True)]
-    vocab = shared_vocab_size(widths, vocab_size=vocab_size)
+    vocab = per_model_vocab(widths, vocab_size, None, vocab_sizes)
     rows = mask.size
 
-    def logits(h, w, train, vm, cap):
+    def logits(h, w, train, vm, cap, v):
         spec = "btd,vd->btv" if vm else "btd,dv->btv"
         out = jnp.einsum(spec, h.astype(w.dtype), w, preferred_element_type=jnp.float32)
-        out = softcap(out[..., :vocab].reshape(rows, vocab), cap)
+        out = softcap(out[..., :v].reshape(rows, v), cap)
         return out if train else jax.lax.stop_gradient(out)
 
     all_logits = tuple(
-        logits(*args) for args in zip(hiddens, heads, trainable, vocab_major, caps, strict=True)
+        logits(*args)
+        for args in zip(hiddens, heads, trainable, vocab_major, caps, vocab, strict=True)
     )
     flat = jax.tree.map(
         lambda x: jax.lax.stop_gradient(jnp.asarray(x).reshape((rows,) + jnp.shape(x)[2:])),
@@ -88,6 +90,7 @@ def token_loss(
     chunk_size: int = 128,
     vocab_major: Sequence[bool] | None = None,
     softcaps: Sequence[float | None] | None = None,
+    vocab_sizes: Sequence[int] | None = None,
 ) -> tuple[Array, Array, dict[str, Array]]:
     """Masked sum of `token_fn` over the models' logits, by the path `impl`.
 
@@ -106,6 +109,8 @@ def token_loss(
       chunk_size: tokens per chunk on the chunked path.
       vocab_major: per model whether its head is `[V, D]` (default: none).
       softcaps: per model its final-logit soft-cap or None (default: none).
+      vocab_sizes: per model its own real vocabulary (different tokenizers);
+        replaces `vocab_size`.
 
     Returns:
       `(loss_sum, count, aux_sums)` float32 scalars (see `chunked_token_loss`).
@@ -121,6 +126,7 @@ def token_loss(
             trainable=trainable,
             vocab_major=vocab_major,
             softcaps=softcaps,
+            vocab_sizes=vocab_sizes,
         )
     if impl == "chunked":
         return chunked_token_loss(
@@ -134,5 +140,6 @@ def token_loss(
             trainable=trainable,
             vocab_major=vocab_major,
             softcaps=softcaps,
+            vocab_sizes=vocab_sizes,
         )
     raise ValueError(f"loss impl={impl!r}; expected one of {IMPLS}")

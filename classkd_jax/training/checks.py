@@ -135,6 +135,47 @@ def validate(c) -> None:
     _require(c.eval.max_new_tokens >= 1, "eval.max_new_tokens", c.eval.max_new_tokens, ">= 1")
     _require(c.eval.batch_size >= 1, "eval.batch_size", c.eval.batch_size, ">= 1")
     _require(c.data.batch_size >= 1, "data.batch_size", c.data.batch_size, ">= 1")
+    if c.teacher.tokenizer:
+        _cross_tokenizer(c)
+
+
+CROSS_TOKENIZER_LOSSES = ("alm", "exact", "uld")  # `training.cross_objectives.LOSSES`
+
+
+CROSS_TOKENIZER_METHODS = ("kd", "gkd", "classkd")
+
+
+def _cross_tokenizer(c) -> None:
+    """A teacher with its own tokenizer (`teacher.tokenizer`): KD, or GKD on dataset
+    rows and the student's samples, on unpacked rows (one example per row, aligned
+    on the host)."""
+    if c.method not in CROSS_TOKENIZER_METHODS:
+        raise UserError(
+            f"teacher.tokenizer={c.teacher.tokenizer!r} (a teacher with another tokenizer) "
+            f"works with method='kd', 'gkd' or 'classkd' so far, not {c.method!r} "
+            "(docs/models.md)"
+        )
+    if c.method == "classkd" and c.classkd.estimator != "token":
+        raise UserError(
+            "teacher.tokenizer with ClassKD needs classkd.estimator='token' (the sequence "
+            "estimator's teacher log-ratios are not aligned yet)"
+        )
+    if c.method == "gkd" and (c.gkd.seq_kd or c.gkd.replay or c.misfeedback.weight > 0):
+        raise UserError(
+            "teacher.tokenizer with GKD trains on dataset rows and the student's fresh "
+            "samples only: gkd.seq_kd, gkd.replay and misfeedback.weight > 0 are not "
+            "supported with another tokenizer yet"
+        )
+    _choice("cross_tokenizer.loss", c.cross_tokenizer.loss, CROSS_TOKENIZER_LOSSES)
+    if c.data.pack:
+        raise UserError(
+            "teacher.tokenizer is set: cross-tokenizer rows hold one example each; "
+            "set data.pack=False"
+        )
+    if c.teacher.template:
+        from classkd_jax.data.templates import TEMPLATES
+
+        _choice("teacher.template", c.teacher.template, tuple(TEMPLATES))
 
 
 def _sampling(c) -> None:
@@ -357,6 +398,7 @@ def refuse_unused(c, defaults) -> None:
     does not sample from the student (sft, kd, seqkd), or, but for ClassKD's
     classmate (trained and its gap logged whatever the weight), while
     misfeedback.weight == 0; also a weight > 0 on GKD that never samples."""
+    _refuse_unused_cross(c, defaults)
     m = c.misfeedback
     if c.method in MISFEEDBACK_METHODS + ("classkd",) and m.weight > 0:
         if c.method == "gkd" and c.gkd.lmbda == 0:
@@ -375,6 +417,37 @@ def refuse_unused(c, defaults) -> None:
             else:
                 why = f"on method {c.method!r}, which does not sample from the student; drop it"
             raise UserError(f"config key {key}={config_value(c, key)!r} has no effect {why}")
+
+
+def _refuse_unused_cross(c, defaults) -> None:
+    """cross_tokenizer.*, teacher.template and teacher.add_bos act only with a
+    teacher.tokenizer;
+    kd.divergence (KD), gkd.beta (GKD) and ClassKD's divergences only without one
+    (the cross-tokenizer loss replaces them)."""
+    changed = changed_keys(c.cross_tokenizer, defaults.cross_tokenizer, "cross_tokenizer")
+    for key in ("template", "add_bos"):
+        if c.teacher.get(key) != defaults.teacher.get(key):
+            changed.append(f"teacher.{key}")
+    if not c.teacher.tokenizer and changed:
+        raise UserError(
+            f"config key {changed[0]}={config_value(c, changed[0])!r} has no effect without "
+            "teacher.tokenizer (a teacher with another tokenizer); set it or drop the key"
+        )
+    replaced = {
+        "kd": ("kd.divergence",),
+        "gkd": ("gkd.beta",),
+        "classkd": (
+            "classkd.off_policy_divergence",
+            "classkd.on_policy_divergence",
+            "classmate.divergence",
+        ),
+    }.get(c.method, ())
+    for key in replaced if c.teacher.tokenizer else ():
+        if config_value(c, key) != config_value(defaults, key):
+            raise UserError(
+                f"config key {key}={config_value(c, key)!r} has no effect with "
+                "teacher.tokenizer set (cross_tokenizer.loss chooses the loss); drop it"
+            )
 
 
 def changed_keys(section, default, prefix: str) -> list[str]:

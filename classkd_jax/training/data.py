@@ -13,13 +13,18 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import numpy as np
+
 from classkd_jax.cli import UserError
 from classkd_jax.data import (
     BatchIterator,
     EvalExample,
+    cross_rows,
+    cross_samples,
     format_prompt,
     pipeline,
     to_global,
+    tokenize,
 )
 from classkd_jax.data.tokenize import TokenizedData
 from classkd_jax.training import checks
@@ -44,6 +49,8 @@ class TrainData:
     dev: TokenizedData | None
     dev_examples: list[EvalExample]
     lm: BatchIterator | None = None  # the plain-text stream (data.lm_path), if any
+    cross: cross_rows.CrossRows | None = None  # a teacher with another tokenizer's rows
+    cross_samples: cross_samples.SampleRetokenizer | None = None  # ... and the samples'
 
     def state(self) -> dict[str, Any]:
         out = {"off": self.off.get_state()}
@@ -74,7 +81,26 @@ class TrainData:
     def next_off(self, rows) -> dict:
         """The next off-policy batch as global arrays, rows sharded by `rows`."""
         batch = next(self.off)
-        return to_global({k: batch[k] for k in SCORED_KEYS}, rows)
+        keys = SCORED_KEYS
+        if self.cross is not None:
+            batch = self.cross.add_teacher(batch, self.train)
+            keys = SCORED_KEYS + cross_rows.CROSS_KEYS
+        return to_global({k: batch[k] for k in keys}, rows)
+
+    def add_teacher_to_samples(self, samples: dict, index, rows) -> dict:
+        """The student's samples (global device arrays) plus the teacher's rows and
+        the chunk arrays (`cross_samples`), as global arrays sharded by `rows`
+        (one process: its rows are the global batch)."""
+        import jax
+
+        host = {k: np.asarray(jax.device_get(v)) for k, v in samples.items()}
+        return to_global(self.cross_samples.add_teacher(host, index), rows)
+
+    def next_prompts_indexed(self, rows) -> tuple[Any, Any, np.ndarray]:
+        """`next_prompts` and the host's `[B] int32` training entries of its rows."""
+        batch = next(self.prompts)
+        out = to_global({"tokens": batch["tokens"], "mask": batch["mask"].astype(bool)}, rows)
+        return out["tokens"], out["mask"], batch["index"]
 
     def next_prompts(self, rows) -> tuple[Any, Any]:
         """The next prompt batch: (tokens [B, P] int32, mask [B, P] bool) global arrays."""
@@ -94,8 +120,53 @@ def eval_examples(examples, data: TokenizedData, template: str) -> list[EvalExam
     return out
 
 
-def build(config, tokenizer, *, sampling_batch: int, needs_prompts: bool) -> TrainData:
-    """Loads, tokenises and wraps the splits (errors name the config key)."""
+def teacher_bos(config) -> bool:
+    """Whether the teacher's prompts start with its BOS (`teacher.add_bos`, else `data.add_bos`)."""
+    own = config.teacher.get("add_bos")
+    return bool(config.data.add_bos if own is None else own)
+
+
+def build_cross(config, examples, train: TokenizedData, tokenizer, teacher_tokenizer):
+    """The teacher's tokenisation of the examples the student kept (`teacher.template`,
+    prompts cut from the left rather than dropped, so both keep the same ones) and
+    every response's alignment (`data.cross_rows`)."""
+    from classkd_jax.data import vocab_map
+
+    cfg = config.data
+    kept = [examples[int(i)] for i in train.source_index]
+    try:
+        teacher = tokenize.tokenize_examples(
+            kept,
+            teacher_tokenizer,
+            template=config.teacher.template or cfg.template,
+            max_prompt_length=cfg.max_prompt_length,
+            max_length=cfg.max_length,
+            add_bos=teacher_bos(config),
+            long_prompts="truncate",
+        )
+    except ValueError as e:  # e.g. add_bos with a tokenizer that has no BOS
+        raise UserError(f"teacher.tokenizer={config.teacher.tokenizer}: {e}") from None
+    eos = (tokenize.special_ids(tokenizer)[0], tokenize.special_ids(teacher_tokenizer)[0])
+    spellings = (vocab_map.token_bytes(tokenizer), vocab_map.token_bytes(teacher_tokenizer))
+    aligns = [
+        cross_rows.response_alignment(
+            ex.response,
+            train.responses[i],
+            teacher.responses[i],
+            (tokenizer, teacher_tokenizer),
+            eos,
+            spellings,
+        )
+        for i, ex in enumerate(kept)
+    ]
+    return cross_rows.CrossRows(teacher, aligns, tuple(cfg.length_buckets))
+
+
+def build(
+    config, tokenizer, *, sampling_batch: int, needs_prompts: bool, teacher_tokenizer=None
+) -> TrainData:
+    """Loads, tokenises and wraps the splits (errors name the config key);
+    `teacher_tokenizer`: a teacher's own tokenizer (cross-tokenizer KD rows)."""
     cfg = config.data
     train_examples = pipeline.load_split(cfg, "train")
     if not train_examples:
@@ -134,7 +205,36 @@ def build(config, tokenizer, *, sampling_batch: int, needs_prompts: bool) -> Tra
             if "data.lm_path" not in message:
                 message = f"data.lm_path={cfg.lm_path!r}: {message}"
             raise UserError(message) from None
-    return TrainData(train, off, prompts, dev, dev_examples, lm)
+    cross = samples = None
+    if teacher_tokenizer is not None:
+        cross = build_cross(config, train_examples, train, tokenizer, teacher_tokenizer)
+        if needs_prompts:
+            samples = sample_retokenizer(
+                config, train_examples, train, tokenizer, teacher_tokenizer
+            )
+    return TrainData(train, off, prompts, dev, dev_examples, lm, cross, samples)
+
+
+def sample_retokenizer(config, examples, train: TokenizedData, tokenizer, teacher_tokenizer):
+    """Re-tokenises the student's samples for a teacher with another tokenizer."""
+    from classkd_jax.data import vocab_map
+
+    cfg = config.data
+    new = int(config.sampling.max_new_tokens)
+    return cross_samples.SampleRetokenizer(
+        examples=list(examples),
+        source_index=train.source_index,
+        student=tokenizer,
+        teacher=teacher_tokenizer,
+        spellings=(vocab_map.token_bytes(tokenizer), vocab_map.token_bytes(teacher_tokenizer)),
+        template=config.teacher.template or cfg.template,
+        add_bos=teacher_bos(config),
+        eos=(tokenize.special_ids(tokenizer)[0], tokenize.special_ids(teacher_tokenizer)[0]),
+        pad=tokenize.special_ids(teacher_tokenizer)[1],
+        max_prompt_length=int(cfg.max_prompt_length),
+        # the teacher's completion may take more tokens than the student's
+        buckets=tuple(int(b) + 2 * new for b in cfg.prompt_buckets),
+    )
 
 
 def _empty_train_message(cfg) -> str:

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from classkd_jax import sharding
+from classkd_jax.cli import UserError
 from classkd_jax.models import ModelConfig, abstract_params
 from classkd_jax.sampling import Sampler, SamplingConfig, default_buckets
 from classkd_jax.training import checks, objectives, roles
@@ -434,6 +435,12 @@ def largest(programs: Sequence[Program]) -> tuple[Program, ...]:
 def plan(config, mesh) -> Plan:
     """The run's programs on `mesh` (see the module docstring). Roles whose `path`
     is a hub name take their preset's shapes; nothing is read from the network."""
+    if config.teacher.get("tokenizer"):
+        raise UserError(
+            "teacher.tokenizer is set: lowering the cross-tokenizer step (the teacher's rows "
+            "and alignment arrays) is not supported yet; compile without it for the models' "
+            "memory, or run a few steps"
+        )
     tokenizer, where = roles.resolve_tokenizer(config, offline=True)
     context, why = checks.context_length(config)
     sources = roles.plan_roles(config, tokenizer, where, context, why, offline=True)

@@ -140,6 +140,17 @@ def resolve_tokenizer(config, offline: bool = False) -> tuple[Any, str]:
     return load_tokenizer(path), str(path)
 
 
+def resolve_teacher_tokenizer(config) -> tuple[Any, str] | None:
+    """(the teacher's own tokenizer, where it came from) when `teacher.tokenizer`
+    names one (cross-tokenizer KD), else None (the teacher shares the student's)."""
+    name = config.teacher.tokenizer
+    if not name or config.method == "sft":
+        return None
+    if not Path(name).expanduser().is_dir() and not _is_hub_name(name):
+        raise UserError(f"teacher.tokenizer={name}: no such tokenizer directory")
+    return load_tokenizer(name), str(name)
+
+
 def _preset_vocab(role_cfg) -> ConfigVocab:
     try:
         return ConfigVocab.of(get_preset(role_cfg.preset))
@@ -240,10 +251,14 @@ def _check_vocab(source: RoleSource, tokenizer, tokenizer_where: str) -> None:
     ):
         own = load_tokenizer(source.tokenizer_dir)
         if not _same_tokenizer(own, tokenizer):
+            hint = (
+                ": set teacher.tokenizer to it for cross-tokenizer KD (method=kd)"
+                if source.role == "teacher"
+                else "; the classmate shares the student's tokenizer"
+            )
             raise UserError(
                 f"the {source.role}'s tokenizer ({source.tokenizer_dir}, {len(own)} tokens) is not "
-                f"the student's ({tokenizer_where}, {size} tokens): token-level distillation "
-                "needs one shared vocabulary"
+                f"the one it is run with ({tokenizer_where}, {size} tokens){hint}"
             )
     if source.config.vocab_size < size:
         raise UserError(
@@ -264,12 +279,21 @@ def _check_context(source: RoleSource, context: int, why: str) -> None:
 
 
 def plan_roles(
-    config, tokenizer, tokenizer_where: str, context: int, why: str, offline: bool = False
+    config,
+    tokenizer,
+    tokenizer_where: str,
+    context: int,
+    why: str,
+    offline: bool = False,
+    teacher_tokenizer: tuple[Any, str] | None = None,
 ) -> dict:
     """{role: RoleSource} for the roles `config.method` uses, checked (see module docstring).
 
     `offline`: a hub name is not resolved; the role gets its preset's shapes
-    (`<role>.preset`, kind 'hub'), as `classkd_jax.compile` needs."""
+    (`<role>.preset`, kind 'hub'), as `classkd_jax.compile` needs.
+    `teacher_tokenizer`: (tokenizer, where) of a teacher with its own tokenizer
+    (`resolve_teacher_tokenizer`), which its weights are checked against instead."""
+    toks = {"teacher": teacher_tokenizer} if teacher_tokenizer is not None else {}
     roles = ["student"]
     if config.method != "sft":
         roles.insert(0, "teacher")
@@ -285,7 +309,8 @@ def plan_roles(
             )
             sources[role] = RoleSource(role, "student_init", student.path, cm_config)
             continue
-        sources[role] = _source(role, role_cfg, tokenizer, context, offline)
+        role_tok = toks.get(role, (tokenizer, tokenizer_where))[0]
+        sources[role] = _source(role, role_cfg, role_tok, context, offline)
     for role, source in sources.items():
         rate = config[role].get("dropout")
         if rate is not None:  # a trained role's override of its model's dropout
@@ -293,7 +318,7 @@ def plan_roles(
                 raise UserError(f"{_key(role, 'dropout')}={rate}: expected a rate in [0, 1)")
             sources[role] = dataclasses.replace(source, config=source.config.with_dropout(rate))
     for source in sources.values():
-        _check_vocab(source, tokenizer, tokenizer_where)
+        _check_vocab(source, *toks.get(source.role, (tokenizer, tokenizer_where)))
         _check_context(source, context, why)
     return sources
 

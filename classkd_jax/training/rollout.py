@@ -144,7 +144,11 @@ class BatchPlan:
             self.store = RolloutStore(prompt_width + int(s.max_new_tokens))
 
     def _sample(self, who: str, params, step: int, teacher=None, index: int = 0):
-        tokens, mask = self.data.next_prompts(self.rows)
+        cross = who == "student" and self.data.cross_samples is not None
+        if cross:  # a teacher with another tokenizer: which examples the prompts are
+            tokens, mask, entries = self.data.next_prompts_indexed(self.rows)
+        else:
+            tokens, mask = self.data.next_prompts(self.rows)
         sampler = self.student_sampler if who == "student" else self.teacher_sampler
         key = step_key(self.root, step, f"sample_{who}")
         if index:  # several sampling calls in one step (MiniLLM's rollouts)
@@ -156,13 +160,15 @@ class BatchPlan:
         else:
             out = sampler(params, tokens, mask, key, self.sampling)
         jax.block_until_ready(out.tokens)
-        seconds = time.perf_counter() - start
         batch = {
             "prompt_tokens": out.prompt_tokens,
             "prompt_mask": out.prompt_mask,
             "tokens": out.tokens,
             "mask": out.mask,
         }
+        if cross:  # decoded, re-tokenised and aligned on the host (counted as sampling)
+            batch = self.data.add_teacher_to_samples(batch, entries, self.rows)
+        seconds = time.perf_counter() - start
         rows, prompt = tokens.shape
         model = self.models.student if who == "student" else self.models.teacher
         n_steps = int(out.num_steps)

@@ -100,14 +100,36 @@ def resolve(config, total: int, eval_every: int | None = None) -> dict:
     return json.loads(config.to_json_best_effort())
 
 
-def build_models(config, sources: dict, total: int, vocab: int) -> Models:
+def build_models(config, sources: dict, total: int, vocab: int, cross=None) -> Models:
+    """The roles (`cross`: a teacher with another tokenizer, `cross_tokenizer`)."""
+
     def trained(name):
         optimizer, schedule = optim.make_optimizer(config[name], _role_steps(config, name, total))
         return Role(sources[name].config, optimizer, schedule)
 
     teacher = Role(sources["teacher"].config) if "teacher" in sources else None
     classmate = trained("classmate") if "classmate" in sources else None
-    return Models(trained("student"), teacher, classmate, vocab_size=vocab)
+    return Models(trained("student"), teacher, classmate, vocab_size=vocab, cross=cross)
+
+
+def cross_tokenizer(config, sources: dict, vocab: int, student_tokenizer, teacher_tokenizer):
+    """The step's static view of a teacher with another tokenizer (`vocab`: the
+    student's scored vocabulary)."""
+    from classkd_jax.data import vocab_map
+    from classkd_jax.training.cross_objectives import CrossTokenizer
+
+    t_vocab = roles.scored_vocab(teacher_tokenizer, [sources["teacher"].config.vocab_size])
+    s_ids, t_ids = np.zeros(0, np.int32), np.zeros(0, np.int32)
+    if config.cross_tokenizer.loss == "exact":
+        s_ids, t_ids = vocab_map.shared_vocabulary(student_tokenizer, teacher_tokenizer)
+        keep = (s_ids < vocab) & (t_ids < t_vocab)
+        s_ids, t_ids = s_ids[keep], t_ids[keep]
+        if not len(s_ids):
+            raise cli.UserError(
+                "cross_tokenizer.loss='exact': the two tokenizers spell no vocabulary entry "
+                "alike; use 'alm' or 'uld'"
+            )
+    return CrossTokenizer(str(config.cross_tokenizer.loss), t_vocab, s_ids, t_ids)
 
 
 def _role_steps(config, name: str, total: int) -> int:
@@ -226,13 +248,17 @@ def _train(config, workdir: Path) -> int:
     mesh = make_mesh(config)
     sampling_batch = check_batch_sizes(config, mesh)
     tokenizer, tokenizer_where = roles.resolve_tokenizer(config)
+    teacher_tok = roles.resolve_teacher_tokenizer(config)
     context, why = checks.context_length(config)
-    sources = roles.plan_roles(config, tokenizer, tokenizer_where, context, why)
+    sources = roles.plan_roles(
+        config, tokenizer, tokenizer_where, context, why, teacher_tokenizer=teacher_tok
+    )
     data = data_lib.build(
         config,
         tokenizer,
         sampling_batch=sampling_batch,
         needs_prompts=checks.samples_prompts(config),
+        teacher_tokenizer=teacher_tok[0] if teacher_tok else None,
     )
     frozen = {}
     if "teacher" in sources:
@@ -249,8 +275,12 @@ def _train(config, workdir: Path) -> int:
         tmp.write_text(json.dumps(resolved, indent=2) + "\n")
         tmp.replace(workdir / "config.json")
 
-    vocab = roles.scored_vocab(tokenizer, [s.config.vocab_size for s in sources.values()])
-    models = build_models(config, sources, total, vocab)
+    student_sources = [s for r, s in sources.items() if not (teacher_tok and r == "teacher")]
+    vocab = roles.scored_vocab(tokenizer, [s.config.vocab_size for s in student_sources])
+    cross = None
+    if teacher_tok is not None:
+        cross = cross_tokenizer(config, sources, vocab, tokenizer, teacher_tok[0])
+    models = build_models(config, sources, total, vocab, cross)
     checkpoints = RunCheckpoints(workdir, int(config.checkpoint_keep))
     run = make_run(config, workdir, models, mesh, data, frozen, checkpoints, tokenizer, total)
     state, start, meta, damaged = load_state(config, models, sources, mesh, checkpoints, run)

@@ -46,10 +46,12 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from classkd_jax import losses, sharding
+from classkd_jax.data.cross_rows import CROSS_KEYS
 from classkd_jax.models import ModelConfig, Transformer, lm_head
 from classkd_jax.sampling import data_axes
+from classkd_jax.training import cross_objectives, minillm, objectives
 from classkd_jax.training import flops as flops_lib
-from classkd_jax.training import minillm, objectives
+from classkd_jax.training.cross_objectives import CrossTokenizer
 from classkd_jax.training.minillm import ROLLOUT_KEYS
 from classkd_jax.training.objectives import Part
 from classkd_jax.training.state import RunState, TrainState
@@ -76,6 +78,7 @@ class Models:
     teacher: Role | None = None
     classmate: Role | None = None
     vocab_size: int | None = None  # the shared real vocabulary (len(tokenizer))
+    cross: CrossTokenizer | None = None  # a teacher with another tokenizer (KD, GKD, ClassKD)
 
 
 def scored_batch(batch: Batch) -> Batch:
@@ -88,7 +91,7 @@ def scored_batch(batch: Batch) -> Batch:
     one position, the last prompt token.
     """
     if "loss_mask" in batch:  # scored rows (with MiniLLM's rollout values, if any)
-        return {k: batch[k] for k in SCORED_KEYS + ROLLOUT_KEYS if k in batch}
+        return {k: batch[k] for k in SCORED_KEYS + ROLLOUT_KEYS + CROSS_KEYS if k in batch}
     missing = [k for k in SAMPLE_KEYS if k not in batch]
     if missing:
         raise ValueError(f"batch has neither {SCORED_KEYS} nor the sampler's {SAMPLE_KEYS}")
@@ -105,6 +108,8 @@ def scored_batch(batch: Batch) -> Batch:
         "segment_ids": valid.astype(jnp.int32),
         "targets": targets,
         "loss_mask": loss_mask,
+        # A teacher with another tokenizer: its rows of the same samples (`cross_samples`).
+        **{k: batch[k] for k in CROSS_KEYS if k in batch},
     }
 
 
@@ -173,6 +178,8 @@ class LossPath:
       vocab_major: (role, bool) pairs: whether that role's head is passed as
         stored `[V, D]` (tied embeddings) rather than `[D, V]`.
       softcaps: (role, cap) pairs: the role's final-logit soft-cap (Gemma 2), if any.
+      vocabs: (role, size) pairs: a role's own real vocabulary where its tokenizer
+        is not the trained model's (a cross-tokenizer teacher).
     """
 
     impl: str
@@ -180,6 +187,15 @@ class LossPath:
     vocab_size: int | None
     vocab_major: tuple[tuple[str, bool], ...] = ()
     softcaps: tuple[tuple[str, float | None], ...] = ()
+    vocabs: tuple[tuple[str, int], ...] = ()
+
+    def vocab_sizes(self, others: tuple[str, ...]) -> tuple[int, ...] | None:
+        """Per model of a part (the trained one, then `others`) its vocabulary, or
+        None when they all share `vocab_size`."""
+        own = dict(self.vocabs)
+        if not any(r in own for r in others):
+            return None
+        return (self.vocab_size,) + tuple(own.get(r, self.vocab_size) for r in others)
 
     def layout(self, role: str) -> bool:
         return dict(self.vocab_major).get(role, False)
@@ -232,6 +248,7 @@ def objective(
             extras,
             impl=path.impl,
             vocab_size=path.vocab_size,
+            vocab_sizes=path.vocab_sizes(part.others),
             trainable=(True,) + (False,) * len(part.others),
             chunk_size=path.chunk_size,
             vocab_major=(own_layout,) + tuple(path.layout(r) for r in part.others),
@@ -328,7 +345,10 @@ class StepBuilder:
             for role in ("teacher", "classmate")
             if getattr(models, role) is not None
         )
-        self.path = LossPath(impl, int(config.loss.chunk_size), models.vocab_size, layouts, caps)
+        vocabs = (("teacher", models.cross.teacher_vocab),) if models.cross else ()
+        self.path = LossPath(
+            impl, int(config.loss.chunk_size), models.vocab_size, layouts, caps, vocabs
+        )
         self.grad_accum = int(config.grad_accum)
         self.rows = NamedSharding(mesh, P(data_axes(mesh) or None))
         self.replicated = NamedSharding(mesh, P())
@@ -353,9 +373,13 @@ class StepBuilder:
                     continue
                 model, params = sources[role]
                 p = params()
-                others[key] = jax.lax.stop_gradient(
-                    hidden_states(model.config, p, batches[part.batch])
-                )
+                batch = batches[part.batch]
+                if role == "teacher" and self.models.cross is not None:
+                    h = hidden_states(model.config, p, cross_objectives.teacher_batch(batch))
+                    h = cross_objectives.gather_teacher(h, batch["teacher_index"])
+                else:
+                    h = hidden_states(model.config, p, batch)
+                others[key] = jax.lax.stop_gradient(h)
                 heads.setdefault(role, jax.lax.stop_gradient(head(model.config, p)[0]))
         return others, heads
 
@@ -372,8 +396,45 @@ class StepBuilder:
             if "rewards" in batch:
                 ex.update({k: batch[k] for k in ROLLOUT_KEYS})
                 ex["advantages"] = minillm.advantages(batch, self.config.minillm)
+            if self.models.cross is not None and self.models.cross.loss != "alm":
+                ex["xt_weight"] = cross_objectives.pair_weight(batch, self.models.cross.loss)
             out[name] = ex
         return out
+
+    def _alm(self) -> bool:
+        return self.models.cross is not None and self.models.cross.loss == "alm"
+
+    def _logprobs(self, config: ModelConfig, params, rows, vocab: int | None) -> jax.Array:
+        """`[B, T]` log-probs of `rows`' targets under a model, deterministic, no gradient,
+        a chunk of tokens at a time (no `[B, T, V]`)."""
+        params = jax.lax.stop_gradient(params)
+        w, vm = head(config, params)
+        return minillm.target_logprobs(
+            hidden_states(config, params, rows),
+            w,
+            vm,
+            rows["targets"],
+            vocab_size=vocab,
+            temperature=cross_objectives.temperature(self.config),
+            chunk=self.path.chunk_size,
+            final_softcap=config.final_logit_softcap,
+        )
+
+    def _teacher_logprobs(self, frozen, batches) -> dict[str, jax.Array]:
+        """ALM: per batch the teacher's realised-token log-probs on its own rows (one
+        teacher forward per batch, shared by the student's and the classmate's terms)."""
+        cfg, vocab = self.models.teacher.config, self.models.cross.teacher_vocab
+        return {
+            name: self._logprobs(cfg, frozen["teacher"], cross_objectives.teacher_batch(b), vocab)
+            for name, b in batches.items()
+        }
+
+    def _alm_extras(self, config: ModelConfig, params, batch, teacher_logp):
+        """ALM's per-token extras (`cross_objectives.alm_extras`) of a trained model
+        (`config`, `params`) on the whole batch, from its scoring forward and the
+        teacher's log-probs `teacher_logp` `[B, T_t]`."""
+        logq = self._logprobs(config, params, batch, self.path.vocab_size)
+        return cross_objectives.alm_extras(batch, logq, teacher_logp)
 
     def _sequence_estimator(self, batches) -> bool:
         return (
@@ -471,6 +532,10 @@ class StepBuilder:
         extras = self._extras(batches, weight)
         if self._sequence_estimator(batches):
             extras["on"].update(self._sequence_extras(state, batches["on"], others, heads))
+        teacher_logp = self._teacher_logprobs(frozen, batches) if self._alm() else {}
+        for name, logp in teacher_logp.items():
+            cfg, params = self.models.student.config, state.student.params
+            extras[name].update(self._alm_extras(cfg, params, batches[name], logp))
         student, loss, aux, opt = self._update(
             state.student,
             self.models.student,
@@ -492,7 +557,7 @@ class StepBuilder:
         if state.classmate is not None:
             cm_rng = dropout_key(rng, _ROLE_KEYS["classmate"])
             new, cm_metrics = self._classmate(
-                new, state, batches, others, heads, aux, control, cm_rng
+                new, state, batches, others, heads, aux, control, cm_rng, teacher_logp
             )
             metrics.update(cm_metrics)
             shape = batches[objectives.classmate_batch(self.config)]["tokens"].shape
@@ -509,7 +574,17 @@ class StepBuilder:
             )
         for role, name in others:
             model = self.models.teacher if role == "teacher" else self.models.classmate
-            total += flops_lib.forward_flops(model.config, *batches[name]["tokens"].shape)
+            key = "teacher_tokens" if role == "teacher" and self.models.cross else "tokens"
+            total += flops_lib.forward_flops(model.config, *batches[name][key].shape)
+        if self._alm():  # per batch the teacher's and the trained roles' scoring forwards
+            t_cfg, s_cfg = self.models.teacher.config, self.models.student.config
+            for name, b in batches.items():
+                total += flops_lib.forward_flops(t_cfg, *b["teacher_tokens"].shape)
+                total += flops_lib.forward_flops(s_cfg, *b["tokens"].shape)
+                if self.models.classmate is not None and name == "off":
+                    total += flops_lib.forward_flops(
+                        self.models.classmate.config, *b["tokens"].shape
+                    )
         if self._sequence_estimator(batches):  # its scoring forward (`_sequence_extras`)
             shape = batches["on"]["tokens"].shape
             total += flops_lib.forward_flops(self.models.student.config, *shape)
@@ -528,6 +603,12 @@ class StepBuilder:
                 f"got {sorted(batches)}"
             )
         on_policy = method == "classkd" and "on" in batches
+        if self.models.cross is not None and method == "classkd":
+            return cross_objectives.classkd_parts(
+                self.config, self.models.cross, on_policy=on_policy
+            )
+        if self.models.cross is not None:
+            return cross_objectives.kd_parts(self.config, self.models.cross)
         return objectives.student_parts(self.config, on_policy=on_policy, lm="lm" in batches)
 
     def _named_means(self, aux, parts, counts):
@@ -539,7 +620,7 @@ class StepBuilder:
         return out
 
     def _classmate(
-        self, new: RunState, old: RunState, batches, others, heads, aux, control, rng=None
+        self, new: RunState, old: RunState, batches, others, heads, aux, control, rng, t_logp
     ):
         """The classmate's measured KL, gap control and (maybe) update, on its batch
         (`objectives.classmate_batch`: 'off', or MiniLLM's 'on' rollouts).
@@ -551,17 +632,24 @@ class StepBuilder:
         `control['classmate_update']` is its schedule's decision for this step
         (start, interval, stop: `objectives.control`), `control['min_gap']` the
         gap it must keep (negative: off); both are inputs, so a sweep over them
-        reuses one compiled program.
+        reuses one compiled program. `t_logp`: ALM's teacher log-probs per batch.
         """
         cfg = self.config.classmate
         role = self.models.classmate
-        parts = objectives.classmate_parts(self.config)
+        if self.models.cross is not None:
+            parts = cross_objectives.classmate_parts(self.config, self.models.cross)
+        else:
+            parts = objectives.classmate_parts(self.config)
         name = objectives.classmate_batch(self.config)
         off = {name: batches[name]}
         counts = self._counts(off)
-        cm_others = {("teacher", name): others[("teacher", name)]}
-        cm_heads = {"teacher": heads["teacher"]}
+        reads = {r for p in parts for r in p.others}  # the teacher, but not for ALM
+        cm_others = {(r, name): others[(r, name)] for r in reads}
+        cm_heads = {r: heads[r] for r in reads}
         extras = self._extras(off, 0.0)
+        if self._alm():  # the classmate's own chunk terms against the teacher
+            cm_params = old.classmate.params
+            extras[name].update(self._alm_extras(role.config, cm_params, off[name], t_logp[name]))
         ema_s, ema_c = old.gap.averages(float(cfg.gap_ema))
         min_gap = control["min_gap"]
         allowed = control["classmate_update"] & ((min_gap < 0) | ((ema_c - ema_s) >= min_gap))

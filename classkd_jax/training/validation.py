@@ -3,7 +3,8 @@
 Every `eval_every` steps the student is scored on the dev split:
   dev_loss         token-mean cross-entropy on the dev responses (what the
                    protocol selects student initialisations by);
-  dev_kd           KL(teacher || student) on the same tokens (distillation methods);
+  dev_kd           KL(teacher || student) on the same tokens (distillation methods
+                   whose teacher shares the student's tokenizer);
   dev_rougeL, dev_exact_match
                    of greedy completions of the first `eval.num_examples` dev
                    prompts (`eval.max_new_tokens` new tokens; the protocol
@@ -115,7 +116,9 @@ class Validator:
     def __init__(self, config, data: TrainData, tokenizer, models, mesh, path: LossPath):
         self.config, self.data, self.tokenizer, self.mesh = config, data, tokenizer, mesh
         self.student_cfg = models.student.config
-        self.teacher_cfg = models.teacher.config if models.teacher is not None else None
+        # A teacher with another tokenizer scores other tokens: no dev_kd.
+        shared = models.teacher is not None and getattr(models, "cross", None) is None
+        self.teacher_cfg = models.teacher.config if shared else None
         n = min(int(config.eval.num_examples), len(data.dev_examples))
         self.examples = data.dev_examples[:n]
         self.prompts = [data.dev.prompts[i] for i in range(n)]
@@ -167,7 +170,7 @@ class Validator:
         texts = self.generate(params, should_stop) if self.examples else []
         if texts is None:
             return None
-        metrics = self.dev_loss(params, teacher)
+        metrics = self.dev_loss(params, teacher if self.teacher_cfg is not None else None)
         if self.examples:
             records = runner.score_predictions(self.examples, texts)
             scores = runner.aggregate(records)

@@ -1,0 +1,80 @@
+"""Vocabulary entries two tokenizers spell identically (the exact-match KL's support).
+
+A token's spelling is the bytes it stands for: byte-level BPE tokens through
+GPT-2's byte-to-unicode table, SentencePiece pieces with '▁' as a space and
+byte-fallback pieces '<0xNN>' as that byte, other tokens as their UTF-8.
+Special tokens are matched by role (BOS to BOS, EOS to EOS, ...), not by text,
+since families spell them differently ('</s>', '<|endoftext|>').
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+__all__ = ["shared_vocabulary", "token_bytes"]
+
+_BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's printable stand-in character for each byte, inverted."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    keep += list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = list(keep), 0
+    for b in range(256):
+        if b not in keep:
+            keep.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(keep, chars, strict=True)}
+
+
+def _is_byte_level(tokenizer) -> bool:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else ""
+    return '"ByteLevel"' in text
+
+
+def token_bytes(tokenizer) -> list[bytes | None]:
+    """Per id (`len(tokenizer)` of them) the bytes it spells; None for special tokens."""
+    special = set(tokenizer.all_special_ids)
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    decoder = _byte_decoder() if _is_byte_level(tokenizer) else None
+    out: list[bytes | None] = []
+    for i, piece in enumerate(pieces):
+        if i in special or piece is None:
+            out.append(None)
+        elif decoder is not None and all(ch in decoder for ch in piece):
+            out.append(bytes(decoder[ch] for ch in piece))
+        elif m := _BYTE_PIECE.match(piece):
+            out.append(bytes([int(m.group(1), 16)]))
+        else:
+            out.append(piece.replace("▁", " ").encode("utf-8"))
+    return out
+
+
+_ROLES = ("eos_token_id", "bos_token_id", "pad_token_id", "unk_token_id")  # EOS wins a tie
+
+
+def shared_vocabulary(student, teacher) -> tuple[np.ndarray, np.ndarray]:
+    """`(student_ids [M], teacher_ids [M]) int32`: entry m is one spelling's id on each
+    side (the lowest id where a side spells it twice), special tokens matched by role."""
+    pairs: dict[int, int] = {}
+    for role in _ROLES:
+        s, t = getattr(student, role, None), getattr(teacher, role, None)
+        if s is not None and t is not None and s not in pairs:
+            pairs[int(s)] = int(t)
+    by_bytes: dict[bytes, int] = {}
+    for i, b in enumerate(token_bytes(teacher)):
+        if b is not None and b not in by_bytes:
+            by_bytes[b] = i
+    used_t = set(pairs.values())
+    for i, b in enumerate(token_bytes(student)):
+        t = by_bytes.get(b) if b is not None else None
+        if t is not None and i not in pairs and t not in used_t:
+            pairs[i] = t
+            used_t.add(t)
+    ids = sorted(pairs)
+    return np.asarray(ids, np.int32), np.asarray([pairs[i] for i in ids], np.int32)
