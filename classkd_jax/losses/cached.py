@@ -148,9 +148,7 @@ def topk_residual_kl_per_token(
     head = jnp.sum(jnp.where(p > 0, p * (logp - logq), 0.0), axis=-1)
     # The student's residual log-mass over the ids not stored, from its own
     # log-probs (no 1 - sum cancellation): -inf when k = V.
-    stored = jnp.put_along_axis(
-        jnp.zeros(logq_all.shape, bool), ids, True, axis=-1, inplace=False
-    )
+    stored = jnp.put_along_axis(jnp.zeros(logq_all.shape, bool), ids, True, axis=-1, inplace=False)
     rest = jnp.where(stored, -jnp.inf, logq_all)
     any_rest = jnp.any(~stored, axis=-1)
     log_rq = jax.nn.logsumexp(jnp.where(any_rest[..., None], rest, 0.0), axis=-1)

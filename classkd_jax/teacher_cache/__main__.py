@@ -1,4 +1,7 @@
-"""`python -m classkd_jax.teacher_cache --config configs/<method>.py[:ARG] --out DIR [--config.key=v ...]`
+"""Builds a teacher cache.
+
+    python -m classkd_jax.teacher_cache --config configs/<method>.py[:ARG] --out DIR \\
+        [--config.key=value ...]
 
 Runs the config's teacher once over its training rows (and dev rows when it
 validates) and writes the cache a run then reads with

@@ -83,7 +83,9 @@ def fingerprint(config, source, tokenizer, tokenizer_where: str, splits: dict) -
 def load_splits(config, tokenizer) -> dict[str, TokenizedData]:
     """The run's tokenised training split, and its dev split when the run validates."""
     cfg = config.data
-    out = {"train": pipeline.tokenize_examples_for(cfg, tokenizer, pipeline.load_split(cfg, "train"))}
+    out = {
+        "train": pipeline.tokenize_examples_for(cfg, tokenizer, pipeline.load_split(cfg, "train"))
+    }
     if checks.validates(config):
         dev = pipeline.load_split(cfg, "dev")
         if dev:
@@ -94,7 +96,9 @@ def load_splits(config, tokenizer) -> dict[str, TokenizedData]:
 def params_fingerprint(params) -> str:
     """A CRC of every leaf's sum and sum of squares (recorded, for the record only)."""
     stats = jax.tree.map(
-        lambda x: jnp.stack([jnp.sum(x, dtype=jnp.float32), jnp.sum(jnp.square(x.astype(jnp.float32)))]),
+        lambda x: jnp.stack(
+            [jnp.sum(x, dtype=jnp.float32), jnp.sum(jnp.square(x.astype(jnp.float32)))]
+        ),
         params,
     )
     flat = np.concatenate([np.asarray(v).ravel() for v in jax.tree.leaves(jax.device_get(stats))])
@@ -107,7 +111,9 @@ def _hidden(cfg, params, batch):
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "vocab", "temperature", "num_samples", "top_k"))
-def _stats(cfg, params, h, targets, example, position, split_key, *, vocab, temperature, num_samples, top_k):
+def _stats(
+    cfg, params, h, targets, example, position, split_key, *, vocab, temperature, num_samples, top_k
+):
     w, vocab_major = head(cfg, params)
     spec = "md,vd->mv" if vocab_major else "md,dv->mv"
     z = jnp.einsum(spec, h.astype(w.dtype), w, preferred_element_type=jnp.float32)[:, :vocab]
@@ -172,7 +178,6 @@ def chunk_arrays(
     counts = np.bincount(local, minlength=len(idx)) if len(local) else np.zeros(len(idx), int)
     arrays["offsets"] = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     return arrays
-
 
 
 def build(

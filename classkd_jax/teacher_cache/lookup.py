@@ -83,5 +83,8 @@ class Lookup:
         if out is None:
             width = self.fields(0)[0].shape[-1]
             shape = tokens.shape + (width,)
-            out = {k: np.zeros(shape, np.float32 if k == "cache_logp" else np.int32) for k in CACHE_KEYS}
+            out = {
+                k: np.zeros(shape, np.float32 if k == "cache_logp" else np.int32)
+                for k in CACHE_KEYS
+            }
         return out
