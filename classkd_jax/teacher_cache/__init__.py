@@ -7,17 +7,9 @@ and read by every method, seed and epoch that trains on those rows
         --config.teacher.cache=/tmp/tc
 """
 
-from classkd_jax.teacher_cache.builder import build, cache_temperature, fingerprint
+# `builder` (the teacher's forward, `classkd_jax.training.step`) is imported where
+# a cache is built, not here: the trainer's objectives import `lookup`.
 from classkd_jax.teacher_cache.lookup import CACHE_KEYS, Lookup
 from classkd_jax.teacher_cache.store import SplitReader, check, read_manifest
 
-__all__ = [
-    "CACHE_KEYS",
-    "Lookup",
-    "SplitReader",
-    "build",
-    "cache_temperature",
-    "check",
-    "fingerprint",
-    "read_manifest",
-]
+__all__ = ["CACHE_KEYS", "Lookup", "SplitReader", "check", "read_manifest"]

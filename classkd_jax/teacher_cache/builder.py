@@ -95,14 +95,17 @@ def load_splits(config, tokenizer) -> dict[str, TokenizedData]:
 
 def params_fingerprint(params) -> str:
     """A CRC of every leaf's sum and sum of squares (recorded, for the record only)."""
-    stats = jax.tree.map(
-        lambda x: jnp.stack(
-            [jnp.sum(x, dtype=jnp.float32), jnp.sum(jnp.square(x.astype(jnp.float32)))]
-        ),
-        params,
-    )
-    flat = np.concatenate([np.asarray(v).ravel() for v in jax.tree.leaves(jax.device_get(stats))])
+    flat = np.concatenate([np.ravel(v) for v in jax.tree.leaves(_leaf_stats(params))])
     return f"{zlib.crc32(flat.astype(np.float32).tobytes()):08x}"
+
+
+@jax.jit
+def _leaf_stats(params):
+    def one(x):
+        x = x.astype(jnp.float32)
+        return jnp.stack([jnp.sum(x), jnp.sum(jnp.square(x))])
+
+    return jax.tree.map(one, params)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -112,8 +115,22 @@ def _hidden(cfg, params, batch):
 
 @functools.partial(jax.jit, static_argnames=("cfg", "vocab", "temperature", "num_samples", "top_k"))
 def _stats(
-    cfg, params, h, targets, example, position, split_key, *, vocab, temperature, num_samples, top_k
+    cfg,
+    params,
+    hidden,
+    rows,
+    cols,
+    targets,
+    example,
+    position,
+    split_key,
+    *,
+    vocab,
+    temperature,
+    num_samples,
+    top_k,
 ):
+    h = hidden[rows, cols]
     w, vocab_major = head(cfg, params)
     spec = "md,vd->mv" if vocab_major else "md,dv->mv"
     z = jnp.einsum(spec, h.astype(w.dtype), w, preferred_element_type=jnp.float32)[:, :vocab]
@@ -165,8 +182,18 @@ def chunk_arrays(
             def pad(a, g=g, n=n):
                 return jnp.asarray(np.concatenate([a[g : g + n], np.zeros(group - n, a.dtype)]))
 
-            h = hidden[pad(r), pad(t)]
-            out = _stats(cfg, params, h, pad(targets), pad(ex), pad(pos), split_key, **kw)
+            out = _stats(
+                cfg,
+                params,
+                hidden,
+                pad(r),
+                pad(t),
+                pad(targets),
+                pad(ex),
+                pad(pos),
+                split_key,
+                **kw,
+            )
             for k, v in jax.device_get(out).items():
                 parts.setdefault(k, []).append(np.asarray(v)[:n])
             parts["example"].append(ex[g : g + n])

@@ -44,6 +44,9 @@ class TrainData:
     dev: TokenizedData | None
     dev_examples: list[EvalExample]
     lm: BatchIterator | None = None  # the plain-text stream (data.lm_path), if any
+    # teacher.cache: adds the cached teacher's `cache_*` [B, T, W] arrays to every
+    # off-policy batch (`classkd_jax.teacher_cache.Lookup`); None: the live teacher
+    cache: Any = None
 
     def state(self) -> dict[str, Any]:
         out = {"off": self.off.get_state()}
@@ -74,7 +77,10 @@ class TrainData:
     def next_off(self, rows) -> dict:
         """The next off-policy batch as global arrays, rows sharded by `rows`."""
         batch = next(self.off)
-        return to_global({k: batch[k] for k in SCORED_KEYS}, rows)
+        out = {k: batch[k] for k in SCORED_KEYS}
+        if self.cache is not None:
+            out.update(self.cache.batch_arrays(out))
+        return to_global(out, rows)
 
     def next_prompts(self, rows) -> tuple[Any, Any]:
         """The next prompt batch: (tokens [B, P] int32, mask [B, P] bool) global arrays."""

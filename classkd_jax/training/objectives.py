@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from classkd_jax import losses
+from classkd_jax.teacher_cache.lookup import CACHE_KEYS as CACHE_EXTRAS
 
 TokenFn = Callable[[tuple[jax.Array, ...], Mapping[str, jax.Array]], Any]
 
@@ -99,7 +100,58 @@ def _kd_with_ce(div: Callable, ce_weight: float, name: str) -> Part:
 
 def kd_parts(config) -> tuple[Part, ...]:
     k = config.kd
+    if uses_cache(config):
+        div = cached_divergence(config, k.divergence, float(k.temperature))
+        return (_cached_kd_with_ce(div, float(k.ce_weight), "kd"),)
     return (_kd_with_ce(_divergence(k.divergence, k.temperature), float(k.ce_weight), "kd"),)
+
+
+# --- the offline teacher (teacher.cache, docs/teacher_cache.md) ---------------
+# Divergences a cache can stand for: the forward KL (sampled or top-k) and
+# DistiLLM's skew KL (sampled), all expectations over y ~ p.
+CACHED_DIVERGENCES = ("forward_kl", "skew_forward_kl")
+
+
+def uses_cache(config) -> bool:
+    """Whether the run reads its off-policy teacher from `teacher.cache`."""
+    return bool(config.teacher.cache)
+
+
+def cached_divergence(config, name: str, temperature: float, **kwargs) -> Callable:
+    """`fn(q, extras) -> [N]` from the cache's `CACHE_EXTRAS` (`[N, W]` each): the
+    estimate of divergence `name` of `teacher_cache.loss` ('sampled' or 'topk')."""
+    tc = config.teacher_cache
+    if name not in CACHED_DIVERGENCES or (tc.loss == "topk" and name != "forward_kl"):
+        raise ValueError(
+            f"teacher.cache with teacher_cache.loss={tc.loss!r} stands for "
+            f"{CACHED_DIVERGENCES if tc.loss == 'sampled' else ('forward_kl',)}, not {name!r}"
+        )
+    if tc.loss == "topk":
+        return lambda q, ex: losses.topk_residual_kl_per_token(
+            q, ex["cache_ids"], ex["cache_logp"], temperature=temperature
+        )
+    num, mode = int(tc.num_samples), str(tc.weights)
+    fn = losses.sampled_kl_per_token if name == "forward_kl" else losses.sampled_skew_kl_per_token
+
+    def div(q, ex):
+        w = losses.cache_weights(ex["cache_counts"], ex["cache_logp"], num, mode)
+        return fn(q, ex["cache_ids"], w, ex["cache_logp"], temperature=temperature, **kwargs)
+
+    return div
+
+
+def _cached_kd_with_ce(div: Callable, ce_weight: float, name: str) -> Part:
+    """`_kd_with_ce` with the teacher read from the cache: no frozen model's logits."""
+
+    def token_fn(logits, ex):
+        q = logits[0]
+        kd = div(q, ex)
+        if ce_weight == 0:
+            return kd, {name: kd}
+        ce = _ce(q, ex["targets"])
+        return (1 - ce_weight) * kd + ce_weight * ce, {name: kd, "ce": ce}
+
+    return Part("off", (), token_fn, CACHE_EXTRAS + (("targets",) if ce_weight else ()))
 
 
 def gkd_parts(config) -> tuple[Part, ...]:
