@@ -19,17 +19,17 @@ from pathlib import Path
 PROG = "python -m classkd_jax.teacher_cache"
 
 
-def split_out(argv: Sequence[str]) -> tuple[str | None, list[str]]:
-    """(--out value, the other arguments)."""
-    out, rest, it = None, [], iter(argv)
-    for arg in it:
-        if arg == "--out":
-            out = next(it, None)
-        elif arg.startswith("--out="):
-            out = arg.split("=", 1)[1]
-        else:
-            rest.append(arg)
-    return out, rest
+def build_parser():
+    """The command's own flags; the rest are the trainer's (`--config`, overrides)
+    and the multi-process flags (`classkd_jax.distributed`)."""
+    import argparse
+
+    from classkd_jax import distributed
+
+    p = argparse.ArgumentParser(prog=PROG, add_help=False, allow_abbrev=False)
+    p.add_argument("--out", default=None, help="the cache directory (written, or finished)")
+    distributed.add_flags(p)
+    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,10 +40,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     logs.quiet_libraries()
-    out, rest = split_out(argv)
-    if not out:
+    multi, rest = build_parser().parse_known_args(argv)
+    if not multi.out:
         raise UserError("--out DIR is required (where the cache is written)")
-    multi, rest = distributed.split_flags(rest)
+    out = multi.out
     config, _ = parse_flags(rest, workdir=False)
     if config.method not in ("kd", "distillm", "classkd"):
         raise UserError(
