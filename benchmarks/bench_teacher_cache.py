@@ -64,8 +64,9 @@ def cache_bytes(root: Path) -> tuple[float, float, int]:
     return stored / positions, ragged, positions
 
 
-def angles(config, cache_dir: Path, num_batches: int, k: int) -> dict[str, float]:
-    """Mean angle (degrees) of each cached gradient to the dense one."""
+def angles(config, cache_dir: Path, num_batches: int, k: int, k_small: int) -> dict[str, float]:
+    """Mean angle (degrees) of each cached gradient to the dense one (top-k at the
+    stored bytes, `k`, and at the ragged layout's, `k_small`: the first columns)."""
     tokenizer, where = roles.resolve_tokenizer(config)
     context, why = checks.context_length(config)
     sources = roles.plan_roles(config, tokenizer, where, context, why)
@@ -82,6 +83,7 @@ def angles(config, cache_dir: Path, num_batches: int, k: int) -> dict[str, float
         "sampled (counts)": {"teacher_cache.weights": "counts"},
         "sampled (horvitz_thompson)": {"teacher_cache.weights": "horvitz_thompson"},
         f"top-{k} + residual": {"teacher_cache.loss": "topk"},
+        f"top-{k_small} + residual": {"teacher_cache.loss": "topk"},
     }
     parts = {"dense": objectives.kd_parts(config)}
     for name, change in variants.items():
@@ -116,6 +118,8 @@ def angles(config, cache_dir: Path, num_batches: int, k: int) -> dict[str, float
         for name in variants:
             lookup = topk if "top" in name else sampled
             extras = {k_: jnp.asarray(v) for k_, v in lookup.batch_arrays(host).items()}
+            if name.startswith(f"top-{k_small} "):
+                extras = {k_: v[..., :k_small] for k_, v in extras.items()}
             g = grad(name, batch, extras)
             cos = float(g @ dense / jnp.linalg.norm(g) / jnp.linalg.norm(dense))
             out[name].append(float(np.degrees(np.arccos(np.clip(cos, -1, 1)))))
@@ -153,7 +157,9 @@ def step_times(config, cache_dir: Path, steps: int) -> dict[str, float]:
         opt = (models.student.config, models.student.optimizer)
         step = builder_.jit(run_state_shardings(mesh, opt, None), frozen_sh)
         state = initial_state(c, models, sources, mesh)
+        start = time.perf_counter()
         batches = [data.next_off(builder_.rows) for _ in range(steps + 1)]
+        out[f"{name}_batch"] = (time.perf_counter() - start) / (steps + 1)
         state, m = step(state, frozen, {"off": batches[0]}, jax.random.key(0))
         jax.block_until_ready(m)
         start = time.perf_counter()

@@ -266,7 +266,15 @@ def uses_sampling(c) -> bool:
 
 
 # Methods that can read their off-policy teacher from `teacher.cache`.
-CACHE_METHODS = ("kd",)
+CACHE_METHODS = ("kd", "classkd")
+
+
+def live_teacher(c) -> bool:
+    """Whether the run loads the teacher: always without `teacher.cache`; with it,
+    only for ClassKD's on-policy steps (`classkd.lmbda > 0`)."""
+    if c.method == "sft":
+        return False
+    return not c.teacher.cache or (c.method == "classkd" and c.classkd.lmbda > 0)
 
 
 def _teacher_cache(c) -> None:
@@ -290,13 +298,17 @@ def _teacher_cache(c) -> None:
         raise UserError(
             "teacher_cache.loss='topk' needs a cache built with teacher_cache.top_k > 0"
         )
-    div = c.kd.divergence
     allowed = ("forward_kl",) if t.loss == "topk" else ("forward_kl", "skew_forward_kl")
-    if div not in allowed:
-        raise UserError(
-            f"kd.divergence={div!r} with teacher.cache: the cache ({t.loss}) stands for "
-            f"{' or '.join(allowed)}; use the live teacher (teacher.cache='') for {div}"
-        )
+    keys = ("kd.divergence",)
+    if c.method == "classkd":
+        keys = ("classkd.off_policy_divergence", "classmate.divergence")
+    for key in keys:
+        div = config_value(c, key)
+        if div not in allowed:
+            raise UserError(
+                f"{key}={div!r} with teacher.cache: the cache ({t.loss}) stands for "
+                f"{' or '.join(allowed)}; use the live teacher (teacher.cache='') for {div}"
+            )
 
 
 def samples_prompts(c) -> bool:

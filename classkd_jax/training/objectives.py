@@ -140,6 +140,21 @@ def cached_divergence(config, name: str, temperature: float, **kwargs) -> Callab
     return div
 
 
+def _cached_off_part(config, name: str, weight: float, value_key: str, fkl_key: str) -> Part:
+    """'off': weight * D(p, m) from the cache for the trained model m, logging D as
+    `value_key` and the cache's estimate of KL(p || m) as `fkl_key` (the gap
+    control's measure; both KLs of the gap are then estimated from the same draws)."""
+    t = loss_temperature(config)
+    div = cached_divergence(config, name, t)
+    fkl = div if name == "forward_kl" else cached_divergence(config, "forward_kl", t)
+
+    def token_fn(logits, ex):
+        value = div(logits[0], ex)
+        return weight * value, {value_key: value, fkl_key: fkl(logits[0], ex)}
+
+    return Part("off", (), token_fn, CACHE_EXTRAS)
+
+
 def _cached_kd_with_ce(div: Callable, ce_weight: float, name: str) -> Part:
     """`_kd_with_ce` with the teacher read from the cache: no frozen model's logits."""
 
@@ -181,6 +196,8 @@ def classkd_parts(config, *, on_policy: bool) -> tuple[Part, ...]:
         return off_w * off, {"off_kd": off, "student_fkl": _forward_kl(q, p)}
 
     parts = [Part("off", ("teacher",), off_fn)]
+    if uses_cache(config):  # the dataset rows' teacher from teacher.cache
+        parts = [_cached_off_part(config, k.off_policy_divergence, off_w, "off_kd", "student_fkl")]
     if not on_policy:
         return tuple(parts)
     if k.estimator == "sequence":
@@ -248,6 +265,11 @@ def _classkd_sequence_part(config) -> Part:
 
 def classmate_parts(config) -> tuple[Part, ...]:
     """The classmate's objective: D(p, c) on `classmate_batch(config)`, teacher only."""
+    if uses_cache(config):
+        part = _cached_off_part(
+            config, config.classmate.divergence, 1.0, "classmate_kd", "classmate_fkl"
+        )
+        return (dataclasses.replace(part, batch=classmate_batch(config)),)
     div = _divergence(config.classmate.divergence, loss_temperature(config))
 
     def token_fn(logits, ex):

@@ -148,7 +148,7 @@ def header(config, workdir, sources, params_count, mesh, total, sampling_batch) 
             f"({params_count.get(name, 0) / 1e6:.2f}M params, {cfg.dtype}) from {src.describe()}"
             + (
                 f", not loaded: read from teacher.cache={config.teacher.cache}"
-                if name == "teacher" and config.teacher.cache
+                if name == "teacher" and not checks.live_teacher(config)
                 else ""
             )
         )
@@ -241,9 +241,9 @@ def _train(config, workdir: Path) -> int:
         needs_prompts=checks.samples_prompts(config),
     )
     frozen = {}
-    if config.teacher.cache:  # the teacher's weights are never loaded
+    if config.teacher.cache:  # the dataset rows' teacher, read from the cache
         data.cache = open_cache(config, sources["teacher"], tokenizer, tokenizer_where, data)
-    elif "teacher" in sources:
+    if "teacher" in sources and checks.live_teacher(config):
         frozen["teacher"] = roles.load_params(sources["teacher"], mesh, (int(config.seed), 1))
     if config.method == "seqkd":  # SFT on the teacher's responses: the teacher's job ends here
         data = seqkd_data(config, workdir, data, sources, frozen.pop("teacher"), tokenizer, mesh)

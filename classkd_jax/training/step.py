@@ -563,8 +563,9 @@ class StepBuilder:
         name = objectives.classmate_batch(self.config)
         off = {name: batches[name]}
         counts = self._counts(off)
-        cm_others = {("teacher", name): others[("teacher", name)]}
-        cm_heads = {"teacher": heads["teacher"]}
+        # from teacher.cache the classmate's part reads no teacher (`classmate_parts`)
+        cm_others = {k: v for k, v in others.items() if k == ("teacher", name)}
+        cm_heads = {k: v for k, v in heads.items() if k == "teacher"}
         extras = self._extras(off, 0.0)
         ema_s, ema_c = old.gap.averages(float(cfg.gap_ema))
         min_gap = control["min_gap"]
