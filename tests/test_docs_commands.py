@@ -193,7 +193,8 @@ def _flag_name(word: str) -> str:
 def check_cli(module: str, args: list[str], where: str) -> None:
     file = ROOT / "classkd_jax" / f"{module}.py"
     package = ROOT / "classkd_jax" / module / "__main__.py"
-    assert file.is_file() or package.is_file(), f"{where}: python -m classkd_jax.{module}: no such CLI"
+    exists = file.is_file() or package.is_file()
+    assert exists, f"{where}: python -m classkd_jax.{module}: no such CLI"
     accepted = cli_options(module)
     config = None
     spec = _value(args, "--config")

@@ -6,6 +6,7 @@ live KD on the same batch."""
 from __future__ import annotations
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -213,3 +214,44 @@ def test_kd_from_a_large_cache_matches_live_kd_on_a_batch(tmp_path, temperature)
     cos = float(a @ b / jnp.linalg.norm(a) / jnp.linalg.norm(b))
     assert abs(float(est) - float(live)) < 0.05 * float(live), (est, live)
     assert cos > 0.8, cos  # measured 0.89: the draws' noise over ~300 tokens
+
+
+def _classkd(**changes):
+    config = import_sibling("configs/x.py", "classkd").get_config("size=tiny")
+    with config.unlocked():
+        config.teacher.cache = "/tmp/any"
+        for key, value in changes.items():
+            *section, leaf = key.split(".")
+            node = config
+            for part in section:
+                node = node[part]
+            node[leaf] = value
+    return config
+
+
+def test_classkd_from_the_cache_reads_no_teacher_on_dataset_rows():
+    config = _classkd()
+    checks.validate(config)
+    off, on = objectives.classkd_parts(config, on_policy=True)
+    assert (off.batch, off.others) == ("off", ()) and set(off.extras) == set(
+        objectives.CACHE_EXTRAS
+    )
+    assert on.others[0] == "teacher"  # the samples keep the live teacher
+    (cm,) = objectives.classmate_parts(config)
+    assert (cm.batch, cm.others) == ("off", ())
+    assert checks.live_teacher(config)  # for the on-policy steps
+    assert not checks.live_teacher(_classkd(**{"classkd.lmbda": 0.0}))
+    assert not checks.live_teacher(kd_config(**{"teacher.cache": "/tmp/any"}))
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"classkd.off_policy_divergence": "reverse_kl"}, "classkd.off_policy_divergence='rev"),
+        ({"classmate.divergence": "generalized_jsd"}, "classmate.divergence='generalized_jsd'"),
+        ({"teacher_cache.loss": "topk"}, "needs a cache built with teacher_cache.top_k > 0"),
+    ],
+)
+def test_what_a_cache_cannot_stand_for_is_refused(changes, message):
+    with pytest.raises(cli.UserError, match=re.escape(message)):
+        checks.validate(_classkd(**changes))
