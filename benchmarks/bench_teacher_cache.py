@@ -189,11 +189,13 @@ def main():
         f"device: {jax.devices()[0].device_kind}; cache {out}: {positions} scored tokens, "
         f"built in {build_s:.1f} s ({result['built']} chunk(s))"
     )
+    k_small = max(int(round((ragged - 8) / 8)), 1)
     print(
         f"bytes per token, N={n}: {stored:.1f} as stored (fixed width {n}), {ragged:.1f} "
-        f"ragged (distinct ids only); top-{k} at equal bytes: {8 * k + 8}"
+        f"ragged (distinct ids only); top-k + residual at those bytes: k={k} ({8 * k + 8} "
+        f"bytes), k={k_small} ({8 * k_small + 8} bytes)"
     )
-    for name, angle in angles(config, out, args.batches, k).items():
+    for name, angle in angles(config, out, args.batches, k, k_small).items():
         print(
             f"gradient angle to the dense KD gradient, mean over {args.batches} batches: "
             f"{name}: {angle:.2f} deg"
@@ -203,6 +205,10 @@ def main():
         f"KD step (batch {config.data.batch_size} x {config.data.max_length}): live "
         f"{times['live'] * 1e3:.1f} ms, from the cache {times['cache'] * 1e3:.1f} ms: "
         f"{times['live'] / times['cache']:.2f}x"
+    )
+    print(
+        f"host batch assembly (not in the step times): live {times['live_batch'] * 1e3:.1f} ms, "
+        f"with the cache lookup {times['cache_batch'] * 1e3:.1f} ms per batch"
     )
 
 

@@ -255,3 +255,31 @@ def test_classkd_from_the_cache_reads_no_teacher_on_dataset_rows():
 def test_what_a_cache_cannot_stand_for_is_refused(changes, message):
     with pytest.raises(cli.UserError, match=re.escape(message)):
         checks.validate(_classkd(**changes))
+
+
+def test_compare_shares_one_cache_across_methods_and_seeds(tmp_path):
+    from classkd_jax.comparison import execute, plan
+    from classkd_jax.config_utils import load_config
+
+    specs = plan.plan_runs(
+        "configs/demo.py",
+        ["sft", "kd", "classkd", "gkd+mf"],
+        [0, 1],
+        [],
+        [],
+        tmp_path,
+        ("kd", "classkd"),
+    )
+    auto = {s.row for s in specs if "--config.teacher.cache=auto" in s.argv}
+    assert auto == {"kd", "classkd"}
+
+    def where(spec, seed):
+        config = load_config(spec)
+        with config.unlocked():
+            config.seed = config.data.seed = seed
+        return execute.teacher_cache_dir(tmp_path, config)
+
+    shipped = {where(f"configs/demo.py:method={m}", s) for m in ("kd", "classkd") for s in (0, 1)}
+    assert len(shipped) == 1  # the shipped teacher: one cache for both methods and all seeds
+    tiny = {where("configs/kd.py:size=tiny", s) for s in (0, 1)}
+    assert len(tiny) == 2  # a random-init teacher is another teacher at another seed

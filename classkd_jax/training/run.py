@@ -306,6 +306,11 @@ def open_cache(config, teacher, tokenizer, tokenizer_where: str, data):
     cache was built from this run's teacher, data and settings (one line if not)."""
     from classkd_jax.teacher_cache import Lookup, SplitReader, builder, check, read_manifest
 
+    if config.teacher.cache == "auto":
+        raise cli.UserError(
+            "teacher.cache=auto is resolved by python -m classkd_jax.compare --teacher_cache; "
+            "give the trainer the cache's directory"
+        )
     root = Path(config.teacher.cache)
     splits = {"train": data.train} if data.dev is None else {"train": data.train, "dev": data.dev}
     expected = builder.fingerprint(config, teacher, tokenizer, tokenizer_where, splits)
