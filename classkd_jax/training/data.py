@@ -47,6 +47,7 @@ class TrainData:
     # teacher.cache: adds the cached teacher's `cache_*` [B, T, W] arrays to every
     # off-policy batch (`classkd_jax.teacher_cache.Lookup`); None: the live teacher
     cache: Any = None
+    dev_cache: Any = None  # the same for the dev split (the validation's dev KD), if cached
 
     def state(self) -> dict[str, Any]:
         out = {"off": self.off.get_state()}

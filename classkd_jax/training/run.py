@@ -242,7 +242,9 @@ def _train(config, workdir: Path) -> int:
     )
     frozen = {}
     if config.teacher.cache:  # the dataset rows' teacher, read from the cache
-        data.cache = open_cache(config, sources["teacher"], tokenizer, tokenizer_where, data)
+        data.cache, data.dev_cache = open_cache(
+            config, sources["teacher"], tokenizer, tokenizer_where, data
+        )
     if "teacher" in sources and checks.live_teacher(config):
         frozen["teacher"] = roles.load_params(sources["teacher"], mesh, (int(config.seed), 1))
     if config.method == "seqkd":  # SFT on the teacher's responses: the teacher's job ends here
@@ -302,8 +304,9 @@ def _train(config, workdir: Path) -> int:
 
 
 def open_cache(config, teacher, tokenizer, tokenizer_where: str, data):
-    """The `teacher.cache` lookup for the off-policy batches, after checking that the
-    cache was built from this run's teacher, data and settings (one line if not)."""
+    """The `teacher.cache` lookups of the off-policy batches and of the dev split (None
+    when not cached at temperature 1), after checking that the cache was built from
+    this run's teacher, data and settings (one line if not)."""
     from classkd_jax.teacher_cache import Lookup, SplitReader, builder, check, read_manifest
 
     if config.teacher.cache == "auto":
@@ -318,7 +321,11 @@ def open_cache(config, teacher, tokenizer, tokenizer_where: str, data):
     # a cache that also holds a dev split serves a run without validation too
     expected["data"] = {**found.get("data", {}), **expected["data"]}
     manifest = check(root, expected)
-    return Lookup(SplitReader(root, "train", manifest), data.train, str(config.teacher_cache.loss))
+    train = Lookup(SplitReader(root, "train", manifest), data.train, str(config.teacher_cache.loss))
+    dev = None  # the dev KD is KL at temperature 1: from a cache drawn at 1 only
+    if data.dev is not None and "dev" in manifest["splits"] and manifest["temperature"] == 1.0:
+        dev = Lookup(SplitReader(root, "dev", manifest), data.dev)
+    return train, dev
 
 
 def seqkd_data(config, workdir: Path, data, sources, teacher_params, tokenizer, mesh):
