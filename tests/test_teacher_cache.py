@@ -283,3 +283,18 @@ def test_compare_shares_one_cache_across_methods_and_seeds(tmp_path):
     assert len(shipped) == 1  # the shipped teacher: one cache for both methods and all seeds
     tiny = {where("configs/kd.py:size=tiny", s) for s in (0, 1)}
     assert len(tiny) == 2  # a random-init teacher is another teacher at another seed
+
+
+def test_distillm_reads_the_cache_on_dataset_rows_only():
+    config = import_sibling("configs/x.py", "distillm").get_config("size=tiny")
+    with config.unlocked():
+        config.teacher.cache = "/tmp/any"
+    checks.validate(config)
+    (rows,) = objectives.student_parts(config, cached=True)  # a dataset batch with the draws
+    (samples,) = objectives.student_parts(config, cached=False)  # fresh or replayed samples
+    assert rows.others == () and samples.others == ("teacher",)
+    assert checks.live_teacher(config)  # the samples keep the live teacher
+    with config.unlocked():
+        config.misfeedback.weight = 0.1
+    with pytest.raises(cli.UserError, match="distillm misfeedback.weight > 0"):
+        checks.validate(config)

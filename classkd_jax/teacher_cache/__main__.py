@@ -45,10 +45,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError("--out DIR is required (where the cache is written)")
     out = multi.out
     config, _ = parse_flags(rest, workdir=False)
-    if config.method not in ("kd", "distillm", "classkd"):
+    from classkd_jax.training.checks import CACHE_METHODS
+
+    if config.method not in CACHE_METHODS:
         raise UserError(
             f"method={config.method!r} trains on no fixed rows with a teacher; the cache "
-            "serves kd, distillm and classkd configs"
+            f"serves {', '.join(CACHE_METHODS)} configs"
         )
     try:
         if distributed.requested(multi):

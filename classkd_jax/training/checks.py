@@ -266,14 +266,17 @@ def uses_sampling(c) -> bool:
 
 
 # Methods that can read their off-policy teacher from `teacher.cache`.
-CACHE_METHODS = ("kd", "classkd")
+CACHE_METHODS = ("kd", "classkd", "distillm")
 
 
 def live_teacher(c) -> bool:
     """Whether the run loads the teacher: always without `teacher.cache`; with it,
-    only for ClassKD's on-policy steps (`classkd.lmbda > 0`)."""
+    only for ClassKD's on-policy steps (`classkd.lmbda > 0`) and DistiLLM's
+    sampled and replayed batches."""
     if c.method == "sft":
         return False
+    if c.method == "distillm":
+        return True
     return not c.teacher.cache or (c.method == "classkd" and c.classkd.lmbda > 0)
 
 
@@ -299,9 +302,16 @@ def _teacher_cache(c) -> None:
             "teacher_cache.loss='topk' needs a cache built with teacher_cache.top_k > 0"
         )
     allowed = ("forward_kl",) if t.loss == "topk" else ("forward_kl", "skew_forward_kl")
-    keys = ("kd.divergence",)
-    if c.method == "classkd":
-        keys = ("classkd.off_policy_divergence", "classmate.divergence")
+    keys = {
+        "kd": ("kd.divergence",),
+        "classkd": ("classkd.off_policy_divergence", "classmate.divergence"),
+        "distillm": ("distillm.divergence",),
+    }[c.method]
+    if c.method == "distillm" and c.misfeedback.weight > 0:
+        raise UserError(
+            "teacher.cache with distillm misfeedback.weight > 0 (+mf): its classmate and gap "
+            "read the teacher's logits on the same batch; use the live teacher"
+        )
     for key in keys:
         div = config_value(c, key)
         if div not in allowed:

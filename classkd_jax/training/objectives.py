@@ -350,10 +350,15 @@ def lm_part(config) -> Part:
     return Part("lm", ("teacher",) if kd_ratio else (), token_fn, ("targets",))
 
 
-def distillm_parts(config) -> tuple[Part, ...]:
+def distillm_parts(config, cached: bool = False) -> tuple[Part, ...]:
     """DistiLLM's skew KL / skew reverse KL (`distillm.divergence`, `alpha`,
-    `stop_grad_mixture`), mixed with CE on the batch's tokens by `kd_ratio`."""
+    `stop_grad_mixture`), mixed with CE on the batch's tokens by `kd_ratio`;
+    `cached`: the batch is dataset rows carrying the teacher cache's draws."""
     d = config.distillm
+    if cached:
+        kw = dict(alpha=float(d.alpha), stop_grad_mixture=bool(d.stop_grad_mixture))
+        div = cached_divergence(config, d.divergence, float(d.temperature), **kw)
+        return (_cached_kd_with_ce(div, 1.0 - float(d.kd_ratio), "skew_kd"),)
     div = _divergence(
         d.divergence,
         d.temperature,
@@ -387,21 +392,24 @@ def minillm_parts(config) -> tuple[Part, ...]:
     return (Part("on", ("teacher",), token_fn, extras),)
 
 
-def student_parts(config, *, on_policy: bool = False, lm: bool = False) -> tuple[Part, ...]:
+def student_parts(
+    config, *, on_policy: bool = False, lm: bool = False, cached: bool = False
+) -> tuple[Part, ...]:
     """The student's objective for `config.method` (`lm`: the batch has a
-    plain-text 'lm' part; static per compile, like `on_policy`), with the
-    misfeedback term on the method's batch when `with_misfeedback(config)`."""
-    parts = _method_parts(config, on_policy=on_policy, lm=lm)
+    plain-text 'lm' part; `cached`: its 'off' rows carry the teacher cache's
+    draws; static per compile, like `on_policy`), with the misfeedback term on
+    the method's batch when `with_misfeedback(config)`."""
+    parts = _method_parts(config, on_policy=on_policy, lm=lm, cached=cached)
     if not with_misfeedback(config):
         return parts
     name = classmate_batch(config)
     return tuple(misfeedback_part(config, p) if p.batch == name else p for p in parts)
 
 
-def _method_parts(config, *, on_policy: bool, lm: bool) -> tuple[Part, ...]:
+def _method_parts(config, *, on_policy: bool, lm: bool, cached: bool) -> tuple[Part, ...]:
     method = config.method
     if method in ("distillm", "minillm"):
-        parts = distillm_parts(config) if method == "distillm" else minillm_parts(config)
+        parts = distillm_parts(config, cached) if method == "distillm" else minillm_parts(config)
         return parts + ((lm_part(config),) if lm else ())
     if method in ("sft", "seqkd"):
         return sft_parts(config)

@@ -532,7 +532,10 @@ class StepBuilder:
                 f"got {sorted(batches)}"
             )
         on_policy = method == "classkd" and "on" in batches
-        return objectives.student_parts(self.config, on_policy=on_policy, lm="lm" in batches)
+        cached = CACHE_KEYS[0] in batches.get("off", {})  # dataset rows with the teacher cache
+        return objectives.student_parts(
+            self.config, on_policy=on_policy, lm="lm" in batches, cached=cached
+        )
 
     def _named_means(self, aux, parts, counts):
         out = {}
