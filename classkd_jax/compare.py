@@ -27,7 +27,10 @@ not retrained, an interrupted run continues from its checkpoint.
 
 DIR receives results.md, results.csv, results.json and results.png (with
 --split dev: results_dev.*). `--dry_run` prints the train command of every
-run and exits (to launch them on a cluster one by one).
+run and exits (to launch them on a cluster one by one). `--teacher_cache`:
+the kd, classkd and distillm rows read their dataset rows' teacher from one
+cache under DIR/teacher_cache, built once and shared by methods and seeds
+(docs/teacher_cache.md).
 """
 
 from __future__ import annotations
