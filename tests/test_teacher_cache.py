@@ -298,3 +298,17 @@ def test_distillm_reads_the_cache_on_dataset_rows_only():
         config.misfeedback.weight = 0.1
     with pytest.raises(cli.UserError, match="distillm misfeedback.weight > 0"):
         checks.validate(config)
+
+
+def test_teacher_cache_keys_without_a_cache_are_refused_in_training_only(tmp_path):
+    from classkd_jax.comparison import plan
+    from classkd_jax.train import parse_flags
+
+    flag = "--config.teacher_cache.weights=horvitz_thompson"
+    argv = ["--config", "configs/kd.py:size=tiny", flag]
+    with pytest.raises(cli.UserError, match=r"^teacher_cache.weights has no effect without"):
+        parse_flags([*argv, "--workdir", str(tmp_path)])
+    parse_flags(argv, workdir=False)  # the cache command's own key
+    parse_flags([*argv, "--config.teacher.cache=/x", "--workdir", str(tmp_path)])
+    specs = plan.plan_runs("configs/demo.py", ["sft", "kd"], [0], [], [flag], tmp_path, ("kd",))
+    assert [flag in s.argv for s in specs] == [False, True]

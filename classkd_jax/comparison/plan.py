@@ -187,9 +187,11 @@ def plan_runs(
         extra = list(shared) + (mf_flags(config, method) if mf else [])
         if method == "seqkd" and "seqkd.cache_dir" not in given:
             extra.append(f"--config.seqkd.cache_dir={workdir / 'seqkd_cache'}")
-        if method in cached_methods and not mf and "teacher.cache" not in given:
-            # resolved by `execute.teacher_cache_dir`: one cache per teacher, data and settings
+        cached = method in cached_methods and not mf and "teacher.cache" not in given
+        if cached:  # resolved by `execute.teacher_cache_dir`: one cache per teacher, data, settings
             extra.append("--config.teacher.cache=auto")
+        # teacher_cache.* overrides reach the rows that read a cache (elsewhere: refused)
+        own = [o for o in overrides if cached or not o.startswith("--config.teacher_cache.")]
         for combo in grid:
             row = " ".join([name, *(f"{k}={v}" for k, v in combo)])
             for seed in seeds:
@@ -199,7 +201,7 @@ def plan_runs(
                     method_config(config, method),
                     "--workdir",
                     str(run_dir),
-                    *overrides,
+                    *own,
                     *extra,
                     *(f"--config.{k}={v}" for k, v in combo),
                     f"--config.seed={seed}",
