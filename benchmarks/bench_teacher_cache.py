@@ -3,8 +3,8 @@
 On the shipped teacher and student initialisation (`configs/demo.py:method=kd`,
 the 2000-example distillation set), builds a cache with N draws and the top
 k at equal bytes, then prints:
-  - bytes per scored token of the cache as stored (fixed width N) and as a
-    ragged layout would store it (the mean number of distinct ids);
+  - bytes per scored token of the cache as stored (ragged: the distinct ids
+    only) and as a fixed width of N would store it;
   - the angle between the student's KD gradient from the cache and the dense
     (live-teacher) gradient, mean over `--batches` trainer batches, for the
     sampled cache (counts and Horvitz-Thompson weights) and for top-k +
@@ -51,17 +51,15 @@ def demo_config(**changes):
 
 
 def cache_bytes(root: Path) -> tuple[float, float, int]:
-    """(bytes per position as stored without top-k, as a ragged layout, positions)."""
+    """(bytes per position as stored without top-k, mean distinct ids a position,
+    positions)."""
     stored, distinct, positions = 0, 0, 0
     for chunk in sorted((root / "train").iterdir()):
-        counts = np.load(chunk / "counts.npy")
-        positions += counts.shape[0]
-        distinct += int((counts > 0).sum())
-        for name in ("ids", "counts", "logp", "target_logp", "lse"):
+        positions += np.load(chunk / "lse.npy", mmap_mode="r").shape[0]
+        distinct += np.load(chunk / "counts.npy", mmap_mode="r").shape[0]
+        for name in ("ids", "counts", "logp", "target_logp", "lse", "entry_offsets", "offsets"):
             stored += (chunk / f"{name}.npy").stat().st_size - 128  # the .npy header
-    per_entry = 4 + 2 + 4  # id int32, count uint16, log p float32
-    ragged = (distinct * per_entry + positions * (4 + 4 + 4)) / positions  # + offset, lse, target
-    return stored / positions, ragged, positions
+    return stored / positions, distinct / positions, positions
 
 
 def angles(config, cache_dir: Path, num_batches: int, k: int, k_small: int) -> dict[str, float]:
@@ -184,16 +182,16 @@ def main():
     start = time.perf_counter()
     result = builder.build(config, out, message=lambda _: None)
     build_s = time.perf_counter() - start
-    stored, ragged, positions = cache_bytes(out)
+    stored, distinct, positions = cache_bytes(out)
     print(
         f"device: {jax.devices()[0].device_kind}; cache {out}: {positions} scored tokens, "
         f"built in {build_s:.1f} s ({result['built']} chunk(s))"
     )
-    k_small = max(int(round((ragged - 8) / 8)), 1)
+    k_small = max(int(round((stored - 8) / 8)), 1)
     print(
-        f"bytes per token, N={n}: {stored:.1f} as stored (fixed width {n}), {ragged:.1f} "
-        f"ragged (distinct ids only); top-k + residual at those bytes: k={k} ({8 * k + 8} "
-        f"bytes), k={k_small} ({8 * k_small + 8} bytes)"
+        f"bytes per token, N={n}: {stored:.1f} as stored (ragged: {distinct:.2f} distinct ids a "
+        f"token), {10 * n + 8} at a fixed width of N; top-k + residual at those bytes: "
+        f"k={k_small} ({8 * k_small + 8} bytes), k={k} ({8 * k + 8} bytes)"
     )
     for name, angle in angles(config, out, args.batches, k, k_small).items():
         print(

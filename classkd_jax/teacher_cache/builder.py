@@ -279,7 +279,7 @@ def build(
             split_key=jax.random.fold_in(root, SPLIT_IDS[name]),
             **kw,
         )
-        store.write_chunk(out_dir, name, chunk, arrays)
+        store.write_chunk(out_dir, name, chunk, store.ragged(arrays))
         result["built"] += 1
         message(f"{name} chunk {chunk}: {len(examples)} examples, {len(arrays['lse'])} positions")
     if p == 0:

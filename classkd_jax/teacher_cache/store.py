@@ -6,6 +6,12 @@
                                          `offsets.npy` [E + 1] int64 (example e's
                                          positions are rows offsets[e]:offsets[e+1])
 
+The draws are stored ragged: `ids`, `counts`, `logp` hold only each
+position's distinct ids, one after another (`RAGGED`), and
+`entry_offsets.npy` [positions + 1] uint32 says where each position's start
+(a confident teacher's 16 draws are ~2 distinct ids: 5x fewer bytes than the
+fixed width N); a reader pads them back to width N.
+
 Chunk c holds examples [c * E, (c + 1) * E) of the split, in the tokenised
 data's order; process p of P writes the chunks c with c % P == p, each into
 a temporary directory renamed into place when whole, so a killed job leaves
@@ -27,7 +33,8 @@ import numpy as np
 from classkd_jax.cli import UserError
 
 MANIFEST = "manifest.json"
-FORMAT = 1
+RAGGED = ("ids", "counts", "logp")  # the draws' fields, stored without padding
+FORMAT = 2  # 2: ragged draws
 # The manifest's fields a run must match, in the order a mismatch is reported.
 CHECKED = (
     "format",
@@ -99,6 +106,38 @@ def check(root: Path, expected: dict) -> dict:
     return found
 
 
+def ragged(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Fixed-width draws `[P, N]` (distinct ids first, count 0 = padding) -> the
+    flat entries and `entry_offsets` [P + 1]; the other fields unchanged."""
+    keep = arrays["counts"] > 0
+    out = {k: v for k, v in arrays.items() if k not in RAGGED}
+    out.update({k: np.asarray(arrays[k])[keep] for k in RAGGED})
+    ends = np.cumsum(keep.sum(axis=1))
+    if ends.size and ends[-1] >= 2**32:
+        raise ValueError("a chunk holds >= 2**32 draws entries; lower teacher_cache.chunk_examples")
+    out["entry_offsets"] = np.concatenate([[0], ends]).astype(np.uint32)
+    return out
+
+
+def padded(entries: dict[str, np.ndarray], starts: np.ndarray, width: int) -> dict[str, np.ndarray]:
+    """The inverse of `ragged` for R positions: `[R, width]` each, zero padding.
+
+    Args:
+      entries: the R positions' flat `RAGGED` entries, in order.
+      starts: `[R + 1]` their offsets into `entries`, from 0.
+      width: N.
+    """
+    lengths = np.diff(starts).astype(np.int64)
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    cols = np.arange(int(starts[-1])) - np.repeat(starts[:-1].astype(np.int64), lengths)
+    out = {}
+    for k, v in entries.items():
+        full = np.zeros((len(lengths), width), v.dtype)
+        full[rows, cols] = v
+        out[k] = full
+    return out
+
+
 def write_chunk(root: Path, split: str, chunk: int, arrays: dict[str, np.ndarray]) -> None:
     """Writes one chunk's arrays atomically: a temporary directory renamed into place."""
     final = chunk_dir(root, split, chunk)
@@ -122,6 +161,7 @@ class SplitReader:
         info = manifest["splits"][split]
         self.root, self.split = Path(root), split
         self.examples, self.chunk_examples = int(info["examples"]), int(info["chunk_examples"])
+        self.width = int(manifest["num_samples"])
         self._chunks: dict[int, dict[str, np.ndarray]] = {}
 
     def _chunk(self, c: int) -> dict[str, np.ndarray]:
@@ -142,4 +182,9 @@ class SplitReader:
         c, e = divmod(index, self.chunk_examples)
         arrays = self._chunk(c)
         lo, hi = int(arrays["offsets"][e]), int(arrays["offsets"][e + 1])
-        return {k: v[lo:hi] for k, v in arrays.items() if k != "offsets"}
+        skip = ("offsets", "entry_offsets") + RAGGED
+        out = {k: v[lo:hi] for k, v in arrays.items() if k not in skip}
+        starts = np.asarray(arrays["entry_offsets"][lo : hi + 1], np.int64)
+        a, b = int(starts[0]), int(starts[-1])
+        out.update(padded({k: arrays[k][a:b] for k in RAGGED}, starts - a, self.width))
+        return out
