@@ -143,12 +143,13 @@ def header(config, workdir, sources, params_count, mesh, total, sampling_batch) 
     lines = [f"classkd_jax.train: {config.method} for {total} steps -> {workdir}"]
     for name, src in sources.items():
         cfg = src.config
+        size = f"{params_count[name] / 1e6:.2f}M params" if name in params_count else "not loaded"
         lines.append(
             f"  {name:9s} {cfg.family} {cfg.num_layers}L d={cfg.hidden_size} "
-            f"({params_count.get(name, 0) / 1e6:.2f}M params, {cfg.dtype}) from {src.describe()}"
+            f"({size}, {cfg.dtype}) from {src.describe()}"
             + (
-                f", not loaded: read from teacher.cache={config.teacher.cache}"
-                if name == "teacher" and not checks.live_teacher(config)
+                f", read from teacher.cache={config.teacher.cache}"
+                if name == "teacher" and config.teacher.cache
                 else ""
             )
         )
