@@ -16,7 +16,7 @@ import pytest
 from classkd_jax import cli
 from classkd_jax.config_utils import import_sibling
 from classkd_jax.data import pipeline
-from classkd_jax.teacher_cache import Lookup, SplitReader, builder, check, read_manifest
+from classkd_jax.teacher_cache import Lookup, SplitReader, builder, check, read_manifest, store
 from classkd_jax.teacher_cache.__main__ import PROG
 from classkd_jax.teacher_cache.__main__ import main as cache_main
 from classkd_jax.training import checks, objectives, roles
@@ -312,3 +312,18 @@ def test_teacher_cache_keys_without_a_cache_are_refused_in_training_only(tmp_pat
     parse_flags([*argv, "--config.teacher.cache=/x", "--workdir", str(tmp_path)])
     specs = plan.plan_runs("configs/demo.py", ["sft", "kd"], [0], [], [flag], tmp_path, ("kd",))
     assert [flag in s.argv for s in specs] == [False, True]
+
+
+def test_ragged_draws_pad_back_to_the_fixed_width():
+    ids = np.array([[5, 2, 0, 0], [7, 0, 0, 0], [1, 3, 4, 6]], np.int32)
+    counts = np.array([[3, 1, 0, 0], [4, 0, 0, 0], [1, 1, 1, 1]], np.int32)
+    logp = np.where(counts > 0, -np.arange(12, dtype=np.float32).reshape(3, 4), 0)
+    flat = store.ragged({"ids": ids, "counts": counts, "logp": logp, "lse": np.ones(3)})
+    np.testing.assert_array_equal(flat["entry_offsets"], [0, 2, 3, 7])
+    assert flat["ids"].shape == (7,)
+    back = store.padded({k: flat[k] for k in store.RAGGED}, flat["entry_offsets"], 4)
+    for name, full in (("ids", ids), ("counts", counts), ("logp", logp)):
+        np.testing.assert_array_equal(back[name], full)
+    # the last two positions alone, as a reader slices one example's rows
+    part = store.padded({k: flat[k][2:7] for k in store.RAGGED}, np.array([0, 1, 5]), 4)
+    np.testing.assert_array_equal(part["ids"], ids[1:])
