@@ -27,7 +27,10 @@ not retrained, an interrupted run continues from its checkpoint.
 
 DIR receives results.md, results.csv, results.json and results.png (with
 --split dev: results_dev.*). `--dry_run` prints the train command of every
-run and exits (to launch them on a cluster one by one).
+run and exits (to launch them on a cluster one by one). `--teacher_cache`:
+the kd, classkd and distillm rows read their dataset rows' teacher from one
+cache under DIR/teacher_cache, built once and shared by methods and seeds
+(docs/teacher_cache.md).
 """
 
 from __future__ import annotations
@@ -58,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", required=True, help="the comparison's directory (reused to resume)")
     p.add_argument("--split", default="test", help="scored split: test (default) or dev")
     p.add_argument("--dry_run", action="store_true", help="print every train command and exit")
+    p.add_argument(
+        "--teacher_cache",
+        action="store_true",
+        help="kd and classkd read their dataset rows' teacher from one cache, built once under "
+        "DIR/teacher_cache and shared by methods and seeds (docs/teacher_cache.md)",
+    )
     g = p.add_argument_group("--estimate: FLOPs and device-hours by our accounting, nothing runs")
     g.add_argument("--estimate", action="store_true", help="print each row's cost and exit")
     g.add_argument("--train_examples", type=int, default=14000, help="(Dolly: about 14000)")
@@ -125,7 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     seeds = plan.parse_seeds(args.seeds)
     workdir = Path(args.workdir)
-    specs = plan.plan_runs(args.config, methods, seeds, sweeps, overrides, workdir)
+    from classkd_jax.training.checks import CACHE_METHODS
+
+    cached = CACHE_METHODS if args.teacher_cache else ()
+    specs = plan.plan_runs(args.config, methods, seeds, sweeps, overrides, workdir, cached)
     if args.dry_run:
         for spec in specs:
             print(shlex.join(["python", "-m", "classkd_jax.train", *spec.argv]))

@@ -93,7 +93,7 @@ def parse_flags(argv: Sequence[str], *, workdir: bool = True):
         raise UserError(f"config has no key {_missing_parent(e, argv, path)}") from None
     except flags.Error as e:
         raise UserError(_flag_error(e)) from None
-    _refuse_unused(holder.value, argv, path)
+    _refuse_unused(holder.value, argv, path, training=wants_workdir)
     if not wants_workdir:
         return holder.value, None
     if not workdir.value:
@@ -106,13 +106,23 @@ def parse_flags(argv: Sequence[str], *, workdir: bool = True):
     return holder.value, Path(workdir.value)
 
 
-def _refuse_unused(config, argv: Sequence[str], path: str) -> None:
+def _refuse_unused(config, argv: Sequence[str], path: str, training: bool = True) -> None:
     """A misfeedback.*, classmate.*, cross_tokenizer.* or teacher.template override
     (or kd.divergence / gkd.beta beside teacher.tokenizer) the method would ignore is a
-    `UserError` (`checks.refuse_unused`, against the file's own defaults)."""
+    `UserError` (`checks.refuse_unused`, against the file's own defaults); so is,
+    in a training run, a teacher_cache.* override without teacher.cache."""
+    from classkd_jax.cli import UserError
     from classkd_jax.config_utils import load_config
     from classkd_jax.training import checks
 
+    if training and not config.teacher.cache:
+        given = [a for a in argv if a.startswith("--config.teacher_cache.")]
+        if given:
+            key = given[0].split("=", 1)[0][len("--config.") :]
+            raise UserError(
+                f"{key} has no effect without teacher.cache (this run's teacher is live); "
+                "set --config.teacher.cache=DIR or drop it"
+            )
     watched = (
         "--config.misfeedback.",
         "--config.classmate.",

@@ -365,6 +365,29 @@ def method_config(method: str, arg: str | None) -> ml_collections.ConfigDict:
     else:
         _pair(c, arg.pair or DEFAULT_PAIR)
     _classmate_dynamics(c.classmate)
+    # An offline teacher (docs/teacher_cache.md): a directory written by
+    # `python -m classkd_jax.teacher_cache --config <this config> --out DIR`.
+    # Set, KD's loss reads the teacher from it and the teacher's weights are
+    # never loaded; '' = the live teacher. Refused on methods that cannot use it.
+    c.teacher.cache = ""
+    c.teacher_cache = ml_collections.ConfigDict(
+        {
+            "num_samples": 16,  # N draws per position from p at the loss temperature
+            "top_k": 0,  # also store the k most likely ids and log-probs (0: none)
+            "seed": 0,  # the draws' seed (not the run's: one cache serves every seed)
+            # the run's loss from the cache: 'sampled' (unbiased, the draws) or 'topk'
+            # (the anchors' top-k + residual bucket; needs top_k > 0)
+            "loss": "sampled",
+            # weights of the sampled loss: 'counts' (c / N) or 'horvitz_thompson'
+            # (p / P(drawn), exact on confident ids); both unbiased. The default: on
+            # the testbed its KD gradient is half as far from the dense one (9.7 vs
+            # 18.3 degrees a batch) and its KD run scored as live KD's (benchmarks/README.md)
+            "weights": "horvitz_thompson",
+            "chunk_examples": 1024,  # examples per chunk file (the unit a rerun resumes at)
+            "batch_rows": 8,  # rows of the teacher's forward while building
+            "positions_per_group": 256,  # positions whose [G, V] logits are formed at once
+        }
+    )
     _cross_tokenizer(c)
     return c
 

@@ -136,6 +136,9 @@ def _options(parser: argparse.ArgumentParser) -> set[str]:
 @functools.cache
 def cli_options(module: str) -> frozenset[str]:
     """The long options `python -m classkd_jax.<module>` accepts."""
+    if module == "teacher_cache":  # a package: its parser is in __main__
+        own = importlib.import_module("classkd_jax.teacher_cache.__main__").build_parser()
+        return frozenset(_options(own) | _absl_flags(workdir=False))
     mod = importlib.import_module(f"classkd_jax.{module}")
     if module == "train":
         from classkd_jax import distributed
@@ -151,7 +154,7 @@ def cli_options(module: str) -> frozenset[str]:
 
 
 # CLIs whose unrecognised `--config.KEY=VALUE` arguments are config overrides.
-TAKES_OVERRIDES = ("train", "compile", "compare", "demo")
+TAKES_OVERRIDES = ("train", "compile", "compare", "demo", "teacher_cache")
 
 
 # ----- configs -----
@@ -189,7 +192,9 @@ def _flag_name(word: str) -> str:
 
 def check_cli(module: str, args: list[str], where: str) -> None:
     file = ROOT / "classkd_jax" / f"{module}.py"
-    assert file.is_file(), f"{where}: python -m classkd_jax.{module}: no such CLI"
+    package = ROOT / "classkd_jax" / module / "__main__.py"
+    exists = file.is_file() or package.is_file()
+    assert exists, f"{where}: python -m classkd_jax.{module}: no such CLI"
     accepted = cli_options(module)
     config = None
     spec = _value(args, "--config")

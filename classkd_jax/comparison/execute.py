@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -108,6 +109,41 @@ def _train(spec: RunSpec, config) -> float:
     return total
 
 
+def teacher_cache_dir(root: Path, config) -> Path:
+    """`root/teacher_cache/<key>`: the cache of what a run's teacher cache depends on
+    (teacher, data but its shuffling seeds, loss temperature, draws; the run's seed
+    only for a random-init teacher), so methods and seeds that agree share it."""
+    from classkd_jax.teacher_cache.builder import cache_temperature
+
+    teacher = {k: v for k, v in json.loads(config.teacher.to_json_best_effort()).items()}
+    teacher.pop("cache", None)
+    data = json.loads(config.data.to_json_best_effort())
+    c = config.teacher_cache
+    key = {
+        "teacher": teacher,
+        "teacher_seed": None if config.teacher.path else int(config.seed),
+        "data": {k: v for k, v in data.items() if k not in ("seed", "lm_seed")},
+        "temperature": cache_temperature(config),
+        "draws": [int(c.num_samples), int(c.top_k), int(c.seed)],
+    }
+    digest = zlib.crc32(json.dumps(key, sort_keys=True).encode())
+    return Path(root) / "teacher_cache" / f"{digest:08x}"
+
+
+def _resolve_cache(spec: RunSpec, config, say: Say) -> None:
+    """`teacher.cache=auto`: the shared cache's directory, built if not yet whole."""
+    from classkd_jax.teacher_cache import builder
+
+    if config.teacher.cache != "auto":
+        return
+    where = teacher_cache_dir(spec.workdir.parents[2], config)
+    with config.unlocked():
+        config.teacher.cache = str(where)
+    result = builder.build(config, where, message=lambda line: say(f"teacher cache: {line}"))
+    if result["built"]:
+        say(f"teacher cache: {builder.describe(where)}")
+
+
 def run_all(prepared, split: str, say: Say) -> list[RunResult]:
     """Trains and scores every run not done yet; returns all results, in plan order."""
     from classkd_jax.models import load_hf
@@ -123,6 +159,7 @@ def run_all(prepared, split: str, say: Say) -> list[RunResult]:
             metrics = {k: done[k] for k in ("rougeL", "exact_match", "n")}
             results.append(RunResult(spec, metrics, done["train_seconds"], done["steps"]))
             continue
+        _resolve_cache(spec, config, say)
         say(f"{where}: training -> {spec.workdir}")
         seconds = _train(spec, config)
         steps = int(json.loads((spec.workdir / "config.json").read_text())["steps"])

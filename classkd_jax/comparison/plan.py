@@ -163,10 +163,13 @@ def plan_runs(
     sweeps: Sequence[tuple[str, list[str]]],
     overrides: Sequence[str],
     workdir: Path,
+    cached_methods: Sequence[str] = (),
 ) -> list[RunSpec]:
     """Every run of the comparison, rows in `methods` order then sweep order, seeds inner.
 
-    SeqKD's teacher answers are shared by all its runs (`DIR/seqkd_cache`: they
+    `cached_methods` read their dataset rows' teacher from one shared cache
+    (`--config.teacher.cache=auto`, `execute.teacher_cache_dir`). SeqKD's
+    teacher answers are shared by all its runs (`DIR/seqkd_cache`: they
     depend on the teacher and `seqkd.seed`, not on the run's seed), and so is
     XLA's compilation cache (`DIR/compile_cache`), unless an override sets them.
     """
@@ -184,6 +187,11 @@ def plan_runs(
         extra = list(shared) + (mf_flags(config, method) if mf else [])
         if method == "seqkd" and "seqkd.cache_dir" not in given:
             extra.append(f"--config.seqkd.cache_dir={workdir / 'seqkd_cache'}")
+        cached = method in cached_methods and not mf and "teacher.cache" not in given
+        if cached:  # resolved by `execute.teacher_cache_dir`: one cache per teacher, data, settings
+            extra.append("--config.teacher.cache=auto")
+        # teacher_cache.* overrides reach the rows that read a cache (elsewhere: refused)
+        own = [o for o in overrides if cached or not o.startswith("--config.teacher_cache.")]
         for combo in grid:
             row = " ".join([name, *(f"{k}={v}" for k, v in combo)])
             for seed in seeds:
@@ -193,7 +201,7 @@ def plan_runs(
                     method_config(config, method),
                     "--workdir",
                     str(run_dir),
-                    *overrides,
+                    *own,
                     *extra,
                     *(f"--config.{k}={v}" for k, v in combo),
                     f"--config.seed={seed}",

@@ -1,5 +1,12 @@
 """Distillation objectives: token divergences, sequence objectives, fused chunked path."""
 
+from classkd_jax.losses.cached import (
+    WEIGHT_MODES,
+    sampled_kl_per_token,
+    sampled_skew_kl_per_token,
+    topk_residual_kl_per_token,
+)
+from classkd_jax.losses.cached import weights as cache_weights
 from classkd_jax.losses.chunked import (
     chunked_cross_entropy,
     chunked_divergence,
@@ -65,6 +72,11 @@ __all__ = [
     "ESTIMATORS",
     "MISFEEDBACK_VARIANTS",
     "SEQUENCE_MISFEEDBACK_VARIANTS",
+    "WEIGHT_MODES",
+    "cache_weights",
+    "sampled_kl_per_token",
+    "sampled_skew_kl_per_token",
+    "topk_residual_kl_per_token",
     "chunked_cross_entropy",
     "chunked_divergence",
     "chunked_token_loss",

@@ -117,6 +117,7 @@ def validate(c) -> None:
     if c.method in ("distillm", "minillm"):
         _require(c.lm.coef >= 0, "lm.coef", c.lm.coef, ">= 0")
         _unit("lm.kd_ratio", c.lm.kd_ratio)
+    _teacher_cache(c)
     _choice("loss.impl", c.loss.impl, ("auto", "dense", "chunked"))
     _require(c.loss.chunk_size >= 1, "loss.chunk_size", c.loss.chunk_size, ">= 1")
     _sampling(c)
@@ -303,6 +304,67 @@ def uses_sampling(c) -> bool:
     if c.method in ("minillm", "seqkd"):
         return True
     return c.method == "classkd" and c.classkd.lmbda > 0
+
+
+# Methods that can read their off-policy teacher from `teacher.cache`.
+CACHE_METHODS = ("kd", "classkd", "distillm")
+
+
+def live_teacher(c) -> bool:
+    """Whether the run loads the teacher: always without `teacher.cache`; with it,
+    only for ClassKD's on-policy steps (`classkd.lmbda > 0`) and DistiLLM's
+    sampled and replayed batches."""
+    if c.method == "sft":
+        return False
+    if c.method == "distillm":
+        return True
+    return not c.teacher.cache or (c.method == "classkd" and c.classkd.lmbda > 0)
+
+
+def _teacher_cache(c) -> None:
+    """`teacher.cache` only where the method's teacher batches are fixed rows, with a
+    divergence the cache stands for (`objectives.CACHED_DIVERGENCES`)."""
+    t = c.teacher_cache
+    _require(t.num_samples >= 1, "teacher_cache.num_samples", t.num_samples, ">= 1")
+    _require(t.top_k >= 0, "teacher_cache.top_k", t.top_k, ">= 0 (0: none)")
+    _choice("teacher_cache.loss", t.loss, ("sampled", "topk"))
+    _choice("teacher_cache.weights", t.weights, losses.WEIGHT_MODES)
+    for key in ("chunk_examples", "batch_rows", "positions_per_group"):
+        _require(t[key] >= 1, f"teacher_cache.{key}", t[key], ">= 1")
+    if not c.teacher.cache:
+        return
+    if c.method not in CACHE_METHODS:
+        raise UserError(
+            f"teacher.cache={c.teacher.cache!r} on method {c.method!r}: only "
+            f"{', '.join(CACHE_METHODS)} read the teacher from a cache; drop it"
+        )
+    if c.teacher.tokenizer:
+        raise UserError(
+            f"teacher.cache with teacher.tokenizer={c.teacher.tokenizer!r}: the cache holds "
+            "the teacher's distribution over the student's vocabulary; use the live teacher"
+        )
+    if t.loss == "topk" and t.top_k < 1:
+        raise UserError(
+            "teacher_cache.loss='topk' needs a cache built with teacher_cache.top_k > 0"
+        )
+    allowed = ("forward_kl",) if t.loss == "topk" else ("forward_kl", "skew_forward_kl")
+    keys = {
+        "kd": ("kd.divergence",),
+        "classkd": ("classkd.off_policy_divergence", "classmate.divergence"),
+        "distillm": ("distillm.divergence",),
+    }[c.method]
+    if c.method == "distillm" and c.misfeedback.weight > 0:
+        raise UserError(
+            "teacher.cache with distillm misfeedback.weight > 0 (+mf): its classmate and gap "
+            "read the teacher's logits on the same batch; use the live teacher"
+        )
+    for key in keys:
+        div = config_value(c, key)
+        if div not in allowed:
+            raise UserError(
+                f"{key}={div!r} with teacher.cache: the cache ({t.loss}) stands for "
+                f"{' or '.join(allowed)}; use the live teacher (teacher.cache='') for {div}"
+            )
 
 
 def samples_prompts(c) -> bool:

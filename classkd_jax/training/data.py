@@ -51,6 +51,10 @@ class TrainData:
     lm: BatchIterator | None = None  # the plain-text stream (data.lm_path), if any
     cross: cross_rows.CrossRows | None = None  # a teacher with another tokenizer's rows
     cross_samples: cross_samples.SampleRetokenizer | None = None  # ... and the samples'
+    # teacher.cache: adds the cached teacher's `cache_*` [B, T, W] arrays to every
+    # off-policy batch (`classkd_jax.teacher_cache.Lookup`); None: the live teacher
+    cache: Any = None
+    dev_cache: Any = None  # the same for the dev split (the validation's dev KD), if cached
 
     def state(self) -> dict[str, Any]:
         out = {"off": self.off.get_state()}
@@ -85,7 +89,10 @@ class TrainData:
         if self.cross is not None:
             batch = self.cross.add_teacher(batch, self.train)
             keys = SCORED_KEYS + cross_rows.CROSS_KEYS
-        return to_global({k: batch[k] for k in keys}, rows)
+        out = {k: batch[k] for k in keys}
+        if self.cache is not None:
+            out.update(self.cache.batch_arrays(out))
+        return to_global(out, rows)
 
     def add_teacher_to_samples(self, samples: dict, index, rows) -> dict:
         """The student's samples (global device arrays) plus the teacher's rows and

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from classkd_jax import losses
+from classkd_jax.teacher_cache.lookup import CACHE_KEYS as CACHE_EXTRAS
 
 TokenFn = Callable[[tuple[jax.Array, ...], Mapping[str, jax.Array]], Any]
 
@@ -99,7 +100,73 @@ def _kd_with_ce(div: Callable, ce_weight: float, name: str) -> Part:
 
 def kd_parts(config) -> tuple[Part, ...]:
     k = config.kd
+    if uses_cache(config):
+        div = cached_divergence(config, k.divergence, float(k.temperature))
+        return (_cached_kd_with_ce(div, float(k.ce_weight), "kd"),)
     return (_kd_with_ce(_divergence(k.divergence, k.temperature), float(k.ce_weight), "kd"),)
+
+
+# --- the offline teacher (teacher.cache, docs/teacher_cache.md) ---------------
+# Divergences a cache can stand for: the forward KL (sampled or top-k) and
+# DistiLLM's skew KL (sampled), all expectations over y ~ p.
+CACHED_DIVERGENCES = ("forward_kl", "skew_forward_kl")
+
+
+def uses_cache(config) -> bool:
+    """Whether the run reads its off-policy teacher from `teacher.cache`."""
+    return bool(config.teacher.cache)
+
+
+def cached_divergence(config, name: str, temperature: float, **kwargs) -> Callable:
+    """`fn(q, extras) -> [N]` from the cache's `CACHE_EXTRAS` (`[N, W]` each): the
+    estimate of divergence `name` of `teacher_cache.loss` ('sampled' or 'topk')."""
+    tc = config.teacher_cache
+    if name not in CACHED_DIVERGENCES or (tc.loss == "topk" and name != "forward_kl"):
+        raise ValueError(
+            f"teacher.cache with teacher_cache.loss={tc.loss!r} stands for "
+            f"{CACHED_DIVERGENCES if tc.loss == 'sampled' else ('forward_kl',)}, not {name!r}"
+        )
+    if tc.loss == "topk":
+        return lambda q, ex: losses.topk_residual_kl_per_token(
+            q, ex["cache_ids"], ex["cache_logp"], temperature=temperature
+        )
+    num, mode = int(tc.num_samples), str(tc.weights)
+    fn = losses.sampled_kl_per_token if name == "forward_kl" else losses.sampled_skew_kl_per_token
+
+    def div(q, ex):
+        w = losses.cache_weights(ex["cache_counts"], ex["cache_logp"], num, mode)
+        return fn(q, ex["cache_ids"], w, ex["cache_logp"], temperature=temperature, **kwargs)
+
+    return div
+
+
+def _cached_off_part(config, name: str, weight: float, value_key: str, fkl_key: str) -> Part:
+    """'off': weight * D(p, m) from the cache for the trained model m, logging D as
+    `value_key` and the cache's estimate of KL(p || m) as `fkl_key` (the gap
+    control's measure; both KLs of the gap are then estimated from the same draws)."""
+    t = loss_temperature(config)
+    div = cached_divergence(config, name, t)
+    fkl = div if name == "forward_kl" else cached_divergence(config, "forward_kl", t)
+
+    def token_fn(logits, ex):
+        value = div(logits[0], ex)
+        return weight * value, {value_key: value, fkl_key: fkl(logits[0], ex)}
+
+    return Part("off", (), token_fn, CACHE_EXTRAS)
+
+
+def _cached_kd_with_ce(div: Callable, ce_weight: float, name: str) -> Part:
+    """`_kd_with_ce` with the teacher read from the cache: no frozen model's logits."""
+
+    def token_fn(logits, ex):
+        q = logits[0]
+        kd = div(q, ex)
+        if ce_weight == 0:
+            return kd, {name: kd}
+        ce = _ce(q, ex["targets"])
+        return (1 - ce_weight) * kd + ce_weight * ce, {name: kd, "ce": ce}
+
+    return Part("off", (), token_fn, CACHE_EXTRAS + (("targets",) if ce_weight else ()))
 
 
 def gkd_parts(config) -> tuple[Part, ...]:
@@ -129,6 +196,8 @@ def classkd_parts(config, *, on_policy: bool) -> tuple[Part, ...]:
         return off_w * off, {"off_kd": off, "student_fkl": _forward_kl(q, p)}
 
     parts = [Part("off", ("teacher",), off_fn)]
+    if uses_cache(config):  # the dataset rows' teacher from teacher.cache
+        parts = [_cached_off_part(config, k.off_policy_divergence, off_w, "off_kd", "student_fkl")]
     if not on_policy:
         return tuple(parts)
     if k.estimator == "sequence":
@@ -196,6 +265,11 @@ def _classkd_sequence_part(config) -> Part:
 
 def classmate_parts(config) -> tuple[Part, ...]:
     """The classmate's objective: D(p, c) on `classmate_batch(config)`, teacher only."""
+    if uses_cache(config):
+        part = _cached_off_part(
+            config, config.classmate.divergence, 1.0, "classmate_kd", "classmate_fkl"
+        )
+        return (dataclasses.replace(part, batch=classmate_batch(config)),)
     div = _divergence(config.classmate.divergence, loss_temperature(config))
 
     def token_fn(logits, ex):
@@ -276,10 +350,15 @@ def lm_part(config) -> Part:
     return Part("lm", ("teacher",) if kd_ratio else (), token_fn, ("targets",))
 
 
-def distillm_parts(config) -> tuple[Part, ...]:
+def distillm_parts(config, cached: bool = False) -> tuple[Part, ...]:
     """DistiLLM's skew KL / skew reverse KL (`distillm.divergence`, `alpha`,
-    `stop_grad_mixture`), mixed with CE on the batch's tokens by `kd_ratio`."""
+    `stop_grad_mixture`), mixed with CE on the batch's tokens by `kd_ratio`;
+    `cached`: the batch is dataset rows carrying the teacher cache's draws."""
     d = config.distillm
+    if cached:
+        kw = dict(alpha=float(d.alpha), stop_grad_mixture=bool(d.stop_grad_mixture))
+        div = cached_divergence(config, d.divergence, float(d.temperature), **kw)
+        return (_cached_kd_with_ce(div, 1.0 - float(d.kd_ratio), "skew_kd"),)
     div = _divergence(
         d.divergence,
         d.temperature,
@@ -313,21 +392,24 @@ def minillm_parts(config) -> tuple[Part, ...]:
     return (Part("on", ("teacher",), token_fn, extras),)
 
 
-def student_parts(config, *, on_policy: bool = False, lm: bool = False) -> tuple[Part, ...]:
+def student_parts(
+    config, *, on_policy: bool = False, lm: bool = False, cached: bool = False
+) -> tuple[Part, ...]:
     """The student's objective for `config.method` (`lm`: the batch has a
-    plain-text 'lm' part; static per compile, like `on_policy`), with the
-    misfeedback term on the method's batch when `with_misfeedback(config)`."""
-    parts = _method_parts(config, on_policy=on_policy, lm=lm)
+    plain-text 'lm' part; `cached`: its 'off' rows carry the teacher cache's
+    draws; static per compile, like `on_policy`), with the misfeedback term on
+    the method's batch when `with_misfeedback(config)`."""
+    parts = _method_parts(config, on_policy=on_policy, lm=lm, cached=cached)
     if not with_misfeedback(config):
         return parts
     name = classmate_batch(config)
     return tuple(misfeedback_part(config, p) if p.batch == name else p for p in parts)
 
 
-def _method_parts(config, *, on_policy: bool, lm: bool) -> tuple[Part, ...]:
+def _method_parts(config, *, on_policy: bool, lm: bool, cached: bool) -> tuple[Part, ...]:
     method = config.method
     if method in ("distillm", "minillm"):
-        parts = distillm_parts(config) if method == "distillm" else minillm_parts(config)
+        parts = distillm_parts(config, cached) if method == "distillm" else minillm_parts(config)
         return parts + ((lm_part(config),) if lm else ())
     if method in ("sft", "seqkd"):
         return sft_parts(config)

@@ -11,6 +11,7 @@ the workdir.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -164,9 +165,15 @@ def header(config, workdir, sources, params_count, mesh, total, sampling_batch) 
     lines = [f"classkd_jax.train: {config.method} for {total} steps -> {workdir}"]
     for name, src in sources.items():
         cfg = src.config
+        size = f"{params_count[name] / 1e6:.2f}M params" if name in params_count else "not loaded"
         lines.append(
             f"  {name:9s} {cfg.family} {cfg.num_layers}L d={cfg.hidden_size} "
-            f"({params_count.get(name, 0) / 1e6:.2f}M params, {cfg.dtype}) from {src.describe()}"
+            f"({size}, {cfg.dtype}) from {src.describe()}"
+            + (
+                f", read from teacher.cache={config.teacher.cache}"
+                if name == "teacher" and config.teacher.cache
+                else ""
+            )
         )
     lines.append(
         f"  mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} "
@@ -261,7 +268,11 @@ def _train(config, workdir: Path) -> int:
         teacher_tokenizer=teacher_tok[0] if teacher_tok else None,
     )
     frozen = {}
-    if "teacher" in sources:
+    if config.teacher.cache:  # the dataset rows' teacher, read from the cache
+        data.cache, data.dev_cache = open_cache(
+            config, sources["teacher"], tokenizer, tokenizer_where, data
+        )
+    if "teacher" in sources and checks.live_teacher(config):
         frozen["teacher"] = roles.load_params(sources["teacher"], mesh, (int(config.seed), 1))
     if config.method == "seqkd":  # SFT on the teacher's responses: the teacher's job ends here
         data = seqkd_data(config, workdir, data, sources, frozen.pop("teacher"), tokenizer, mesh)
@@ -321,6 +332,31 @@ def _train(config, workdir: Path) -> int:
         out = export_student(workdir, state, models, tokenizer, total)
     _summary(workdir, out)
     return 0
+
+
+def open_cache(config, teacher, tokenizer, tokenizer_where: str, data):
+    """The `teacher.cache` lookups of the off-policy batches and of the dev split (None
+    when not cached at temperature 1), after checking that the cache was built from
+    this run's teacher, data and settings (one line if not)."""
+    from classkd_jax.teacher_cache import Lookup, SplitReader, builder, check, read_manifest
+
+    if config.teacher.cache == "auto":
+        raise cli.UserError(
+            "teacher.cache=auto is resolved by python -m classkd_jax.compare --teacher_cache; "
+            "give the trainer the cache's directory"
+        )
+    root = Path(config.teacher.cache)
+    splits = {"train": data.train} if data.dev is None else {"train": data.train, "dev": data.dev}
+    expected = builder.fingerprint(config, teacher, tokenizer, tokenizer_where, splits)
+    found = read_manifest(root)
+    # a cache that also holds a dev split serves a run without validation too
+    expected["data"] = {**found.get("data", {}), **expected["data"]}
+    manifest = check(root, expected)
+    train = Lookup(SplitReader(root, "train", manifest), data.train, str(config.teacher_cache.loss))
+    dev = None  # the dev KD is KL at temperature 1: from a cache drawn at 1 only
+    if data.dev is not None and "dev" in manifest["splits"] and manifest["temperature"] == 1.0:
+        dev = Lookup(SplitReader(root, "dev", manifest), data.dev)
+    return train, dev
 
 
 def seqkd_data(config, workdir: Path, data, sources, teacher_params, tokenizer, mesh):
@@ -408,7 +444,9 @@ def make_run(config, workdir, models, mesh, data, frozen, checkpoints, tokenizer
     rng = jax.random.key(int(config.seed))
     validator = None
     if config.eval_every > 0:
-        validator = Validator(config, data, tokenizer, models, mesh, builder.path)
+        # with teacher.cache no teacher is loaded: the validation has no dev KD
+        seen = dataclasses.replace(models, teacher=None) if "teacher" not in frozen else models
+        validator = Validator(config, data, tokenizer, seen, mesh, builder.path)
     scorer = None
     if config.method == "minillm":
         scorer = builder.scorer(student_sh, frozen_sh["teacher"])

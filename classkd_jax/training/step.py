@@ -59,6 +59,9 @@ from classkd_jax.training.state import RunState, TrainState
 Batch = dict[str, jax.Array]
 SCORED_KEYS = ("tokens", "positions", "segment_ids", "targets", "loss_mask")
 SAMPLE_KEYS = ("prompt_tokens", "prompt_mask", "tokens", "mask")
+# The cached teacher's per-token arrays [B, T, W] an off-policy batch carries
+# with teacher.cache (`classkd_jax.teacher_cache.lookup`).
+CACHE_KEYS = objectives.CACHE_EXTRAS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +94,9 @@ def scored_batch(batch: Batch) -> Batch:
     one position, the last prompt token.
     """
     if "loss_mask" in batch:  # scored rows (with MiniLLM's rollout values, if any)
-        return {k: batch[k] for k in SCORED_KEYS + ROLLOUT_KEYS + CROSS_KEYS if k in batch}
+        return {
+            k: batch[k] for k in SCORED_KEYS + ROLLOUT_KEYS + CROSS_KEYS + CACHE_KEYS if k in batch
+        }
     missing = [k for k in SAMPLE_KEYS if k not in batch]
     if missing:
         raise ValueError(f"batch has neither {SCORED_KEYS} nor the sampler's {SAMPLE_KEYS}")
@@ -393,6 +398,7 @@ class StepBuilder:
                 "targets": batch["targets"],
                 "weight": jnp.broadcast_to(weight, batch["loss_mask"].shape).astype(jnp.float32),
             }
+            ex.update({k: batch[k] for k in CACHE_KEYS if k in batch})
             if "rewards" in batch:
                 ex.update({k: batch[k] for k in ROLLOUT_KEYS})
                 ex["advantages"] = minillm.advantages(batch, self.config.minillm)
@@ -609,7 +615,10 @@ class StepBuilder:
             )
         if self.models.cross is not None:
             return cross_objectives.kd_parts(self.config, self.models.cross)
-        return objectives.student_parts(self.config, on_policy=on_policy, lm="lm" in batches)
+        cached = CACHE_KEYS[0] in batches.get("off", {})  # dataset rows with the teacher cache
+        return objectives.student_parts(
+            self.config, on_policy=on_policy, lm="lm" in batches, cached=cached
+        )
 
     def _named_means(self, aux, parts, counts):
         out = {}
@@ -756,10 +765,15 @@ def _aux_names(part: Part) -> tuple[str, ...]:
     """The aux keys a part's token_fn returns (read off an abstract call)."""
     n_models = 1 + len(part.others)
     rows = jax.ShapeDtypeStruct((2, 8), jnp.float32)
-    ex = {
-        k: jax.ShapeDtypeStruct((2,), jnp.int32 if k == "targets" else jnp.float32)
-        for k in part.extras
-    }
+    ex = {k: _abstract_extra(k) for k in part.extras}
     out = jax.eval_shape(part.token_fn, (rows,) * n_models, ex)
     aux = out[1] if isinstance(out, tuple) else {}
     return tuple(aux)
+
+
+def _abstract_extra(key: str) -> jax.ShapeDtypeStruct:
+    """An extra's per-token shape and dtype, for `_aux_names`' abstract call."""
+    if key in CACHE_KEYS:  # [tokens, W]
+        dtype = jnp.float32 if key == "cache_logp" else jnp.int32
+        return jax.ShapeDtypeStruct((2, 4), dtype)
+    return jax.ShapeDtypeStruct((2,), jnp.int32 if key == "targets" else jnp.float32)

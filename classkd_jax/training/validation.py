@@ -4,7 +4,9 @@ Every `eval_every` steps the student is scored on the dev split:
   dev_loss         token-mean cross-entropy on the dev responses (what the
                    protocol selects student initialisations by);
   dev_kd           KL(teacher || student) on the same tokens (distillation methods
-                   whose teacher shares the student's tokenizer);
+                   whose teacher shares the student's tokenizer; with teacher.cache
+                   and no teacher loaded, the cache's unbiased estimate from its
+                   draws, when its temperature is 1);
   dev_rougeL, dev_exact_match
                    of greedy completions of the first `eval.num_examples` dev
                    prompts (`eval.max_new_tokens` new tokens; the protocol
@@ -34,17 +36,25 @@ from classkd_jax.evaluation import runner
 from classkd_jax.sampling import complete_token_ids, data_axes
 from classkd_jax.training.data import SCORED_KEYS, TrainData
 from classkd_jax.training.state import params_shardings
-from classkd_jax.training.step import LossPath, head, hidden_states
+from classkd_jax.training.step import CACHE_KEYS, LossPath, head, hidden_states
 
 
-def _dev_sums(student_cfg, teacher_cfg, path: LossPath):
-    """(student params, teacher params | None, batch) -> {'ce', 'fkl', 'count'} sums."""
+def _dev_sums(student_cfg, teacher_cfg, path: LossPath, num_samples: int = 0):
+    """(student params, teacher params | None, batch) -> {'ce', 'fkl', 'count'} sums.
+
+    `num_samples` > 0: without a teacher, 'fkl' is the teacher cache's estimate
+    from the batch's `CACHE_KEYS` (N draws, c / N weights: unbiased)."""
 
     def token_fn(logits, ex):
         ce = losses.cross_entropy_per_token(logits[0], ex["targets"])
         aux = {"ce": ce}
         if len(logits) > 1:
             aux["fkl"] = losses.forward_kl_per_token(logits[0], logits[1])
+        elif num_samples:
+            w = losses.cache_weights(ex["cache_counts"], ex["cache_logp"], num_samples)
+            aux["fkl"] = losses.sampled_kl_per_token(
+                logits[0], ex["cache_ids"], w, ex["cache_logp"]
+            )
         return ce, aux
 
     def sums(params, teacher, batch):
@@ -58,7 +68,7 @@ def _dev_sums(student_cfg, teacher_cfg, path: LossPath):
             hiddens,
             [w for w, _ in heads],
             batch["loss_mask"],
-            {"targets": batch["targets"]},
+            {"targets": batch["targets"], **{k: batch[k] for k in CACHE_KEYS if k in batch}},
             impl=path.impl,
             vocab_size=path.vocab_size,
             chunk_size=path.chunk_size,
@@ -126,8 +136,11 @@ class Validator:
         self.rows = rows
         student_sh = params_shardings(self.student_cfg, mesh)
         teacher_sh = params_shardings(self.teacher_cfg, mesh) if self.teacher_cfg else None
+        # the dev split's cached draws stand in for an unloaded teacher (`dev_loss`)
+        self.dev_cache = data.dev_cache if self.teacher_cfg is None else None
+        draws = int(config.teacher_cache.num_samples) if self.dev_cache is not None else 0
         self._sums = sharding.mesh_jit(
-            _dev_sums(self.student_cfg, self.teacher_cfg, path),
+            _dev_sums(self.student_cfg, self.teacher_cfg, path, draws),
             mesh,
             in_shardings=(student_sh, teacher_sh, rows),
             out_shardings=NamedSharding(mesh, P()),
@@ -139,7 +152,10 @@ class Validator:
         )
         totals: dict[str, Any] = {}
         for batch in it:
-            batch = to_global({k: batch[k] for k in SCORED_KEYS}, self.rows)
+            batch = {k: batch[k] for k in SCORED_KEYS}
+            if self.dev_cache is not None:
+                batch.update(self.dev_cache.batch_arrays(batch))
+            batch = to_global(batch, self.rows)
             out = self._sums(params, teacher, batch)
             totals = out if not totals else jax.tree.map(jnp.add, totals, out)
         totals = {k: float(v) for k, v in jax.device_get(totals).items()}
