@@ -263,8 +263,8 @@ def test_a_second_run_on_a_live_workdir_is_refused_in_one_line(runs):
     """The same command started again while the ClassKD run trains (`runs`) exits
     non-zero without waiting for the lock (start-up alone took 53 s once on a
     2-core machine at load 15, hence 100 s, below the fixture's 120 s timeout),
-    in one line naming the holder and what to do; the first run finishes unharmed (the other tests compare against it) and leaves the
-    workdir free."""
+    in one line naming the holder and what to do; the first run finishes
+    unharmed (the other tests compare against it) and leaves the workdir free."""
     status, err, seconds = runs["second_run"]
     workdir = runs["classkd"][0]
     lines = err.strip().splitlines()
