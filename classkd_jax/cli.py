@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 __all__ = ["MAX_LINE", "UserError", "USER_ERRORS", "error_line", "format_error", "run",
-           "set_log_file"]  # fmt: skip
+           "set_log_file", "log_file"]  # fmt: skip
 
 MAX_LINE = 300
 
@@ -56,6 +56,11 @@ def set_log_file(path: str | os.PathLike | None) -> None:
     _log_file.clear()
     if path is not None:
         _log_file.append(Path(path))
+
+
+def log_file() -> Path | None:
+    """The log file set now (`set_log_file`), if any."""
+    return _log_file[0] if _log_file else None
 
 
 def format_error(error: BaseException) -> str:
@@ -124,11 +129,12 @@ def run(
 ) -> int:
     """Calls `main(argv)`; returns its exit status, or 2 after a one-line user error.
 
-    The log file set during the call (the run's, once its workdir is known) is
-    forgotten after it: a later command in the same process does not name it."""
+    The command starts with `log_file` as its log (None: none, whatever an
+    earlier command in the process set), and the log file set during the call
+    (the run's, once its workdir is known) is forgotten after it: a later
+    command in the same process does not name it."""
     saved = list(_log_file)
-    if log_file is not None:
-        set_log_file(log_file)
+    set_log_file(log_file)
     try:
         return _run(main, argv, prog)
     finally:

@@ -137,11 +137,23 @@ def test_evaluate_missing_data_dir_is_named(tmp_path, capsys):
     assert f"--data_dir {missing}: no such directory" in line
 
 
-def test_evaluate_missing_benchmark_in_data_dir_is_named(tmp_path, capsys):
+@pytest.mark.parametrize("earlier_log", [False, True], ids=["alone", "after_a_run"])
+def test_evaluate_missing_benchmark_in_data_dir_is_named(tmp_path, capsys, earlier_log):
+    """Named in full, and never written to or pointed at another command's log: a
+    run finished earlier in the same process (`earlier_log`) once left its log set,
+    whose long path, as the line's pointer, cut this path out of the line."""
+    earlier = tmp_path / "an-earlier-run" / "train.log"
+    if earlier_log:
+        earlier.parent.mkdir()
+        cli.set_log_file(earlier)
     _benchmark(tmp_path / "data")
     argv = ["--model", str(tmp_path), "--data_dir", str(tmp_path / "data")]
-    line = _eval(capsys, tmp_path, *argv, "--benchmarks", "dolly,sinst")
+    try:
+        line = _eval(capsys, tmp_path, *argv, "--benchmarks", "dolly,sinst")
+    finally:
+        cli.set_log_file(None)
     assert f"{tmp_path / 'data' / 'sinst' / '11_' / 'valid.jsonl'} not found" in line
+    assert "an-earlier-run" not in line and not earlier.exists()
 
 
 def test_evaluate_usage_errors_are_one_line(tmp_path, capsys):

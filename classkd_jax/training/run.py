@@ -212,9 +212,15 @@ def train(config, workdir: Path) -> int:
     lock = hold_workdir(workdir)
     try:
         log = log_path(workdir, jax.process_index())
+        previous = cli.log_file()
         cli.set_log_file(log)
         with logs.to_file(log):
-            return _train(config, workdir)
+            status = _train(config, workdir)
+        # Finished: a later command in this process (a test, a notebook) must not
+        # name this run's log. On an error the log stays set, so that the CLI's
+        # handler writes the traceback into it (cli.run forgets it afterwards).
+        cli.set_log_file(previous)
+        return status
     finally:
         if lock is not None:
             lock.release()
