@@ -107,10 +107,12 @@ def parse_flags(argv: Sequence[str], *, workdir: bool = True):
 
 
 def _refuse_unused(config, argv: Sequence[str], path: str, training: bool = True) -> None:
-    """A misfeedback.*, classmate.*, cross_tokenizer.* or teacher.template override
-    (or kd.divergence / gkd.beta beside teacher.tokenizer) the method would ignore is a
-    `UserError` (`checks.refuse_unused`, against the file's own defaults); so is,
-    in a training run, a teacher_cache.* override without teacher.cache."""
+    """A command-line override the method would ignore is a `UserError`: every
+    key that `checks.refuse_unused` knows to be without effect (misfeedback.*,
+    classmate.*, cross_tokenizer.*, teacher.template / add_bos, and the
+    divergences a teacher.tokenizer replaces), judged against the config file's
+    own values; so is, in a training run, a teacher_cache.* override without
+    teacher.cache."""
     from classkd_jax.cli import UserError
     from classkd_jax.config_utils import load_config
     from classkd_jax.training import checks
@@ -123,18 +125,7 @@ def _refuse_unused(config, argv: Sequence[str], path: str, training: bool = True
                 f"{key} has no effect without teacher.cache (this run's teacher is live); "
                 "set --config.teacher.cache=DIR or drop it"
             )
-    watched = (
-        "--config.misfeedback.",
-        "--config.classmate.",
-        "--config.cross_tokenizer.",
-        "--config.teacher.template",
-        "--config.teacher.add_bos",
-        "--config.kd.divergence",
-        "--config.gkd.beta",
-        "--config.classkd.off_policy_divergence",
-        "--config.classkd.on_policy_divergence",
-    )
-    if not any(a.startswith(watched) for a in argv):
+    if not any(a.startswith("--config.") for a in argv):
         return  # the file's own values are its defaults
     spec = next(
         (argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"),
