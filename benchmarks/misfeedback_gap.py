@@ -10,7 +10,14 @@ from the teacher than the student), averaged over the run's log records. It
 prints one line per row (mean and std over seeds of both) and, with `--plot`,
 draws every run as a point (a `+mf` row in its base method's colour, a sweep
 row as triangles) and every row without a classmate as a dashed line at its
-mean with a band of +- one std, for reference.
+mean with a band of +- one std, for reference (a sweep row without a
+classmate, e.g. `gkd__steps=320`, is listed but not drawn).
+
+It also prints, for every `+mf` row, the paired gap to its base method: the
+mean +- std over the seeds both have of the per-seed difference in test
+ROUGE-L, against the base row (`minillm` for `minillm+mf` and its sweeps) and
+against every sweep row of the base (e.g. `minillm__steps=320`, the base given
+the `+mf` run's wall-clock).
 """
 
 from __future__ import annotations
@@ -34,6 +41,24 @@ def run_points(root: Path) -> dict[str, list[tuple[int, float, float | None]]]:
     return rows
 
 
+def paired_gaps(rows: dict[str, list]) -> list[tuple[str, str, int, float, float]]:
+    """[(mf row, base row, seeds paired, mean difference, std of differences)]."""
+    out = []
+    for row, points in rows.items():
+        if "+mf" not in row:
+            continue
+        method = row.split("+")[0]
+        mine = {seed: rouge for seed, rouge, _ in points}
+        for base, base_points in rows.items():
+            if base != method and not base.startswith(method + "__"):
+                continue
+            diffs = [mine[s] - r for s, r, _ in base_points if s in mine]
+            if diffs:
+                std = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
+                out.append((row, base, len(diffs), statistics.mean(diffs), std))
+    return out
+
+
 def _mean_std(values: list[float]) -> str:
     std = statistics.stdev(values) if len(values) > 1 else float("nan")
     return f"{statistics.mean(values):.2f} +- {std:.2f}"
@@ -51,6 +76,8 @@ def main() -> None:
         print(
             f"{row:40s} seeds {len(points)}  ROUGE-L {_mean_std([r for _, r, _ in points])}  {gap}"
         )
+    for row, base, n, mean, std in paired_gaps(rows):
+        print(f"paired {row} - {base}: {mean:+.2f} +- {std:.2f} over {n} seeds")
     if args.plot:
         import matplotlib
 
@@ -67,6 +94,8 @@ def main() -> None:
         for row, points in rows.items():
             base = row.split("+")[0]
             if points[0][2] is None:
+                if "__" in row:
+                    continue
                 values = [r for _, r, _ in points]
                 mean = statistics.mean(values)
                 std = statistics.stdev(values) if len(values) > 1 else 0.0
