@@ -66,7 +66,6 @@ torch has it, else CPU). Prints tables and a final JSON line.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import statistics
@@ -86,7 +85,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from classkd_jax import sharding  # noqa: E402
-from classkd_jax.config_utils import import_sibling  # noqa: E402
+from classkd_jax.config_utils import import_sibling, with_changes  # noqa: E402
 from classkd_jax.data import synthetic, templates, to_global  # noqa: E402
 from classkd_jax.data.batching import pick_bucket  # noqa: E402
 from classkd_jax.models import init_cache  # noqa: E402
@@ -196,15 +195,7 @@ def prompt_text(example) -> str:
 
 def override(config, changes: dict):
     """A copy of `config` with dotted keys replaced (locked again)."""
-    config = copy.deepcopy(config)
-    with config.unlocked():
-        for key, value in changes.items():
-            section, _, leaf = key.rpartition(".")
-            target = config
-            for part in section.split(".") if section else ():
-                target = target[part]
-            target[leaf] = value
-    return config
+    return with_changes(config, changes)
 
 
 def gpt2_shape(width: int, layers: int) -> dict:

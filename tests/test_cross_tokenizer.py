@@ -399,20 +399,13 @@ def test_alm_surrogate_gradient_is_the_chunk_loss_gradient():
 
 
 def _kd_config(method="kd", **changes):
-    from classkd_jax.config_utils import import_sibling
+    from classkd_jax.config_utils import import_sibling, with_changes
 
     config = import_sibling("configs/x.py", method).get_config("size=tiny")
     changes = {"steps": 2, "eval_every": 0, "data.pack": False, "student.eps": 1e-6, **changes}
     if method == "classkd":
         changes = {"classmate.eps": 1e-6, **changes}
-    with config.unlocked():
-        for key, value in changes.items():
-            section, _, leaf = key.rpartition(".")
-            target = config
-            for part in section.split(".") if section else ():
-                target = target[part]
-            target[leaf] = value
-    return config
+    return with_changes(config, changes)
 
 
 class KDStep:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from classkd_jax import checkpoint, cli, train
-from classkd_jax.config_utils import import_sibling
+from classkd_jax.config_utils import import_sibling, with_changes
 from classkd_jax.data import to_global
 from classkd_jax.sharding import make_mesh
 from classkd_jax.training import checks, objectives, roles
@@ -37,14 +37,7 @@ def tiny(method: str, **changes):
     """The method's tiny config with `changes` (Adam's eps raised as in test_train_steps)."""
     config = import_sibling("configs/x.py", method).get_config("size=tiny")
     changes = {"student.eps": 1e-6, "classmate.eps": 1e-6, **changes}
-    with config.unlocked():
-        for key, value in changes.items():
-            section, _, leaf = key.rpartition(".")
-            target = config
-            for part in section.split(".") if section else ():
-                target = target[part]
-            target[leaf] = value
-    return config
+    return with_changes(config, changes)
 
 
 def _rollouts(on: dict, vocab: int) -> dict:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from classkd_jax.cli import UserError
-from classkd_jax.config_utils import import_sibling
+from classkd_jax.config_utils import import_sibling, with_changes
 from classkd_jax.training import checks, objectives
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -161,10 +161,7 @@ def test_minillm_and_distillm_pairs_have_the_references_batch_phase_and_cadence(
     ],
 )
 def test_a_baseline_value_out_of_range_names_its_key(method, key, value, message):
-    config = method_config(method)
-    with config.unlocked():
-        section, _, leaf = key.rpartition(".")
-        (_get(config, section) if section else config)[leaf] = value
+    config = with_changes(method_config(method), {key: value})
     with pytest.raises(UserError, match=message):
         checks.validate(config)
 
@@ -191,10 +188,7 @@ def test_an_unknown_variant_is_named():
     ],
 )
 def test_a_value_out_of_range_names_its_key(key, value, message):
-    config = method_config("classkd")
-    with config.unlocked():
-        section, _, leaf = key.rpartition(".")
-        (_get(config, section) if section else config)[leaf] = value
+    config = with_changes(method_config("classkd"), {key: value})
     with pytest.raises(UserError, match=message):
         checks.validate(config)
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from classkd_jax import losses
-from classkd_jax.config_utils import import_sibling
+from classkd_jax.config_utils import import_sibling, with_changes
 from classkd_jax.data import to_global
 from classkd_jax.models import Transformer
 from classkd_jax.sharding import make_mesh
@@ -40,14 +40,7 @@ def tiny_config(**changes):
     config = import_sibling("configs/x.py", "classkd").get_config("size=tiny")
     # steps=24 as in tests/test_train_cli.py: the same program, compiled once.
     changes = {"student.eps": 1e-6, "classmate.eps": 1e-6, "steps": 24, **changes}
-    with config.unlocked():
-        for key, value in changes.items():
-            section, _, leaf = key.rpartition(".")
-            target = config
-            for part in section.split(".") if section else ():
-                target = target[part]
-            target[leaf] = value
-    return config
+    return with_changes(config, changes)
 
 
 def host_batches(config, tokenizer):
