@@ -15,9 +15,9 @@ classmate, e.g. `gkd__steps=320`, is listed but not drawn).
 
 It also prints, for every `+mf` row, the paired gap to its base method: the
 mean +- std over the seeds both have of the per-seed difference in test
-ROUGE-L, against the base row (`minillm` for `minillm+mf` and its sweeps) and
-against every sweep row of the base (e.g. `minillm__steps=320`, the base given
-the `+mf` run's wall-clock).
+ROUGE-L, against the base row (`minillm` for `minillm+mf` and its sweeps) and,
+for the plain `+mf` row, against every sweep row of the base (e.g.
+`minillm__steps=320`, the base given the `+mf` run's wall-clock).
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ def paired_gaps(rows: dict[str, list]) -> list[tuple[str, str, int, float, float
         method = row.split("+")[0]
         mine = {seed: rouge for seed, rouge, _ in points}
         for base, base_points in rows.items():
-            if base != method and not base.startswith(method + "__"):
+            # a sweep of the `+mf` row is paired with the plain base only
+            if base != method and ("__" in row or not base.startswith(method + "__")):
                 continue
             diffs = [mine[s] - r for s, r, _ in base_points if s in mine]
             if diffs:
