@@ -13,6 +13,8 @@ row as triangles) and every row without a classmate as a dashed line at its
 mean with a band of +- one std, for reference (a sweep row without a
 classmate, e.g. `gkd__steps=320`, is listed but not drawn).
 
+With a classmate, a row also gives the share of steps on which the classmate
+updated (`classmate_updated_by_step`: its `update_every` and `min_gap` allowed it).
 It also prints, for every `+mf` row, the paired gap to its base method: the
 mean +- std over the seeds both have of the per-seed difference in test
 ROUGE-L, against the base row (`minillm` for `minillm+mf` and its sweeps) and,
@@ -30,6 +32,20 @@ from pathlib import Path
 
 def run_points(root: Path) -> dict[str, list[tuple[int, float, float | None]]]:
     """{row: [(seed, test ROUGE-L, mean logged gap or None), ...]}."""
+    return {row: [p[:3] for p in points] for row, points in _runs(root).items()}
+
+
+def update_shares(root: Path) -> dict[str, list[float]]:
+    """{row: [share of its logged steps on which the classmate updated, per seed]}
+    (rows with a classmate only)."""
+    return {
+        row: [p[3] for p in points]
+        for row, points in _runs(root).items()
+        if points[0][3] is not None
+    }
+
+
+def _runs(root: Path) -> dict[str, list[tuple[int, float, float | None, float | None]]]:
     rows: dict[str, list] = {}
     for scores in sorted(root.glob("runs/*/seed*/scores_test.json")):
         run = scores.parent
@@ -37,7 +53,9 @@ def run_points(root: Path) -> dict[str, list[tuple[int, float, float | None]]]:
         records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
         gaps = [r["gap"] for r in records if "gap" in r]
         gap = statistics.mean(gaps) if gaps else None
-        rows.setdefault(run.parent.name, []).append((int(run.name[4:]), rouge, gap))
+        updated = [u for r in records for u in r.get("classmate_updated_by_step", [])]
+        share = statistics.mean(updated) if updated else None
+        rows.setdefault(run.parent.name, []).append((int(run.name[4:]), rouge, gap, share))
     return rows
 
 
@@ -71,9 +89,12 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, help="write the scatter here (.png)")
     args = parser.parse_args()
     rows = run_points(args.workdir)
+    shares = update_shares(args.workdir)
     for row, points in rows.items():
         gaps = [g for _, _, g in points if g is not None]
         gap = f"gap {statistics.mean(gaps):+.4f} nats" if gaps else "no classmate"
+        if row in shares:
+            gap += f", classmate updated on {100 * statistics.mean(shares[row]):.0f}% of steps"
         print(
             f"{row:40s} seeds {len(points)}  ROUGE-L {_mean_std([r for _, r, _ in points])}  {gap}"
         )
