@@ -9,7 +9,9 @@ k at equal bytes, then prints:
     (live-teacher) gradient, mean over `--batches` trainer batches, for the
     sampled cache (counts and Horvitz-Thompson weights) and for top-k +
     residual at the same bytes per token;
-  - the jitted KD step's time, live teacher against the cache, in one run.
+  - the jitted step's time, interleaved in one run: KD with the live teacher,
+    KD from the cache, and the student alone (SFT: the same forward, backward
+    and [B, T, V] log-softmax, no teacher), the fastest a cached step could be.
 
   python benchmarks/bench_teacher_cache.py [--num_samples 16 --batches 8 --steps 20]
 """
@@ -38,8 +40,8 @@ from classkd_jax.training.step import objective as role_objective
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def demo_config(**changes):
-    c = load_config(str(ROOT / "configs" / "demo.py") + ":method=kd")
+def demo_config(method="kd", **changes):
+    c = load_config(str(ROOT / "configs" / "demo.py") + f":method={method}")
     with c.unlocked():
         for key, value in changes.items():
             *section, leaf = key.split(".")
@@ -130,49 +132,70 @@ def _mesh():
     return make_mesh(data=1, devices=jax.devices()[:1])
 
 
-def step_times(config, cache_dir: Path, steps: int) -> dict[str, float]:
-    """Seconds per jitted KD step (after one warm-up), live teacher and from the cache."""
-    out = {}
-    for name, cache in (("live", ""), ("cache", str(cache_dir))):
-        c = demo_config(**{"teacher.cache": cache})
-        with c.unlocked():
-            c.teacher_cache.num_samples = config.teacher_cache.num_samples
-            c.teacher_cache.top_k = config.teacher_cache.top_k
-        tokenizer, where = roles.resolve_tokenizer(c)
-        context, why = checks.context_length(c)
-        sources = roles.plan_roles(c, tokenizer, where, context, why)
-        mesh = _mesh()
-        models = build_models(c, sources, 1000, len(tokenizer))
-        data = data_lib.build(c, tokenizer, sampling_batch=8, needs_prompts=False)
-        frozen, frozen_sh = {}, {}
-        if cache:
-            manifest = read_manifest(cache_dir)
-            data.cache = Lookup(SplitReader(cache_dir, "train", manifest), data.train)
-        else:
-            frozen = {"teacher": roles.load_params(sources["teacher"], mesh, (0, 1))}
-            frozen_sh = {"teacher": params_shardings(models.teacher.config, mesh)}
-        builder_ = StepBuilder(c, models, mesh)
-        opt = (models.student.config, models.student.optimizer)
-        step = builder_.jit(run_state_shardings(mesh, opt, None), frozen_sh)
-        state = initial_state(c, models, sources, mesh)
+def _step_setup(config, cache_dir: Path, variant: str):
+    """(jitted step, state, frozen, batches fn) of one timed variant: 'live' (KD,
+    the teacher's forward in the step), 'cache' (KD from the cache) or 'sft' (the
+    student alone: its forward and backward with CE, the same [B, T, V] log-softmax,
+    no teacher: the fastest a cached KD step could be)."""
+    method = "sft" if variant == "sft" else "kd"
+    c = demo_config(method, **{"teacher.cache": str(cache_dir) if variant == "cache" else ""})
+    with c.unlocked():
+        c.teacher_cache.num_samples = config.teacher_cache.num_samples
+        c.teacher_cache.top_k = config.teacher_cache.top_k
+    tokenizer, where = roles.resolve_tokenizer(c)
+    context, why = checks.context_length(c)
+    sources = roles.plan_roles(c, tokenizer, where, context, why)
+    mesh = _mesh()
+    models = build_models(c, sources, 1000, len(tokenizer))
+    data = data_lib.build(c, tokenizer, sampling_batch=8, needs_prompts=False)
+    frozen, frozen_sh = {}, {}
+    if variant == "cache":
+        manifest = read_manifest(cache_dir)
+        data.cache = Lookup(SplitReader(cache_dir, "train", manifest), data.train)
+    elif variant == "live":
+        frozen = {"teacher": roles.load_params(sources["teacher"], mesh, (0, 1))}
+        frozen_sh = {"teacher": params_shardings(models.teacher.config, mesh)}
+    builder_ = StepBuilder(c, models, mesh)
+    opt = (models.student.config, models.student.optimizer)
+    step = builder_.jit(run_state_shardings(mesh, opt, None), frozen_sh)
+    state = initial_state(c, models, sources, mesh)
+    return step, state, frozen, lambda: data.next_off(builder_.rows)
+
+
+def step_times(config, cache_dir: Path, steps: int) -> dict[str, dict[str, float]]:
+    """Per variant (`_step_setup`) the median seconds of a jitted step and of its host
+    batch assembly, and the step's counted FLOPs. The variants' steps run in turn
+    (live, cache, sft, live, ...) after one warm-up (compile) each, so a load that
+    moves during the run moves all three alike."""
+    setups = {v: _step_setup(config, cache_dir, v) for v in ("live", "cache", "sft")}
+    states, batches, out = {}, {}, {}
+    for name, (step, state, frozen, next_batch) in setups.items():
         start = time.perf_counter()
-        batches = [data.next_off(builder_.rows) for _ in range(steps + 1)]
-        out[f"{name}_batch"] = (time.perf_counter() - start) / (steps + 1)
-        state, m = step(state, frozen, {"off": batches[0]}, jax.random.key(0))
-        jax.block_until_ready(m)
-        start = time.perf_counter()
-        for t, batch in enumerate(batches[1:]):
-            state, m = step(state, frozen, {"off": batch}, jax.random.key(t))
-        jax.block_until_ready(m)
-        out[name] = (time.perf_counter() - start) / steps
+        batches[name] = [next_batch() for _ in range(steps + 1)]
+        batch_s = (time.perf_counter() - start) / (steps + 1)
+        state, m = step(state, frozen, {"off": batches[name][0]}, jax.random.key(0))
+        out[name] = {"batch": batch_s, "flops": float(m["flops"]), "times": []}
+        states[name] = state
+    for t in range(steps):
+        for name, (step, _, frozen, _) in setups.items():
+            start = time.perf_counter()
+            states[name], m = step(
+                states[name], frozen, {"off": batches[name][t + 1]}, jax.random.key(t)
+            )
+            jax.block_until_ready((states[name], m))
+            out[name]["times"].append(time.perf_counter() - start)
+    for value in out.values():
+        value["step"] = float(np.median(value.pop("times")))
     return out
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--num_samples", type=int, default=16)
-    p.add_argument("--batches", type=int, default=8, help="batches for the gradient angles")
-    p.add_argument("--steps", type=int, default=20, help="timed KD steps each way")
+    p.add_argument(
+        "--batches", type=int, default=8, help="batches for the gradient angles (0: skip them)"
+    )
+    p.add_argument("--steps", type=int, default=20, help="timed steps of each variant")
     p.add_argument("--out", default="", help="cache directory ('' = a temporary one)")
     args = p.parse_args()
     n = args.num_samples
@@ -193,20 +216,36 @@ def main():
         f"token), {10 * n + 8} at a fixed width of N; top-k + residual at those bytes: "
         f"k={k_small} ({8 * k_small + 8} bytes), k={k} ({8 * k + 8} bytes)"
     )
-    for name, angle in angles(config, out, args.batches, k, k_small).items():
+    for name, angle in (
+        angles(config, out, args.batches, k, k_small) if args.batches else {}
+    ).items():
         print(
             f"gradient angle to the dense KD gradient, mean over {args.batches} batches: "
             f"{name}: {angle:.2f} deg"
         )
     times = step_times(config, out, args.steps)
+    live, cache, sft = (times[k] for k in ("live", "cache", "sft"))
     print(
-        f"KD step (batch {config.data.batch_size} x {config.data.max_length}): live "
-        f"{times['live'] * 1e3:.1f} ms, from the cache {times['cache'] * 1e3:.1f} ms: "
-        f"{times['live'] / times['cache']:.2f}x"
+        f"jitted step, batch {config.data.batch_size} x {config.data.max_length}, median of "
+        f"{args.steps} interleaved: KD live {live['step'] * 1e3:.1f} ms, KD from the cache "
+        f"{cache['step'] * 1e3:.1f} ms, the student alone (SFT) {sft['step'] * 1e3:.1f} ms"
     )
     print(
-        f"host batch assembly (not in the step times): live {times['live_batch'] * 1e3:.1f} ms, "
-        f"with the cache lookup {times['cache_batch'] * 1e3:.1f} ms per batch"
+        f"live / cache {live['step'] / cache['step']:.2f}x; live / student alone (the ceiling "
+        f"of a cached step) {live['step'] / sft['step']:.2f}x; cache / student alone "
+        f"{cache['step'] / sft['step']:.2f}"
+    )
+    print(
+        "counted FLOPs a step (GFLOP/s achieved): "
+        + ", ".join(
+            f"{k} {v['flops'] / 1e9:.2f} G ({v['flops'] / v['step'] / 1e9:.1f})"
+            for k, v in times.items()
+        )
+        + f"; live / cache FLOPs {live['flops'] / cache['flops']:.2f}x"
+    )
+    print(
+        f"host batch assembly (not in the step times): live {live['batch'] * 1e3:.1f} ms, "
+        f"with the cache lookup {cache['batch'] * 1e3:.1f} ms per batch"
     )
 
 
