@@ -15,7 +15,7 @@ ClassKD's misfeedback term and classmate, listed beside its base row with the
 paired gap (docs/comparing.md).
 `--sweep KEY=V1,V2,...` adds a row per value (several --sweep: their grid);
 without --methods a sweep runs the config's own method. `--seeds N` runs
-seeds 0..N-1 (or `--seeds 0,4,7`); a run's seed is both `seed` and
+seeds 0..N-1 (or `--seeds 0,4,7`; seed 4 alone: `--seeds 4,`); a run's seed is both `seed` and
 `data.seed`, the same for every method.
 
 Each run is `python -m classkd_jax.train` on `DIR/runs/<row>/seed<k>` (the
@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", required=True, help="configs/<method>.py[:variant] or configs/demo.py"
     )
     p.add_argument("--methods", default=None, help="comma-separated methods (default: all seven)")
-    p.add_argument("--seeds", default="1", help="a count N (seeds 0..N-1) or a list 0,1,2")
+    p.add_argument(
+        "--seeds", default="1", help="a count N (seeds 0..N-1) or a list 0,1,2 (one seed k: k,)"
+    )
     p.add_argument(
         "--sweep", action="append", default=[], metavar="KEY=V1,V2", help="a row per value"
     )
