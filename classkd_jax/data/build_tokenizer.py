@@ -133,10 +133,10 @@ def main(argv=None) -> None:
     parser.add_argument("--vocab_size", type=int, default=0, help="default: the kind's")
     args = parser.parse_args(argv)
     if args.kind == "sentencepiece":
-        tok = train_sentencepiece(args.vocab_size or SP_VOCAB_SIZE)
+        tok, out = train_sentencepiece(args.vocab_size or SP_VOCAB_SIZE), SP_OUT
     else:
-        tok = train_tokenizer(args.vocab_size or DEFAULT_VOCAB_SIZE)
-    out = save_hf_tokenizer(tok, args.out or (SP_OUT if args.kind == "sentencepiece" else DEFAULT_OUT))
+        tok, out = train_tokenizer(args.vocab_size or DEFAULT_VOCAB_SIZE), DEFAULT_OUT
+    out = save_hf_tokenizer(tok, args.out or out)
     print(f"wrote {out}")
 
 
