@@ -194,5 +194,8 @@ def _teacher_sp(c: ml_collections.ConfigDict, arg: ml_collections.ConfigDict) ->
         c.teacher.path = str(ASSETS / "teacher_sp")
         c.teacher.tokenizer = str(ASSETS / "teacher_sp")
         c.data.batch_size = 64  # about the packed 32 rows' examples (2 a row)
+        # The teacher's rows (at most 77 of its tokens here) take the 96 bucket, the
+        # student's (up to 144) the 160 one: padding only, and half the teacher's forward.
+        c.data.length_buckets = (96, 160)
     else:  # the tiny teacher is random-init: only its tokenizer is the second one
         c.teacher.tokenizer = str(SP_TOKENIZER)
