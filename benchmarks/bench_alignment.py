@@ -1,6 +1,7 @@
 """Host cost of cross-tokenizer rows (issue 32): aligning responses and building batches.
 
     python benchmarks/bench_alignment.py [--teacher-tokenizer DIR] [--examples 512] [--batch 8]
+    python benchmarks/bench_alignment.py --demo [--run DIR]
 
 The student tokenizer is the shipped synthetic one and the data the built-in
 synthetic task (`configs/kd.py:size=tiny`'s); the teacher's default tokenizer
@@ -11,6 +12,12 @@ before training), the per-batch time of `CrossRows.add_teacher` (every
 step, on the host) and of `SampleRetokenizer.add_teacher` (GKD's and ClassKD's
 on-policy batches: samples re-tokenised for the teacher; here the prompts'
 own responses cut to `--new` tokens stand for samples), each the best of `--reps`.
+
+`--demo`: the cross-tokenizer testbed's scale instead
+(`configs/demo.py:method=kd,teacher_tokenizer=sp`: the 2000-example
+distillation set, 64 rows a step, the shipped second tokenizer for the
+teacher). `--run DIR`: a train workdir of that config; its logged median
+`step_time` gives the host's share of a step.
 """
 
 from __future__ import annotations
@@ -39,6 +46,15 @@ def _byte_bpe(texts, vocab_size: int):
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
 
 
+def _median_step_time(workdir: str) -> float:
+    import json
+    from pathlib import Path
+
+    lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
+    times = [json.loads(line).get("step_time") for line in lines]
+    return statistics.median(t for t in times if t)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--teacher-tokenizer", default="")
@@ -46,6 +62,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--new", type=int, default=64)
+    parser.add_argument("--demo", action="store_true", help="the cross-tokenizer testbed's scale")
+    parser.add_argument("--run", default="", help="with --demo: a train workdir to compare with")
     args = parser.parse_args()
 
     from classkd_jax.config_utils import import_sibling
@@ -54,7 +72,12 @@ def main() -> None:
     from classkd_jax.training import data as data_lib
     from classkd_jax.training import roles
 
-    config = import_sibling("configs/x.py", "kd").get_config("size=tiny")
+    if args.demo:
+        config = import_sibling("configs/x.py", "demo").get_config("method=kd,teacher_tokenizer=sp")
+        args.examples, args.batch = config.data.synthetic.num_train, config.data.batch_size
+        args.teacher_tokenizer = args.teacher_tokenizer or config.teacher.tokenizer
+    else:
+        config = import_sibling("configs/x.py", "kd").get_config("size=tiny")
     with config.unlocked():
         config.data.synthetic.num_train = args.examples
         config.data.batch_size = args.batch
@@ -95,6 +118,14 @@ def main() -> None:
         f"(student rows {out['tokens'].shape}, teacher rows {out['teacher_tokens'].shape}); "
         f"share of one-token-each-side chunks {one_to_one:.2f}"
     )
+
+    if args.run:
+        step = _median_step_time(args.run)
+        print(
+            f"{args.run}: median logged step_time {step * 1e3:.0f} ms; add_teacher is "
+            f"{min(per_batch) / step:.1%} of it; the one-off alignment "
+            f"{min(times) / (step * config.steps):.1%} of {config.steps} such steps"
+        )
 
     retok = data_lib.sample_retokenizer(config, examples, train, student, teacher)
     prompts = pipeline.make_iterator(

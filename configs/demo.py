@@ -19,6 +19,15 @@ Variants (`configs/demo.py:ARG`, comma-separated):
 - `role=teacher` / `role=student_init` (with `method=sft`): how those two
   were made, from random init, by `python -m classkd_jax.train` (docs/testbed.md,
   "The shipped models"; `python -m classkd_jax.demo --retrain` runs both).
+- `teacher_tokenizer=sp`: the cross-tokenizer testbed (docs/testbed.md,
+  "Teachers with another tokenizer"). With `role=teacher` it trains the same
+  teacher on the second shipped tokenizer (`classkd_jax/assets/synthetic_tokenizer_sp`,
+  a 768-entry SentencePiece-style BPE); without a role the student (the shipped
+  512-entry byte-level init, unchanged) distils from that teacher
+  (`assets/demo/teacher_sp`) through `teacher.tokenizer`, with `method=kd`,
+  `gkd` or `classkd` and `cross_tokenizer.loss`. Rows then hold one example
+  each (`data.pack=False`, which the cross-tokenizer path needs), 64 a step so
+  that a step still reads about as many examples as the packed 32.
 - `size=tiny`: the same shape of run with the tiny presets and a few steps
   (what the tests run); the tiny roles train from scratch.
 
@@ -35,6 +44,8 @@ from classkd_jax.config_utils import import_sibling, parse_arg
 
 ROLES = ("", "teacher", "student_init")
 ASSETS = Path(__file__).resolve().parents[1] / "classkd_jax" / "assets" / "demo"
+SP_TOKENIZER = ASSETS.parent / "synthetic_tokenizer_sp"  # teacher_tokenizer=sp
+CROSS_METHODS = ("kd", "gkd", "classkd")  # the methods that take teacher.tokenizer
 TEACHER = dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=4, head_dim=32,
                intermediate_size=512)  # fmt: skip
 STUDENT = dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=4, head_dim=16,
@@ -124,7 +135,7 @@ def _baselines(c: ml_collections.ConfigDict) -> None:
 def get_config(arg=None):
     """Returns the locked demo config; `arg`: see the module docstring."""
     base = import_sibling(__file__, "_base")
-    arg = parse_arg(arg, method="classkd", role="", size="demo")
+    arg = parse_arg(arg, method="classkd", role="", size="demo", teacher_tokenizer="")
     if arg.method not in base.METHODS:
         raise ValueError(f"configs/demo.py: method={arg.method!r}; expected one of {base.METHODS}")
     if arg.role not in ROLES:
@@ -133,6 +144,7 @@ def get_config(arg=None):
         raise ValueError(f"configs/demo.py: role={arg.role} is trained by SFT; use method=sft")
     if arg.size not in ("demo", "tiny"):
         raise ValueError(f"configs/demo.py: size={arg.size!r}; expected 'demo' or 'tiny'")
+    _check_teacher_tokenizer(arg)
     c = import_sibling(__file__, arg.method).get_config("size=tiny")
     c.unlock()
     c.gkd.lmbda = 0.5
@@ -152,5 +164,38 @@ def get_config(arg=None):
     if arg.method == "distillm" and not arg.role:  # its adaptive schedule reads the dev loss
         c.eval_every = 50 if arg.size == "demo" else 3
         c.eval.num_examples = 0  # dev loss only: no dev generation
+    if arg.teacher_tokenizer:
+        _teacher_sp(c, arg)
     c.lock()
     return c
+
+
+def _check_teacher_tokenizer(arg: ml_collections.ConfigDict) -> None:
+    if arg.teacher_tokenizer not in ("", "sp"):
+        raise ValueError(
+            f"configs/demo.py: teacher_tokenizer={arg.teacher_tokenizer!r}; expected 'sp'"
+        )
+    if arg.teacher_tokenizer and arg.role == "student_init":
+        raise ValueError("configs/demo.py: teacher_tokenizer=sp takes role=teacher or no role")
+    if arg.teacher_tokenizer and not arg.role and arg.method not in CROSS_METHODS:
+        raise ValueError(
+            f"configs/demo.py: teacher_tokenizer=sp distils with method={'|'.join(CROSS_METHODS)}"
+            f", not {arg.method}"
+        )
+
+
+def _teacher_sp(c: ml_collections.ConfigDict, arg: ml_collections.ConfigDict) -> None:
+    """The cross-tokenizer testbed: the teacher reads the SentencePiece-style tokenizer."""
+    if arg.role == "teacher":  # trained from random init on that tokenizer
+        c.tokenizer = str(SP_TOKENIZER)
+        return
+    c.data.pack = False  # one example a row, as the cross-tokenizer path needs
+    if arg.size == "demo":
+        c.teacher.path = str(ASSETS / "teacher_sp")
+        c.teacher.tokenizer = str(ASSETS / "teacher_sp")
+        c.data.batch_size = 64  # about the packed 32 rows' examples (2 a row)
+        # The teacher's rows (at most 77 of its tokens here) take the 96 bucket, the
+        # student's (up to 144) the 160 one: padding only, and half the teacher's forward.
+        c.data.length_buckets = (96, 160)
+    else:  # the tiny teacher is random-init: only its tokenizer is the second one
+        c.teacher.tokenizer = str(SP_TOKENIZER)

@@ -129,6 +129,26 @@ def test_an_mf_twin_is_its_method_with_classkds_misfeedback_sections(tmp_path, c
     assert float(a.misfeedback.weight) == 0.0 and float(b.misfeedback.weight) == 0.1
 
 
+def test_a_cross_tokenizer_sweep_runs_each_loss_and_scores_the_teacher_in_its_own_tokens(
+    tmp_path,
+):
+    """configs/demo.py:teacher_tokenizer=sp: a row per loss, each the trainer accepts;
+    the teacher's prompts for scoring follow teacher.template and teacher.add_bos."""
+    from classkd_jax.comparison import execute
+
+    config = "configs/demo.py:size=tiny,teacher_tokenizer=sp"
+    sweep = [plan.parse_sweep("cross_tokenizer.loss=alm,exact,uld")]
+    specs = plan.plan_runs(config, ["kd"], [0], sweep, [], tmp_path)
+    prepared = execute.prepare(specs)
+    assert [str(c.cross_tokenizer.loss) for _, c in prepared] == ["alm", "exact", "uld"]
+    (_, c), *_ = prepared
+    c.unlock()
+    c.teacher.template, c.teacher.add_bos = "alpaca", True
+    view = execute.teacher_view(c)
+    assert (view.data.template, view.data.add_bos) == ("alpaca", True)
+    assert (c.data.template, c.data.add_bos) == ("compact", False)  # the student's, kept
+
+
 def test_seqkd_runs_share_the_teachers_answers(tmp_path):
     (spec,) = plan.plan_runs("configs/demo.py", ["seqkd"], [3], [], [], tmp_path)
     assert f"--config.seqkd.cache_dir={tmp_path / 'seqkd_cache'}" in spec.argv

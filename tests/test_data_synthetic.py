@@ -1,4 +1,4 @@
-"""The built-in synthetic task and its shipped tokenizer."""
+"""The built-in synthetic task and its shipped tokenizers."""
 
 import json
 import re
@@ -156,6 +156,44 @@ def test_shipped_tokenizer_is_reproducible():
     shipped = json.loads((path / "tokenizer.json").read_text())
     assert json.loads(rebuilt.to_str())["model"]["vocab"] == shipped["model"]["vocab"]
     assert json.loads(rebuilt.to_str())["model"]["merges"] == shipped["model"]["merges"]
+
+
+def _boundaries(tok, text: str) -> set[int]:
+    return {end for _, end in tok(text, return_offsets_mapping=True).offset_mapping}
+
+
+def test_second_tokenizer_spells_the_task_apart_from_the_first(task):
+    """The cross-tokenizer testbed's tokenizer: same special ids, its own vocabulary,
+    token boundaries that cross the first one's (not just coarser), byte fallback
+    for what it lacks, and any text round-trips."""
+    from transformers import AutoTokenizer
+
+    sp = AutoTokenizer.from_pretrained(str(build_tokenizer.SP_OUT))
+    bl = AutoTokenizer.from_pretrained(str(synthetic.synthetic_tokenizer_path()))
+    assert len(sp) == build_tokenizer.SP_VOCAB_SIZE == 768
+    assert (sp.pad_token_id, sp.bos_token_id, sp.eos_token_id) == (0, 1, 2)
+    assert sp.convert_ids_to_tokens([3, 258]) == ["<0x00>", "<0xFF>"]
+    assert set(sp.all_special_tokens) == {"<pad>", "<bos>", "<eos>"}  # bytes: plain pieces
+    spaced = {t.replace("▁", " ") for t in sp.get_vocab()}
+    assert len(spaced & {t.replace("Ġ", " ") for t in bl.get_vocab()}) < 0.6 * len(spaced)
+    own = shared = 0
+    for e in task["test"][:100]:
+        prompt = templates.format_prompt(e.instruction, e.input)
+        ids = sp(prompt).input_ids + sp(e.response).input_ids  # encoded apart, joined
+        assert sp.decode(ids) == prompt + e.response
+        mine = _boundaries(sp, e.response)
+        own, shared = own + len(mine), shared + len(mine & _boundaries(bl, e.response))
+    assert shared < 0.8 * own, (shared, own)  # many boundaries the BPE does not have
+    text = "Ünïcode ✓ 1974"
+    ids = sp(text).input_ids
+    assert sp.decode(ids) == text and "<0xE2>" in sp.convert_ids_to_tokens(ids)
+
+
+@pytest.mark.slow
+def test_second_tokenizer_is_reproducible():
+    rebuilt = json.loads(build_tokenizer.train_sentencepiece().to_str())
+    shipped = json.loads((build_tokenizer.SP_OUT / "tokenizer.json").read_text())
+    assert rebuilt["model"] == shipped["model"]
 
 
 def test_written_data_dir_round_trips(tmp_path):

@@ -1,5 +1,6 @@
 """The demo's shipped models: what configs/demo.py says they are, made by the command
-the README gives, and a teacher that beats the student's initialisation."""
+the README gives, and a teacher that beats the student's initialisation; the
+cross-tokenizer testbed's teacher (`teacher_tokenizer=sp`) likewise."""
 
 import json
 from pathlib import Path
@@ -66,3 +67,52 @@ def test_the_teacher_beats_the_student_init_on_dev(models):
         for name, model in models.items()
     }
     assert scores["teacher"]["rougeL"] > scores["student_init"]["rougeL"] + 5.0, scores
+
+
+TEACHER_SP = DEMO_CONFIG.ASSETS / "teacher_sp"
+
+
+def test_the_sp_teacher_is_the_teacher_on_the_second_tokenizer():
+    from transformers import AutoTokenizer
+
+    config, _ = load_hf(TEACHER_SP)
+    for key, value in DEMO_CONFIG.TEACHER.items():
+        assert getattr(config, key) == value, key
+    shipped = json.loads((DEMO_CONFIG.SP_TOKENIZER / "tokenizer.json").read_text())
+    assert json.loads((TEACHER_SP / "tokenizer.json").read_text())["model"] == shipped["model"]
+    assert config.vocab_size == len(AutoTokenizer.from_pretrained(str(TEACHER_SP))) == 768
+    made = json.loads((TEACHER_SP / "TRAINED.json").read_text())
+    assert "role=teacher,teacher_tokenizer=sp" in made["command"]
+    assert made["steps"] == DEMO_CONFIG.get_config("method=sft,role=teacher").steps
+
+
+def test_the_cross_variant_distils_the_shipped_init_from_the_sp_teacher():
+    config = DEMO_CONFIG.get_config("method=kd,teacher_tokenizer=sp")
+    same = DEMO_CONFIG.get_config("method=kd")
+    assert Path(config.student.path) == Path(same.student.path) == demo.shipped()["student_init"]
+    assert Path(config.teacher.path) == Path(config.teacher.tokenizer) == TEACHER_SP
+    assert not config.data.pack  # what the cross-tokenizer path needs
+    assert (config.steps, config.student.lr, config.seed) == (same.steps, same.student.lr, 0)
+    for bad in ("method=sft,teacher_tokenizer=sp", "role=student_init,method=sft,"
+                "teacher_tokenizer=sp", "method=kd,teacher_tokenizer=bpe"):  # fmt: skip
+        with pytest.raises(ValueError, match="teacher_tokenizer"):
+            DEMO_CONFIG.get_config(bad)
+
+
+def test_the_sp_teacher_scored_in_its_own_tokens_beats_the_student_init(models, monkeypatch):
+    """compare's scorer reads the teacher's prompts with the teacher's tokenizer (64
+    dev examples; with the student's it would feed it ids of another vocabulary)."""
+    from classkd_jax.comparison import execute, scoring
+
+    split_prompts = scoring.split_prompts
+
+    def first_64(*args):
+        examples, prompts = split_prompts(*args)
+        return examples[:64], prompts[:64]
+
+    monkeypatch.setattr(scoring, "split_prompts", first_64)
+    config = DEMO_CONFIG.get_config("method=kd,teacher_tokenizer=sp")
+    score = execute._Scorer("dev")
+    teacher, _ = score(load_hf(TEACHER_SP), config, "teacher")
+    init, _ = score(models["student_init"], config, "student")
+    assert teacher["rougeL"] > init["rougeL"] + 5.0, (teacher, init)

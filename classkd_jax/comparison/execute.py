@@ -70,11 +70,13 @@ class _Scorer:
         self.split = split
         self._cache: dict[str, tuple] = {}
 
-    def __call__(self, model, config) -> tuple[dict, list[dict]]:
+    def __call__(self, model, config, role: str = "student") -> tuple[dict, list[dict]]:
         from classkd_jax.training import roles
         from classkd_jax.training.run import make_mesh
 
         tokenizer, _ = roles.resolve_tokenizer(config)
+        if role == "teacher" and (own := roles.resolve_teacher_tokenizer(config)):
+            config, tokenizer = teacher_view(config), own[0]
         data = json.loads(config.data.to_json_best_effort())
         data.pop("seed", None)  # shuffling; not what the split holds
         key = json.dumps([data, len(tokenizer)], sort_keys=True)
@@ -82,6 +84,18 @@ class _Scorer:
             self._cache[key] = scoring.split_prompts(config, tokenizer, self.split)
         examples, prompts = self._cache[key]
         return scoring.score_model(model, examples, prompts, config, tokenizer, make_mesh(config))
+
+
+def teacher_view(config):
+    """`config` with the data read as a teacher with its own tokenizer reads it
+    (`teacher.template`, `teacher.add_bos`): its prompts for scoring it."""
+    from classkd_jax.training.data import teacher_bos
+
+    view = config.copy_and_resolve_references()
+    view.unlock()
+    view.data.template = config.teacher.template or config.data.template
+    view.data.add_bos = teacher_bos(config)
+    return view
 
 
 def _finished(workdir: Path, steps: int) -> bool:
@@ -204,10 +218,12 @@ def score_references(config, split: str, workdir: Path, say: Say) -> dict[str, d
         path = workdir / "references" / name / f"scores_{split}.json"
         evaluation = json.loads(config.eval.to_json_best_effort())
         key = {"model": str(model_dir.resolve()), "eval": evaluation}
+        if role == "teacher" and config.teacher.tokenizer:  # scored in its own tokens
+            key["tokenizer"] = str(config.teacher.tokenizer)
         done = scoring.read_json(path)
         if not (done and done.get("key") == key):
             say(f"scoring the {name} ({model_dir}) on the {split} split")
-            metrics, records = score(load_hf(model_dir), config)
+            metrics, records = score(load_hf(model_dir), config, role)
             trained = scoring.read_json(model_dir / "TRAINED.json") or {}
             done = {
                 "key": key,

@@ -1,6 +1,7 @@
-"""Builds the shipped tokenizer of the synthetic task, reproducibly.
+"""Builds the shipped tokenizers of the synthetic task, reproducibly.
 
-    python -m classkd_jax.data.build_tokenizer [--out DIR] [--vocab_size N]
+    python -m classkd_jax.data.build_tokenizer [--kind bytelevel|sentencepiece] [--out DIR]
+        [--vocab_size N]
 
 A byte-level BPE (GPT-2 style, so any text round-trips) trained with
 `tokenizers` on the synthetic task's train and dev splits (seed 0), each
@@ -10,11 +11,26 @@ digit. Special tokens: `<pad>` = 0, `<bos>` = 1, `<eos>` = 2. No special token
 is added by `encode`: the data pipeline appends EOS to responses itself.
 The result is a Hugging Face tokenizer directory that
 `transformers.AutoTokenizer.from_pretrained` loads offline.
+
+`--kind sentencepiece` builds the second one, for the cross-tokenizer testbed
+(a teacher whose tokenizer is not the student's, docs/testbed.md): a
+SentencePiece-style BPE of 768 entries on the same corpus, with byte fallback
+and whitespace not a boundary (SentencePiece's `split_by_whitespace=false`).
+Spaces become `▁`, nothing is prepended (so a prompt and its response encode
+apart and concatenate back), pieces run across words and usually end in the
+space after one ("from▁last▁", "market▁" where the byte-level BPE has
+"Ġmarket"), digits are not split, and a character outside the vocabulary
+falls back to its UTF-8 bytes, the 256 pieces `<0x00>`..`<0xFF>` (ids 3-258,
+ordinary entries, not special tokens), so any text round-trips. Same special
+tokens and ids. Its token boundaries cross the byte-level BPE's rather than
+coarsen them: in the task's answers about 40 % of its boundaries are not
+the BPE's.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +43,14 @@ SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")
 # word, reversing a list is a token-level copy that a 0.2 M-parameter model
 # solves almost perfectly in 1500 steps (measured), leaving no gap to distil.
 DEFAULT_VOCAB_SIZE = 512
-DEFAULT_OUT = Path(__file__).resolve().parent.parent / "assets" / "synthetic_tokenizer"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+DEFAULT_OUT = ASSETS / "synthetic_tokenizer"
+# The second tokenizer (--kind sentencepiece): a larger vocabulary, so its pieces
+# and the byte-level one's rarely coincide beyond single characters.
+SP_VOCAB_SIZE = 768
+SP_OUT = ASSETS / "synthetic_tokenizer_sp"
+SP_MAX_PIECE = 12  # characters
+BYTE_PIECES = tuple(f"<0x{b:02X}>" for b in range(256))
 
 
 def training_corpus(seed: int = 0) -> Iterator[str]:
@@ -60,6 +83,31 @@ def train_tokenizer(vocab_size: int = DEFAULT_VOCAB_SIZE, seed: int = 0) -> Toke
     return tok
 
 
+def train_sentencepiece(vocab_size: int = SP_VOCAB_SIZE, seed: int = 0) -> Tokenizer:
+    """Trains the SentencePiece-style BPE with byte fallback; deterministic."""
+    tok = Tokenizer(models.BPE(byte_fallback=True))
+    # split=False: whitespace is not a boundary, so pieces span words ("from▁last▁").
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(
+        replacement="▁", prepend_scheme="never", split=False
+    )
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=[*SPECIAL_TOKENS, *BYTE_PIECES],
+        max_token_length=SP_MAX_PIECE,
+        show_progress=False,
+    )
+    tok.train_from_iterator(training_corpus(seed), trainer=trainer)
+    # The trainer registers the byte pieces as special (added) tokens; they are
+    # ordinary vocabulary entries that byte fallback emits, so decoding must keep them.
+    spec = json.loads(tok.to_str())
+    spec["added_tokens"] = [t for t in spec["added_tokens"] if t["content"] in SPECIAL_TOKENS]
+    return Tokenizer.from_str(json.dumps(spec))
+
+
 def save_hf_tokenizer(tok: Tokenizer, out: str | Path) -> Path:
     """Saves `tok` as a Hugging Face tokenizer directory."""
     from transformers import PreTrainedTokenizerFast  # deferred: heavy import
@@ -80,10 +128,15 @@ def save_hf_tokenizer(tok: Tokenizer, out: str | Path) -> Path:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(DEFAULT_OUT))
-    parser.add_argument("--vocab_size", type=int, default=DEFAULT_VOCAB_SIZE)
+    parser.add_argument("--kind", default="bytelevel", choices=("bytelevel", "sentencepiece"))
+    parser.add_argument("--out", default="", help="default: the kind's shipped directory")
+    parser.add_argument("--vocab_size", type=int, default=0, help="default: the kind's")
     args = parser.parse_args(argv)
-    out = save_hf_tokenizer(train_tokenizer(args.vocab_size), args.out)
+    if args.kind == "sentencepiece":
+        tok, out = train_sentencepiece(args.vocab_size or SP_VOCAB_SIZE), SP_OUT
+    else:
+        tok, out = train_tokenizer(args.vocab_size or DEFAULT_VOCAB_SIZE), DEFAULT_OUT
+    out = save_hf_tokenizer(tok, args.out or out)
     print(f"wrote {out}")
 
 
