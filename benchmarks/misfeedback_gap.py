@@ -25,6 +25,7 @@ for the plain `+mf` row, against every sweep row of the base (e.g.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 from pathlib import Path
@@ -108,7 +109,8 @@ def main() -> None:
 
         fig, ax = plt.subplots(figsize=(7, 4.5))
         base_colors = {}  # a method's band takes its `+mf` twin's colour
-        others = iter(["tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive"])
+        others = itertools.cycle(["tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive",
+                                  "tab:cyan", "tab:gray", "black"])  # fmt: skip
         for row in rows:
             base = row.split("+")[0]
             if "__" not in row:
