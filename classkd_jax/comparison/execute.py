@@ -89,11 +89,11 @@ class _Scorer:
 def teacher_view(config):
     """`config` with the data read as a teacher with its own tokenizer reads it
     (`teacher.template`, `teacher.add_bos`): its prompts for scoring it."""
-    from classkd_jax.training.data import teacher_bos
+    from classkd_jax.training.data import teacher_bos, teacher_template
 
     view = config.copy_and_resolve_references()
     view.unlock()
-    view.data.template = config.teacher.template or config.data.template
+    view.data.template = teacher_template(config)
     view.data.add_bos = teacher_bos(config)
     return view
 

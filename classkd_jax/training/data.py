@@ -127,6 +127,11 @@ def eval_examples(examples, data: TokenizedData, template: str) -> list[EvalExam
     return out
 
 
+def teacher_template(config) -> str:
+    """The teacher's prompt template (`teacher.template`, else `data.template`)."""
+    return config.teacher.template or config.data.template
+
+
 def teacher_bos(config) -> bool:
     """Whether the teacher's prompts start with its BOS (`teacher.add_bos`, else `data.add_bos`)."""
     own = config.teacher.get("add_bos")
@@ -145,7 +150,7 @@ def build_cross(config, examples, train: TokenizedData, tokenizer, teacher_token
         teacher = tokenize.tokenize_examples(
             kept,
             teacher_tokenizer,
-            template=config.teacher.template or cfg.template,
+            template=teacher_template(config),
             max_prompt_length=cfg.max_prompt_length,
             max_length=cfg.max_length,
             add_bos=teacher_bos(config),
@@ -234,7 +239,7 @@ def sample_retokenizer(config, examples, train: TokenizedData, tokenizer, teache
         student=tokenizer,
         teacher=teacher_tokenizer,
         spellings=(vocab_map.token_bytes(tokenizer), vocab_map.token_bytes(teacher_tokenizer)),
-        template=config.teacher.template or cfg.template,
+        template=teacher_template(config),
         add_bos=teacher_bos(config),
         eos=(tokenize.special_ids(tokenizer)[0], tokenize.special_ids(teacher_tokenizer)[0]),
         pad=tokenize.special_ids(teacher_tokenizer)[1],
