@@ -406,5 +406,7 @@ def _cross_tokenizer(c: ml_collections.ConfigDict) -> None:
         # 'alm': chunk log-likelihoods, binarised KL (ALM); 'exact': KL over the
         # entries spelled alike on one-token chunks (GOLD's exact match); 'uld':
         # sorted-probability L1 at chunk starts (ULD). docs/method.md has the formulas.
-        {"loss": "alm"}
+        # binarization_temp: ALM's tau, the chunk probabilities binarised as
+        # exp(S / tau) (1: as they are; the ALM reference trains at 100).
+        {"loss": "alm", "binarization_temp": 1.0}
     )

@@ -223,6 +223,43 @@ def test_row_arrays_static_shapes_and_eos_chunk(toks, spell):
     assert np.all(arrays["student_chunk"][2 + len(s_ids) :] == -1)
 
 
+def test_the_shipped_pair_aligns_the_tasks_answers_byte_for_byte():
+    """The testbed's two tokenizers (byte-level BPE, and SentencePiece-style pieces
+    that run across words) on 300 of the task's answers: each chunk's tokens
+    spell the same bytes on both sides, and the chunks cover every answer token
+    of both, with EOS as the last chunk's end."""
+    from classkd_jax.config_utils import import_sibling
+    from classkd_jax.data import synthetic, tokenize
+    from classkd_jax.models import load_tokenizer
+
+    demo = import_sibling("configs/x.py", "demo")
+    student = load_tokenizer(demo.ASSETS.parent / "synthetic_tokenizer")
+    teacher = load_tokenizer(demo.SP_TOKENIZER)
+    spellings = (vocab_map.token_bytes(student), vocab_map.token_bytes(teacher))
+    eos = (tokenize.special_ids(student)[0], tokenize.special_ids(teacher)[0])
+    task = synthetic.make_synthetic_task(0, num_train=300, num_dev=0, num_test=0)
+    answers = [e.response for e in task["train"]]
+    sizes = []
+    for text in answers:
+        ids = [np.asarray(t(text, add_special_tokens=False)["input_ids"] + [e])
+               for t, e in zip((student, teacher), eos, strict=True)]  # fmt: skip
+        align = cross_rows.response_alignment(
+            text, ids[0], ids[1], (student, teacher), eos, spellings
+        )
+        assert (align.a >= 0).all() and (align.b >= 0).all(), text
+        for k in range(align.num_chunks):
+            spelled = [
+                b"".join(spell[i] or b"<eos>" for i in side[chunks == k])
+                for side, chunks, spell in zip(ids, (align.a, align.b), spellings, strict=True)
+            ]
+            assert spelled[0] == spelled[1], (text, k, spelled)
+            sizes.append(((align.a == k).sum(), (align.b == k).sum()))
+    sizes = np.asarray(sizes)
+    one_each = np.mean((sizes == 1).all(axis=1))
+    assert 0.3 < one_each < 0.8  # a real many-to-many alignment, not a token-for-token one
+    assert sizes[:, 0].max() >= 8  # some answer stretches share no cut for many tokens
+
+
 def test_shared_vocabulary_matches_spellings(toks):
     s, t = toks["byte_bpe"], toks["sentencepiece"]
     s_ids, t_ids = vocab_map.shared_vocabulary(s, t)
@@ -237,6 +274,31 @@ def test_shared_vocabulary_matches_spellings(toks):
     # Every spelling both sides have is in the map ('Ġt' / '▁t' included).
     both = (set(spell_s) & set(spell_t)) - {None}
     assert {spell_s[i] for i in s_ids} - {None} == both and b" t" in both
+
+
+def test_a_spelling_with_a_byte_piece_too_maps_to_the_id_the_tokenizer_emits():
+    """The shipped SentencePiece-style tokenizer spells 'k' twice ('k' and the
+    byte-fallback '<0x6B>'); its model only ever sees the first. Every pair of
+    the map is the id each tokenizer emits for that spelling."""
+    from classkd_jax.config_utils import import_sibling
+    from classkd_jax.models import load_tokenizer
+
+    demo = import_sibling("configs/x.py", "demo")
+    student = load_tokenizer(demo.ASSETS.parent / "synthetic_tokenizer")
+    teacher = load_tokenizer(demo.SP_TOKENIZER)
+    s_ids, t_ids = vocab_map.shared_vocabulary(student, teacher)
+    spelled = vocab_map.token_bytes(teacher)
+    assert spelled.count(b"k") == 2
+    checked = 0
+    for i, j in zip(s_ids.tolist(), t_ids.tolist(), strict=True):
+        if spelled[j] is None or not spelled[j].isascii():  # a lone byte of a character
+            continue
+        for tok, want in ((student, i), (teacher, j)):
+            emitted = tok(spelled[j].decode("utf-8"), add_special_tokens=False)["input_ids"]
+            if len(emitted) == 1:
+                assert emitted == [want], (spelled[j], emitted, want)
+                checked += 1
+    assert checked > 2 * 200  # both sides of most of the 334 pairs
 
 
 # ----- losses -----
@@ -281,6 +343,33 @@ def test_alm_on_one_token_chunks_is_its_token_level_form():
     # d/dlog q of the binarised KL: q (1 - p) / (1 - q) - p.
     dwant = np.where(np.asarray(mask) > 0, pq * (1 - pp) / (1 - pq) - pp, 0.0)
     np.testing.assert_allclose(grad, dwant, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("tau", [1.0, 100.0])
+def test_alm_binarises_the_chunk_probabilities_at_its_temperature(tau):
+    """tau: the Bernoulli success probabilities are exp(S / tau); the returned
+    gradient is d/dS^q of that binarised KL (chain rule: 1 / tau)."""
+    import jax
+    import jax.numpy as jnp
+
+    from classkd_jax.losses import cross_tokenizer as xt
+
+    b, t = 2, 6
+    k1, k2 = jax.random.split(jax.random.key(5))
+    # chunk log-likelihoods of several tokens: -0.1 .. -30 nats
+    logq = -jnp.exp(jax.random.uniform(k1, (b, t), minval=-2.3, maxval=3.4))
+    logp = -jnp.exp(jax.random.uniform(k2, (b, t), minval=-2.3, maxval=3.4))
+    ids = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    mask = jnp.ones((b, t), jnp.float32)
+    loss, grad, _, _ = xt.alm_chunk_terms(logq, logp, ids, ids, mask, binarization_temp=tau)
+    lq, lp = np.asarray(logq, np.float64) / tau, np.asarray(logp, np.float64) / tau
+    pq, pp = np.exp(lq), np.exp(lp)
+    want = pp * (lp - lq) + (1 - pp) * (np.log1p(-pp) - np.log1p(-pq))
+    np.testing.assert_allclose(loss, want, rtol=2e-4, atol=1e-7)
+    dwant = (pq * (1 - pp) / (1 - pq) - pp) / tau
+    np.testing.assert_allclose(grad, dwant, rtol=2e-3, atol=1e-7)
+    # Its descent direction moves S^q towards S^p: sign(dL/dS^q) = sign(S^q - S^p).
+    np.testing.assert_array_equal(np.sign(grad), np.sign(np.asarray(logq) - np.asarray(logp)))
 
 
 def test_uld_is_sorted_l1_and_ignores_vocabulary_order():
@@ -622,6 +711,11 @@ def test_cross_tokenizer_keys_are_checked():
         ("classkd", {"teacher.tokenizer": "x", "classkd.estimator": "sequence"}, "estimator"),
         ("kd", {"teacher.tokenizer": "x", "data.pack": True}, "data.pack=False"),
         ("kd", {"teacher.tokenizer": "x", "cross_tokenizer.loss": "gold"}, "cross_tokenizer.loss"),
+        (
+            "kd",
+            {"teacher.tokenizer": "x", "cross_tokenizer.binarization_temp": 0.0},
+            "cross_tokenizer.binarization_temp=0.0",
+        ),
     ]:
         config = import_sibling("configs/x.py", method).get_config("size=tiny")
         with config.unlocked():
@@ -636,6 +730,11 @@ def test_cross_tokenizer_keys_are_checked():
         ("kd", {"teacher.template": "compact"}, "without teacher.tokenizer"),
         ("kd", {"teacher.add_bos": True}, "without teacher.tokenizer"),
         ("kd", {**x, "kd.divergence": "reverse_kl"}, "kd.divergence"),
+        (
+            "kd",
+            {**x, "cross_tokenizer.loss": "uld", "cross_tokenizer.binarization_temp": 100.0},
+            "binarization_temp=100.0 has no effect with cross_tokenizer.loss='uld'",
+        ),
         ("gkd", {**x, "gkd.beta": 0.9}, "gkd.beta"),
         ("classkd", {**x, "classmate.divergence": "reverse_kl"}, "classmate.divergence"),
     ]:

@@ -5,6 +5,11 @@ GPT-2's byte-to-unicode table, SentencePiece pieces with '▁' as a space and
 byte-fallback pieces '<0xNN>' as that byte, other tokens as their UTF-8.
 Special tokens are matched by role (BOS to BOS, EOS to EOS, ...), not by text,
 since families spell them differently ('</s>', '<|endoftext|>').
+
+A side may spell one string with several ids: with byte fallback, 'k' is both
+the piece 'k' and the byte piece '<0x6B>'. The id that stands for the string
+is the one its tokenizer emits for it (a trained model puts its probability
+there, and next to none on the other), else an id that is not a byte piece.
 """
 
 from __future__ import annotations
@@ -60,21 +65,41 @@ _ROLES = ("eos_token_id", "bos_token_id", "pad_token_id", "unk_token_id")  # EOS
 
 def shared_vocabulary(student, teacher) -> tuple[np.ndarray, np.ndarray]:
     """`(student_ids [M], teacher_ids [M]) int32`: entry m is one spelling's id on each
-    side (the lowest id where a side spells it twice), special tokens matched by role."""
+    side (where a side spells it twice, the id it emits: module docstring), special
+    tokens matched by role."""
     pairs: dict[int, int] = {}
     for role in _ROLES:
         s, t = getattr(student, role, None), getattr(teacher, role, None)
         if s is not None and t is not None and s not in pairs:
             pairs[int(s)] = int(t)
-    by_bytes: dict[bytes, int] = {}
-    for i, b in enumerate(token_bytes(teacher)):
-        if b is not None and b not in by_bytes:
-            by_bytes[b] = i
+    by_bytes = _ids_by_spelling(teacher)
     used_t = set(pairs.values())
-    for i, b in enumerate(token_bytes(student)):
-        t = by_bytes.get(b) if b is not None else None
+    for b, i in _ids_by_spelling(student).items():
+        t = by_bytes.get(b)
         if t is not None and i not in pairs and t not in used_t:
             pairs[i] = t
             used_t.add(t)
     ids = sorted(pairs)
     return np.asarray(ids, np.int32), np.asarray([pairs[i] for i in ids], np.int32)
+
+
+def _ids_by_spelling(tokenizer) -> dict[bytes, int]:
+    """Per spelling the one id that stands for it (module docstring)."""
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    ids: dict[bytes, list[int]] = {}
+    for i, b in enumerate(token_bytes(tokenizer)):
+        if b is not None:
+            ids.setdefault(b, []).append(i)
+    out = {}
+    for b, group in ids.items():
+        if len(group) > 1:
+            try:
+                emitted = tokenizer(b.decode("utf-8"), add_special_tokens=False)["input_ids"]
+            except UnicodeDecodeError:  # one byte of a multi-byte character
+                emitted = []
+            if len(emitted) == 1 and emitted[0] in group:
+                group = emitted
+            else:
+                group = [i for i in group if not _BYTE_PIECE.match(pieces[i] or "")] or group
+        out[b] = group[0]
+    return out

@@ -6,8 +6,11 @@ function of them. p = teacher, q = student; `S^p_k`, `S^q_k` are chunk k's
 log-likelihoods under each model, the sums of the realised tokens' log-probs
 within the chunk (docs/method.md has the formulas):
 
-  ALM (default):  sum_k D_bin(exp S^p_k || exp S^q_k), D_bin the KL between the
-                  Bernoulli distributions with those success probabilities;
+  ALM (default):  sum_k D_bin(exp(S^p_k / tau) || exp(S^q_k / tau)), D_bin the KL
+                  between the Bernoulli distributions with those success
+                  probabilities, tau the binarisation temperature (the ALM
+                  reference's default is 100: long chunks' small probabilities
+                  then still give a gradient, about (S^p - S^q) / (tau S^q));
   exact match:    KL(p~ || q~) at positions where one token of each side covers
                   the same bytes, p~ and q~ the two next-token distributions
                   renormalised over the vocabulary entries whose strings are
@@ -75,6 +78,7 @@ def alm_chunk_terms(
     student_chunk: Array,
     teacher_chunk: Array,
     chunk_mask: Array,
+    binarization_temp: float = 1.0,
 ) -> tuple[Array, Array, Array, Array]:
     """ALM's per-chunk binarised KL and its gradient w.r.t. the student's chunk log-likelihood.
 
@@ -84,6 +88,8 @@ def alm_chunk_terms(
       student_chunk: `[B, T_s]` int32 chunk of the token each position predicts (-1: none).
       teacher_chunk: `[B, T_t]` int32 the same on the teacher's side.
       chunk_mask: `[B, K]` 0/1 chunks that exist.
+      binarization_temp: tau > 0; the Bernoulli success probabilities are
+        exp(S / tau) (1: the chunks' own probabilities).
 
     Returns:
       `(loss [B, K], dloss/dS^q [B, K], S^q [B, K], S^p [B, K])`, float32,
@@ -95,11 +101,15 @@ def alm_chunk_terms(
     s_q = chunk_sums(student_logp, student_chunk, k)
     s_p = chunk_sums(teacher_logp, teacher_chunk, k)
     keep = chunk_mask != 0
+    inv = 1.0 / float(binarization_temp)
+
+    def divergence(sq):
+        return jnp.where(keep, binary_kl_from_log_probs(s_p * inv, sq * inv), 0.0)
 
     def total(sq):
-        return jnp.sum(jnp.where(keep, binary_kl_from_log_probs(s_p, sq), 0.0))
+        return jnp.sum(divergence(sq))
 
-    loss = jnp.where(keep, binary_kl_from_log_probs(s_p, s_q), 0.0)
+    loss = divergence(s_q)
     grad = jnp.where(keep, jax.grad(total)(s_q), 0.0)
     return loss, grad, s_q, s_p
 

@@ -168,6 +168,8 @@ def _cross_tokenizer(c) -> None:
             "supported with another tokenizer yet"
         )
     _choice("cross_tokenizer.loss", c.cross_tokenizer.loss, CROSS_TOKENIZER_LOSSES)
+    tau = c.cross_tokenizer.binarization_temp
+    _require(tau > 0, "cross_tokenizer.binarization_temp", tau, "> 0")
     if c.data.pack:
         raise UserError(
             "teacher.tokenizer is set: cross-tokenizer rows hold one example each; "
@@ -494,6 +496,12 @@ def _refuse_unused_cross(c, defaults) -> None:
         raise UserError(
             f"config key {changed[0]}={config_value(c, changed[0])!r} has no effect without "
             "teacher.tokenizer (a teacher with another tokenizer); set it or drop the key"
+        )
+    tau = "cross_tokenizer.binarization_temp"
+    if c.cross_tokenizer.loss != "alm" and tau in changed:
+        raise UserError(
+            f"config key {tau}={config_value(c, tau)!r} has no effect with "
+            f"cross_tokenizer.loss={c.cross_tokenizer.loss!r} (ALM's only); drop it"
         )
     replaced = {
         "kd": ("kd.divergence",),

@@ -50,6 +50,7 @@ class CrossTokenizer:
 
     Attributes:
       loss: one of `LOSSES`.
+      binarization_temp: ALM's tau (`cross_tokenizer.binarization_temp`).
       teacher_vocab: the teacher tokenizer's real vocabulary (scored head columns).
       student_ids, teacher_ids: `[M] int32` vocabulary entries spelled alike
         (`data.vocab_map.shared_vocabulary`), for 'exact'.
@@ -59,6 +60,7 @@ class CrossTokenizer:
     teacher_vocab: int
     student_ids: np.ndarray
     teacher_ids: np.ndarray
+    binarization_temp: float = 1.0
 
 
 def teacher_batch(batch: dict) -> dict:
@@ -78,7 +80,9 @@ def pair_weight(batch: dict, loss: str) -> jax.Array:
     return mask * count / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def alm_extras(batch: dict, student_logp: jax.Array, teacher_logp: jax.Array) -> dict:
+def alm_extras(
+    batch: dict, student_logp: jax.Array, teacher_logp: jax.Array, binarization_temp: float = 1.0
+) -> dict:
     """ALM's per-token extras of the student's columns: 'alm_value' (each chunk's
     binarised KL, on its first column) and 'alm_grad' (g_k on every column of chunk
     k), both times `count / n_chunks`, plus 'alm_n' (the chunk count, for logging).
@@ -88,6 +92,7 @@ def alm_extras(batch: dict, student_logp: jax.Array, teacher_logp: jax.Array) ->
         `chunk_mask`, `first_mask`, `loss_mask`).
       student_logp: `[B, T_s]` log q of the student's targets (no gradient).
       teacher_logp: `[B, T_t]` log p of the teacher's targets.
+      binarization_temp: ALM's tau (`losses.cross_tokenizer.alm_chunk_terms`).
     """
     loss, grad, _, _ = xt.alm_chunk_terms(
         student_logp,
@@ -95,6 +100,7 @@ def alm_extras(batch: dict, student_logp: jax.Array, teacher_logp: jax.Array) ->
         batch["student_chunk"],
         batch["teacher_chunk"],
         batch["chunk_mask"],
+        binarization_temp,
     )
     count = jnp.sum(batch["loss_mask"] != 0, dtype=jnp.float32)
     n = jnp.maximum(jnp.sum(batch["chunk_mask"]), 1.0)

@@ -130,7 +130,8 @@ def cross_tokenizer(config, sources: dict, vocab: int, student_tokenizer, teache
                 "cross_tokenizer.loss='exact': the two tokenizers spell no vocabulary entry "
                 "alike; use 'alm' or 'uld'"
             )
-    return CrossTokenizer(str(config.cross_tokenizer.loss), t_vocab, s_ids, t_ids)
+    tau = float(config.cross_tokenizer.binarization_temp)
+    return CrossTokenizer(str(config.cross_tokenizer.loss), t_vocab, s_ids, t_ids, tau)
 
 
 def _role_steps(config, name: str, total: int) -> int:

@@ -440,7 +440,8 @@ class StepBuilder:
         (`config`, `params`) on the whole batch, from its scoring forward and the
         teacher's log-probs `teacher_logp` `[B, T_t]`."""
         logq = self._logprobs(config, params, batch, self.path.vocab_size)
-        return cross_objectives.alm_extras(batch, logq, teacher_logp)
+        tau = self.models.cross.binarization_temp
+        return cross_objectives.alm_extras(batch, logq, teacher_logp, tau)
 
     def _sequence_estimator(self, batches) -> bool:
         return (
