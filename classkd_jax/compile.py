@@ -337,8 +337,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(costs.table(rows, chip))
     print(costs.footnote(chip))
     steps = [r for r in rows if r["kind"] == "step"]
-    step_flops = max(r["flops"] for r in steps) if steps else 0.0
-    print(f"FLOPs per training step (the largest step program): {step_flops:.4g}")
+    step_flops = max(r["flops"] for r in steps) if steps else None
+    if step_flops is not None:  # `--programs` without a step program: no such line
+        print(f"FLOPs per training step (the largest step program): {step_flops:.4g}")
     status, line = verdict(rows, topo.memory_bytes, topo_name, _hints(config, mesh))
     print(line)
     if out:
