@@ -142,8 +142,12 @@ def run(
 
 
 def _run(main, argv, prog: str) -> int:
+    from classkd_jax import distributed
+
     try:
-        return int(main(argv) or 0)
+        status = int(main(argv) or 0)
+        distributed.shutdown()  # every process got here: leave the job together
+        return status
     except USER_ERRORS as error:
         where = _record_traceback(error)
         if os.environ.get("CLASSKD_DEBUG"):

@@ -101,6 +101,19 @@ def initialize(args: argparse.Namespace) -> bool:
     return True
 
 
+def shutdown() -> None:
+    """Leaves `jax.distributed` on purpose when a command has finished (a no-op when it
+    never started). Left to interpreter teardown, process 0 can drop the coordination
+    service while a peer is still leaving, and that peer, or process 0 itself, aborts
+    (exit -6) after a run that succeeded, which a pod launcher reads as a failure to
+    retry. Every process calls it at the same point, so its barrier is met."""
+    import sys
+
+    jax = sys.modules.get("jax")
+    if jax is not None and jax.distributed.is_initialized():
+        jax.distributed.shutdown()
+
+
 def split_flags(argv):
     """(the multi-process flags as a Namespace, the remaining arguments): for CLIs
     whose own parser is not argparse (the trainer's absl config flags)."""

@@ -319,3 +319,22 @@ def test_python_m_generate_malformed_prompts_is_one_line(tmp_path):
     argv = ["--model", str(tmp_path), "--prompts", str(prompts), "--out", str(tmp_path / "o")]
     proc = _run_module("classkd_jax.generate", *argv)
     _assert_one_error_line(proc, "classkd_jax.generate", f"{prompts}:2: malformed JSON")
+
+
+def test_a_finished_command_leaves_jax_distributed_on_purpose(monkeypatch):
+    """After `main` returns, every CLI shuts `jax.distributed` down itself (each
+    process at the same point), not at interpreter teardown, where a peer can
+    abort with -6 after a run that succeeded; a user error leaves it alone."""
+    import jax
+
+    calls = []
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(jax.distributed, "shutdown", lambda: calls.append("shutdown"))
+    assert cli.run(lambda argv: 0, [], prog="x") == 0 and calls == ["shutdown"]
+
+    def fails(argv):
+        raise cli.UserError("no")
+
+    assert cli.run(fails, [], prog="x") == 2 and calls == ["shutdown"]
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    assert cli.run(lambda argv: 3, [], prog="x") == 3 and calls == ["shutdown"]

@@ -80,6 +80,7 @@ def _worker(process_id: int, port: int, out: str) -> None:
     }
     with open(out, "w") as f:
         json.dump(result, f)
+    jax.distributed.shutdown()  # as the CLIs do (`distributed.shutdown`): not at teardown
 
 
 @pytest.mark.multiprocess
