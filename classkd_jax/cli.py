@@ -26,6 +26,8 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from classkd_jax import distributed
+
 __all__ = ["MAX_LINE", "UserError", "USER_ERRORS", "error_line", "format_error", "run",
            "set_log_file", "log_file"]  # fmt: skip
 
@@ -142,8 +144,6 @@ def run(
 
 
 def _run(main, argv, prog: str) -> int:
-    from classkd_jax import distributed
-
     try:
         status = int(main(argv) or 0)
         distributed.shutdown()  # every process got here: leave the job together

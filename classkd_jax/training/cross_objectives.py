@@ -50,10 +50,10 @@ class CrossTokenizer:
 
     Attributes:
       loss: one of `LOSSES`.
-      binarization_temp: ALM's tau (`cross_tokenizer.binarization_temp`).
       teacher_vocab: the teacher tokenizer's real vocabulary (scored head columns).
       student_ids, teacher_ids: `[M] int32` vocabulary entries spelled alike
         (`data.vocab_map.shared_vocabulary`), for 'exact'.
+      binarization_temp: ALM's tau (`cross_tokenizer.binarization_temp`).
     """
 
     loss: str
