@@ -234,7 +234,7 @@ def test_the_shipped_pair_aligns_the_tasks_answers_byte_for_byte():
 
     demo = import_sibling("configs/x.py", "demo")
     student = load_tokenizer(demo.ASSETS.parent / "synthetic_tokenizer")
-    teacher = load_tokenizer(demo.SP_TOKENIZER)
+    teacher = load_tokenizer(demo.TEACHER_TOKENIZERS["sp"])
     spellings = (vocab_map.token_bytes(student), vocab_map.token_bytes(teacher))
     eos = (tokenize.special_ids(student)[0], tokenize.special_ids(teacher)[0])
     task = synthetic.make_synthetic_task(0, num_train=300, num_dev=0, num_test=0)
@@ -285,7 +285,7 @@ def test_a_spelling_with_a_byte_piece_too_maps_to_the_id_the_tokenizer_emits():
 
     demo = import_sibling("configs/x.py", "demo")
     student = load_tokenizer(demo.ASSETS.parent / "synthetic_tokenizer")
-    teacher = load_tokenizer(demo.SP_TOKENIZER)
+    teacher = load_tokenizer(demo.TEACHER_TOKENIZERS["sp"])
     s_ids, t_ids = vocab_map.shared_vocabulary(student, teacher)
     spelled = vocab_map.token_bytes(teacher)
     assert spelled.count(b"k") == 2
@@ -706,7 +706,7 @@ def test_cross_tokenizer_keys_are_checked():
     from classkd_jax.training import checks
 
     for method, changes, words in [
-        ("minillm", {"teacher.tokenizer": "x"}, "method='kd', 'gkd' or 'classkd'"),
+        ("minillm", {"teacher.tokenizer": "x"}, "method='kd', 'gkd', 'classkd' or 'seqkd'"),
         ("gkd", {"teacher.tokenizer": "x", "gkd.seq_kd": True}, "gkd.seq_kd"),
         ("classkd", {"teacher.tokenizer": "x", "classkd.estimator": "sequence"}, "estimator"),
         ("kd", {"teacher.tokenizer": "x", "data.pack": True}, "data.pack=False"),
@@ -737,11 +737,86 @@ def test_cross_tokenizer_keys_are_checked():
         ),
         ("gkd", {**x, "gkd.beta": 0.9}, "gkd.beta"),
         ("classkd", {**x, "classmate.divergence": "reverse_kl"}, "classmate.divergence"),
+        ("seqkd", {**x, "cross_tokenizer.loss": "uld"}, "no effect with method='seqkd'"),
     ]:
         config = _kd_config(method, **changes)
         with pytest.raises(UserError, match=words):
             checks.refuse_unused(config, _kd_config(method))
         checks.refuse_unused(_kd_config(method, **x), _kd_config(method))  # the plain key is fine
+
+
+# ----- SeqKD: the teacher's answers as text -----
+
+
+def test_seqkd_answers_become_the_students_tokens_of_their_text(toks, spell):
+    """Each answer in the teacher's tokens becomes the student's tokenisation of
+    the text it spells, then the student's EOS, on the student's own prompt; an
+    answer cut inside a multi-byte character keeps only its whole characters;
+    one too long for max_length is cut and counted."""
+    from classkd_jax.data.tokenize import TokenizedData, TokenizeStats
+    from classkd_jax.training import seqkd
+
+    s_tok, t_tok = toks["byte_bpe"], toks["sentencepiece"]
+    s_eos, t_eos = s_tok.eos_token_id, t_tok.eos_token_id
+    # (a text that starts with a space spells alike with or without one more there:
+    # Metaspace prepends '▁' only to a text that lacks it, so those are left out)
+    texts = [*(t for t in TEXTS if not t.startswith(" ")), "the 日本"]
+    answers = [t_tok(t, add_special_tokens=False).input_ids + [t_eos] for t in texts]
+    *head, last = answers
+    assert spell["sentencepiece"][last[-2]] not in (None, "本".encode())  # a byte piece
+    last = last[:-2] + [t_eos]  # cut after the first byte of '本'
+    n, prompts = len(texts), [np.arange(1, 4 + i, dtype=np.int32) for i in range(len(texts))]
+
+    def data(responses):
+        stats = TokenizeStats(examples=n, kept=n)
+        return TokenizedData(prompts, [np.asarray(r, np.int32) for r in responses],
+                             np.arange(n), 0, stats)  # fmt: skip
+
+    # Its Metaspace prepends '▁': "the" spells " the", a space the text did not have
+    assert vocab_map.prepends_space(t_tok, spell["sentencepiece"])
+    assert not vocab_map.prepends_space(s_tok, spell["byte_bpe"])
+    kw = dict(prepends_space=True, teacher_eos=t_eos, eos_id=s_eos)
+    out = seqkd.retokenized(data([*head, last]), data(answers), spell["sentencepiece"], s_tok,
+                            max_length=64, **kw)  # fmt: skip
+    expected = [*texts[:-1], "the 日"]
+    for i, text in enumerate(expected):
+        assert out.responses[i].tolist() == s_tok(text).input_ids + [s_eos], text
+        np.testing.assert_array_equal(out.prompts[i], prompts[i])
+    assert out.stats.response_truncated == 0
+    short = seqkd.retokenized(data(answers), data(answers), spell["sentencepiece"], s_tok,
+                              max_length=12, **kw)  # fmt: skip
+    for i, r in enumerate(short.responses):
+        assert len(prompts[i]) + len(r) <= 12 and r[-1] == s_eos
+    assert (
+        short.stats.response_truncated
+        == sum(
+            len(s_tok(t).input_ids) + 1 > 12 - len(p) for t, p in zip(texts, prompts, strict=True)
+        )
+        > 0
+    )
+
+
+@pytest.mark.slow
+def test_seqkd_trains_on_the_answers_of_a_teacher_with_another_tokenizer(tmp_path):
+    """Through the CLI (tiny presets, a random teacher on the demo's second tokenizer):
+    the teacher answers in its own tokens (the cache holds its ids, past the
+    student's vocabulary), and the student trains on their text."""
+    import json
+
+    from classkd_jax import train
+
+    run = tmp_path / "run"
+    argv = ["--config", "configs/demo.py:method=seqkd,teacher_tokenizer=sp,size=tiny",
+            "--workdir", str(run), "--config.steps=2", "--config.log_every=1",
+            "--config.data.synthetic.num_train=64"]  # fmt: skip
+    assert train.main(argv) == 0
+    fingerprint = json.loads((run / "seqkd" / "fingerprint.json").read_text())
+    assert fingerprint["fingerprint"]["tokenizer"] == 768  # the teacher's
+    ids = np.concatenate([np.load(p)["tokens"] for p in sorted((run / "seqkd").glob("part-*"))])
+    assert ids.max() >= 512  # not the student's 512-entry vocabulary
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(m["loss"]) for m in lines if "loss" in m)
+    assert (run / "student_hf" / "config.json").is_file()
 
 
 # ----- on-policy samples re-tokenised for the teacher (GKD) -----
@@ -804,6 +879,45 @@ def test_samples_are_retokenised_for_the_teacher_with_byte_exact_chunks(toks, sp
     # Row 1: 'ok' then a lone continuation byte: only 'ok' can be aligned.
     assert out["chunk_mask"][1].sum() >= 1
     assert np.all(out["student_chunk"][1, width - 1 + 2 :] == -1)
+
+
+def test_a_students_dummy_prefix_space_is_not_sent_to_the_teacher(toks, spell):
+    """A SentencePiece student (Metaspace prepends '▁': its sample "▁the dog" spells
+    " the dog"): the teacher reads "the dog", as it read the dataset's answers, and
+    the chunks still spell the same bytes on both sides."""
+    from classkd_jax.data import cross_samples
+    from classkd_jax.data.sources import Example
+
+    s_tok, t_tok = toks["sentencepiece"], toks["byte_bpe"]
+    eos = (s_tok.eos_token_id, t_tok.eos_token_id)
+    retok = cross_samples.SampleRetokenizer(
+        examples=[Example(uid="0", instruction="say", input="", responses=("x",))],
+        source_index=np.asarray([0]), student=s_tok, teacher=t_tok,
+        spellings=(spell["sentencepiece"], spell["byte_bpe"]), template="compact",
+        add_bos=False, eos=eos, pad=0, max_prompt_length=64, buckets=(64,),
+        student_prepends=vocab_map.prepends_space(s_tok, spell["sentencepiece"]),
+    )  # fmt: skip
+    ids = s_tok("the dog", add_special_tokens=False)["input_ids"] + [eos[0]]
+    assert spell["sentencepiece"][ids[0]].startswith(b" ")
+    width, new = 4, 8
+    tokens, mask = np.zeros((1, new), np.int32), np.zeros((1, new), bool)
+    tokens[0, : len(ids)], mask[0, : len(ids)] = ids, True
+    prompt = {
+        "prompt_tokens": np.ones((1, width), np.int32),
+        "prompt_mask": np.ones((1, width), bool),
+    }
+    out = retok.add_teacher({**prompt, "tokens": tokens, "mask": mask}, np.asarray([0]))
+    answer = t_tok("the dog", add_special_tokens=False)["input_ids"] + [eos[1]]
+    row = out["teacher_tokens"][0]
+    n_p = int(out["teacher_loss_mask"][0].argmax())  # the first scored column
+    np.testing.assert_array_equal(row[n_p + 1 : n_p + 1 + len(answer)], answer)
+    s_chunk, t_chunk = out["student_chunk"][0], out["teacher_chunk"][0]
+    for k in range(int(out["chunk_mask"][0].sum())):
+        s_ids = tokens[0, np.flatnonzero(s_chunk == k) + 1 - width]
+        t_ids = row[np.flatnonzero(t_chunk == k) + 1]
+        s_bytes = b"".join(spell["sentencepiece"][i] or b"<eos>" for i in s_ids)
+        t_bytes = b"".join(spell["byte_bpe"][i] or b"<eos>" for i in t_ids)
+        assert s_bytes.removeprefix(b" ") == t_bytes if k == 0 else s_bytes == t_bytes
 
 
 @pytest.mark.slow

@@ -49,6 +49,9 @@ class SampleRetokenizer:
       max_prompt_length: the teacher's prompt is cut from the left to this.
       buckets: the teacher's padded row lengths; a longer row keeps the head of
         its completion (the rest is in no chunk).
+      student_prepends: the student's tokenizer spells a text with a space in
+        front (`vocab_map.prepends_space`, e.g. Llama 2's): a completion's first
+        space is that prefix, not text, and is left out.
     """
 
     examples: list
@@ -62,6 +65,7 @@ class SampleRetokenizer:
     pad: int
     max_prompt_length: int
     buckets: tuple[int, ...]
+    student_prepends: bool = False
 
     def _teacher_prompt(self, entry: int) -> list[int]:
         ex = self.examples[int(self.source_index[entry])]
@@ -79,6 +83,8 @@ class SampleRetokenizer:
         lengths = [len(spell[i]) if spell[i] is not None else 0 for i in body]
         ends = np.cumsum([0] + lengths)
         raw = b"".join(spell[i] or b"" for i in body)
+        if self.student_prepends and raw.startswith(b" "):  # the dummy prefix
+            raw, ends = raw[1:], np.maximum(ends - 1, 0)
         valid = _valid_utf8_prefix(raw)
         spans = np.stack([ends[:-1], ends[1:]], axis=1) if body else np.zeros((0, 2), np.int64)
         if ended and len(valid) == len(raw):

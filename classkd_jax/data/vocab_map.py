@@ -15,10 +15,11 @@ there, and next to none on the other), else an id that is not a byte piece.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["shared_vocabulary", "token_bytes"]
+__all__ = ["prepends_space", "shared_vocabulary", "token_bytes"]
 
 _BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 
@@ -61,6 +62,14 @@ def token_bytes(tokenizer) -> list[bytes | None]:
 
 
 _ROLES = ("eos_token_id", "bos_token_id", "pad_token_id", "unk_token_id")  # EOS wins a tie
+
+
+def prepends_space(tokenizer, spelling: Sequence[bytes | None]) -> bool:
+    """Whether `tokenizer` spells a text with a space in front of it (SentencePiece's
+    dummy prefix, Metaspace's `prepend_scheme='always'`): its tokens of "a" spell " a".
+    Text spelled from its tokens then starts with a space the text did not have."""
+    ids = tokenizer("a", add_special_tokens=False)["input_ids"]
+    return b"".join(spelling[i] or b"" for i in ids) == b" a"
 
 
 def shared_vocabulary(student, teacher) -> tuple[np.ndarray, np.ndarray]:

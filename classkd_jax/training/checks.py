@@ -143,19 +143,25 @@ def validate(c) -> None:
 CROSS_TOKENIZER_LOSSES = ("alm", "exact", "uld")  # `training.cross_objectives.LOSSES`
 
 
-CROSS_TOKENIZER_METHODS = ("kd", "gkd", "classkd")
+CROSS_TOKENIZER_METHODS = ("kd", "gkd", "classkd", "seqkd")
 
 
 def _cross_tokenizer(c) -> None:
     """A teacher with its own tokenizer (`teacher.tokenizer`): KD, or GKD on dataset
     rows and the student's samples, on unpacked rows (one example per row, aligned
-    on the host)."""
+    on the host); SeqKD on the text of the teacher's answers (no alignment)."""
     if c.method not in CROSS_TOKENIZER_METHODS:
         raise UserError(
             f"teacher.tokenizer={c.teacher.tokenizer!r} (a teacher with another tokenizer) "
-            f"works with method='kd', 'gkd' or 'classkd' so far, not {c.method!r} "
+            f"works with method='kd', 'gkd', 'classkd' or 'seqkd' so far, not {c.method!r} "
             "(docs/models.md)"
         )
+    if c.teacher.template:
+        from classkd_jax.data.templates import TEMPLATES
+
+        _choice("teacher.template", c.teacher.template, tuple(TEMPLATES))
+    if c.method == "seqkd":
+        return
     if c.method == "classkd" and c.classkd.estimator != "token":
         raise UserError(
             "teacher.tokenizer with ClassKD needs classkd.estimator='token' (the sequence "
@@ -175,10 +181,6 @@ def _cross_tokenizer(c) -> None:
             "teacher.tokenizer is set: cross-tokenizer rows hold one example each; "
             "set data.pack=False"
         )
-    if c.teacher.template:
-        from classkd_jax.data.templates import TEMPLATES
-
-        _choice("teacher.template", c.teacher.template, tuple(TEMPLATES))
 
 
 def _sampling(c) -> None:
@@ -496,6 +498,12 @@ def _refuse_unused_cross(c, defaults) -> None:
         raise UserError(
             f"config key {changed[0]}={config_value(c, changed[0])!r} has no effect without "
             "teacher.tokenizer (a teacher with another tokenizer); set it or drop the key"
+        )
+    loss_keys = [k for k in changed if k.startswith("cross_tokenizer.")]
+    if c.method == "seqkd" and loss_keys:
+        raise UserError(
+            f"config key {loss_keys[0]}={config_value(c, loss_keys[0])!r} has no effect with "
+            "method='seqkd' (it trains on the text of the teacher's answers); drop it"
         )
     tau = "cross_tokenizer.binarization_temp"
     if c.cross_tokenizer.loss != "alm" and tau in changed:

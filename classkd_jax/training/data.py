@@ -138,16 +138,14 @@ def teacher_bos(config) -> bool:
     return bool(config.data.add_bos if own is None else own)
 
 
-def build_cross(config, examples, train: TokenizedData, tokenizer, teacher_tokenizer):
-    """The teacher's tokenisation of the examples the student kept (`teacher.template`,
-    prompts cut from the left rather than dropped, so both keep the same ones) and
-    every response's alignment (`data.cross_rows`)."""
-    from classkd_jax.data import vocab_map
-
+def teacher_tokenized(config, examples, train: TokenizedData, teacher_tokenizer):
+    """The examples the student kept, in the teacher's template and tokens (prompts
+    cut from the left rather than dropped, so both keep the same ones), entry i
+    for `train`'s entry i."""
     cfg = config.data
     kept = [examples[int(i)] for i in train.source_index]
     try:
-        teacher = tokenize.tokenize_examples(
+        return tokenize.tokenize_examples(
             kept,
             teacher_tokenizer,
             template=teacher_template(config),
@@ -158,6 +156,16 @@ def build_cross(config, examples, train: TokenizedData, tokenizer, teacher_token
         )
     except ValueError as e:  # e.g. add_bos with a tokenizer that has no BOS
         raise UserError(f"teacher.tokenizer={config.teacher.tokenizer}: {e}") from None
+
+
+def build_cross(config, examples, train: TokenizedData, tokenizer, teacher_tokenizer):
+    """The teacher's tokenisation of the examples the student kept (`teacher.template`,
+    prompts cut from the left rather than dropped, so both keep the same ones) and
+    every response's alignment (`data.cross_rows`)."""
+    from classkd_jax.data import vocab_map
+
+    kept = [examples[int(i)] for i in train.source_index]
+    teacher = teacher_tokenized(config, examples, train, teacher_tokenizer)
     eos = (tokenize.special_ids(tokenizer)[0], tokenize.special_ids(teacher_tokenizer)[0])
     spellings = (vocab_map.token_bytes(tokenizer), vocab_map.token_bytes(teacher_tokenizer))
     aligns = [
@@ -171,7 +179,7 @@ def build_cross(config, examples, train: TokenizedData, tokenizer, teacher_token
         )
         for i, ex in enumerate(kept)
     ]
-    return cross_rows.CrossRows(teacher, aligns, tuple(cfg.length_buckets))
+    return cross_rows.CrossRows(teacher, aligns, tuple(config.data.length_buckets))
 
 
 def build(
@@ -233,12 +241,13 @@ def sample_retokenizer(config, examples, train: TokenizedData, tokenizer, teache
 
     cfg = config.data
     new = int(config.sampling.max_new_tokens)
+    spellings = (vocab_map.token_bytes(tokenizer), vocab_map.token_bytes(teacher_tokenizer))
     return cross_samples.SampleRetokenizer(
         examples=list(examples),
         source_index=train.source_index,
         student=tokenizer,
         teacher=teacher_tokenizer,
-        spellings=(vocab_map.token_bytes(tokenizer), vocab_map.token_bytes(teacher_tokenizer)),
+        spellings=spellings,
         template=teacher_template(config),
         add_bos=teacher_bos(config),
         eos=(tokenize.special_ids(tokenizer)[0], tokenize.special_ids(teacher_tokenizer)[0]),
@@ -246,6 +255,7 @@ def sample_retokenizer(config, examples, train: TokenizedData, tokenizer, teache
         max_prompt_length=int(cfg.max_prompt_length),
         # the teacher's completion may take more tokens than the student's
         buckets=tuple(int(b) + 2 * new for b in cfg.prompt_buckets),
+        student_prepends=vocab_map.prepends_space(tokenizer, spellings[0]),
     )
 
 

@@ -25,6 +25,8 @@ import jax
 import numpy as np
 
 from classkd_jax import checkpoint, cli, sharding, supervisor
+from classkd_jax.data import pipeline, vocab_map
+from classkd_jax.data.tokenize import special_ids
 from classkd_jax.models import save_hf
 from classkd_jax.sampling import data_axes
 from classkd_jax.training import checks, logs, optim, roles, workdir_lock
@@ -116,7 +118,6 @@ def build_models(config, sources: dict, total: int, vocab: int, cross=None) -> M
 def cross_tokenizer(config, sources: dict, vocab: int, student_tokenizer, teacher_tokenizer):
     """The step's static view of a teacher with another tokenizer (`vocab`: the
     student's scored vocabulary)."""
-    from classkd_jax.data import vocab_map
     from classkd_jax.training.cross_objectives import CrossTokenizer
 
     t_vocab = roles.scored_vocab(teacher_tokenizer, [sources["teacher"].config.vocab_size])
@@ -267,12 +268,13 @@ def _train(config, workdir: Path) -> int:
     sources = roles.plan_roles(
         config, tokenizer, tokenizer_where, context, why, teacher_tokenizer=teacher_tok
     )
+    seqkd = config.method == "seqkd"  # SeqKD reads the teacher's answers as text: no rows
     data = data_lib.build(
         config,
         tokenizer,
         sampling_batch=sampling_batch,
         needs_prompts=checks.samples_prompts(config),
-        teacher_tokenizer=teacher_tok[0] if teacher_tok else None,
+        teacher_tokenizer=teacher_tok[0] if teacher_tok and not seqkd else None,
     )
     frozen = {}
     if config.teacher.cache:  # the dataset rows' teacher, read from the cache
@@ -281,9 +283,11 @@ def _train(config, workdir: Path) -> int:
         )
     if "teacher" in sources and checks.live_teacher(config):
         frozen["teacher"] = roles.load_params(sources["teacher"], mesh, (int(config.seed), 1))
-    if config.method == "seqkd":  # SFT on the teacher's responses: the teacher's job ends here
-        data = seqkd_data(config, workdir, data, sources, frozen.pop("teacher"), tokenizer, mesh)
+    if seqkd:  # SFT on the teacher's responses: the teacher's job ends here
+        teacher = frozen.pop("teacher")
+        data = seqkd_data(config, workdir, data, sources, teacher, tokenizer, mesh, teacher_tok)
         sources = {k: v for k, v in sources.items() if k != "teacher"}
+        teacher_tok = None
     epoch = data.off.batches_in_epoch(0)
     total = checks.total_steps(config, epoch)
     resolved = resolve(config, total, checks.eval_interval(config, epoch))
@@ -366,17 +370,24 @@ def open_cache(config, teacher, tokenizer, tokenizer_where: str, data):
     return train, dev
 
 
-def seqkd_data(config, workdir: Path, data, sources, teacher_params, tokenizer, mesh):
+def seqkd_data(config, workdir: Path, data, sources, teacher_params, tokenizer, mesh, teacher_tok):
     """The training streams over the teacher's responses to the training prompts,
-    generated once into `seqkd.cache_dir` (default `workdir/seqkd`) and reused."""
+    generated once into `seqkd.cache_dir` (default `workdir/seqkd`) and reused.
+    `teacher_tok`: (tokenizer, where) of a teacher with its own tokenizer, or None:
+    it then answers its own rendering of the prompts, and its answers' text is
+    tokenised for the student (`seqkd.retokenized`)."""
     k = config.seqkd
     cache = Path(k.cache_dir) if k.cache_dir else workdir / "seqkd"
     teacher = sources["teacher"]
-    fingerprint = seqkd_fingerprint(config, teacher, tokenizer, data.train.prompts)
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    prompts, t_tokenizer = data.train, tokenizer
+    if teacher_tok is not None:
+        t_tokenizer = teacher_tok[0]
+        examples = pipeline.load_split(config.data, "train")
+        prompts = data_lib.teacher_tokenized(config, examples, data.train, t_tokenizer)
+    fingerprint = seqkd_fingerprint(config, teacher, t_tokenizer, prompts.prompts)
+    eos, pad = (int(i) for i in special_ids(t_tokenizer)[:2])
     train = seqkd_lib.teacher_dataset(
-        data.train,
+        prompts,
         (teacher.config, teacher_params),
         cache_dir=cache,
         fingerprint=fingerprint,
@@ -387,14 +398,26 @@ def seqkd_data(config, workdir: Path, data, sources, teacher_params, tokenizer, 
         greedy=bool(k.greedy),
         seed=int(k.seed),
         batch_size=int(k.batch_size),
-        eos_id=int(eos),
-        pad_id=int(pad),
+        eos_id=eos,
+        pad_id=pad,
         max_length=int(config.data.max_length),
         mesh=mesh,
         chunk_prompts=int(k.chunk_prompts),
         message=lambda line: print(f"seqkd: {line}", file=sys.stderr),
         decode_layout=str(config.sampling.decode_layout),
     )
+    if teacher_tok is not None:
+        spelling = vocab_map.token_bytes(t_tokenizer)
+        train = seqkd_lib.retokenized(
+            train,
+            data.train,
+            spelling,
+            tokenizer,
+            prepends_space=vocab_map.prepends_space(t_tokenizer, spelling),
+            teacher_eos=eos,
+            eos_id=int(special_ids(tokenizer)[0]),
+            max_length=int(config.data.max_length),
+        )
     return data.with_train(config, tokenizer, train)
 
 

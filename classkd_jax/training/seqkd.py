@@ -19,6 +19,11 @@ directory must be on a filesystem they share.
 The cache holds the completions as the sampler returned them; fitting them to
 `max_length` (and ending them with EOS) happens on load, identically for
 cached and fresh parts.
+
+A teacher with another tokenizer (`teacher.tokenizer`) answers prompts
+rendered in its own template and tokens, and the cache holds its ids;
+`retokenized` turns each answer into the student's tokens through its text
+(the bytes its tokens spell), so SeqKD needs no alignment at all.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from classkd_jax.cli import UserError
 from classkd_jax.data.tokenize import TokenizedData
 from classkd_jax.sampling.completions import complete_token_ids
 
-__all__ = ["teacher_dataset"]
+__all__ = ["retokenized", "teacher_dataset"]
 
 FINGERPRINT_FILE = "fingerprint.json"
 
@@ -237,6 +242,68 @@ def _completions(
 
 
 # --------------------------------------------------------------------------
+
+
+def _valid_utf8_prefix(raw: bytes) -> bytes:
+    """The longest prefix of `raw` that decodes as UTF-8."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return raw[: e.start]
+    return raw
+
+
+def retokenized(
+    answers: TokenizedData,
+    student: TokenizedData,
+    spelling: Sequence[bytes | None],
+    tokenizer: Any,
+    *,
+    prepends_space: bool,
+    teacher_eos: int,
+    eos_id: int,
+    max_length: int,
+) -> TokenizedData:
+    """The teacher's answers in the student's tokens, on the student's prompts.
+
+    Args:
+      answers: `teacher_dataset`'s output in the teacher's tokens (each
+        response ends with `teacher_eos`), entry i for `student`'s entry i.
+      student: the student's tokenised training set (its prompts are kept).
+      spelling: the teacher's token id -> its bytes (`vocab_map.token_bytes`;
+        None for special tokens, which spell nothing).
+      prepends_space: the teacher's tokenizer spells a text with a space in
+        front (`vocab_map.prepends_space`): an answer's first space is dropped.
+      tokenizer: the student's; `eos_id` its EOS.
+      max_length: P_i + R_i <= max_length, as in `teacher_dataset`.
+
+    Returns:
+      `student` with responses `[R_i] int32`: the student's tokenisation of
+      the text the teacher's answer spells (up to its last whole UTF-8
+      character), then `eos_id`; `stats.response_truncated` counts answers cut
+      on either side.
+    """
+    responses, cut_here = [], 0
+    for prompt, ids in zip(student.prompts, answers.responses, strict=True):
+        body = [int(t) for t in ids]
+        if body and body[-1] == teacher_eos:
+            body = body[:-1]
+        raw = b"".join(spelling[t] or b"" for t in body)
+        text = _valid_utf8_prefix(raw).decode("utf-8")
+        if prepends_space and text.startswith(" "):
+            text = text[1:]
+        own = list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+        response, cut = _to_response(own, max_length - len(prompt), eos_id)
+        responses.append(response)
+        cut_here += cut
+    truncated = answers.stats.response_truncated + cut_here
+    return TokenizedData(
+        prompts=list(student.prompts),
+        responses=responses,
+        source_index=student.source_index,
+        pad_id=student.pad_id,
+        stats=dataclasses.replace(student.stats, response_truncated=truncated),
+    )
 
 
 def teacher_dataset(
