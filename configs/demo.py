@@ -27,7 +27,13 @@ Variants (`configs/demo.py:ARG`, comma-separated):
   (`assets/demo/teacher_sp`) through `teacher.tokenizer`, with `method=kd`,
   `gkd` or `classkd` and `cross_tokenizer.loss`. Rows then hold one example
   each (`data.pack=False`, which the cross-tokenizer path needs), 64 a step so
-  that a step still reads about as many examples as the packed 32.
+  that a step still reads about as many examples as the packed 32. With
+  `method=seqkd` the student trains on the text of that teacher's answers, on
+  packed rows as without it.
+  `teacher_tokenizer=spw`: the same with the third shipped tokenizer
+  (`synthetic_tokenizer_spw`, whitespace a boundary as in real SentencePiece
+  families, so the two share every word boundary; its teacher
+  `assets/demo/teacher_spw`).
 - `size=tiny`: the same shape of run with the tiny presets and a few steps
   (what the tests run); the tiny roles train from scratch.
 
@@ -44,8 +50,12 @@ from classkd_jax.config_utils import import_sibling, parse_arg
 
 ROLES = ("", "teacher", "student_init")
 ASSETS = Path(__file__).resolve().parents[1] / "classkd_jax" / "assets" / "demo"
-SP_TOKENIZER = ASSETS.parent / "synthetic_tokenizer_sp"  # teacher_tokenizer=sp
-CROSS_METHODS = ("kd", "gkd", "classkd")  # the methods that take teacher.tokenizer
+# teacher_tokenizer=sp|spw: the second tokenizer of the cross-tokenizer testbed
+TEACHER_TOKENIZERS = {
+    "sp": ASSETS.parent / "synthetic_tokenizer_sp",  # pieces run across words
+    "spw": ASSETS.parent / "synthetic_tokenizer_spw",  # pieces stop at words
+}
+CROSS_METHODS = ("kd", "gkd", "classkd", "seqkd")  # the methods that take teacher.tokenizer
 TEACHER = dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=4, head_dim=32,
                intermediate_size=512)  # fmt: skip
 STUDENT = dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=4, head_dim=16,
@@ -171,31 +181,37 @@ def get_config(arg=None):
 
 
 def _check_teacher_tokenizer(arg: ml_collections.ConfigDict) -> None:
-    if arg.teacher_tokenizer not in ("", "sp"):
+    name = arg.teacher_tokenizer
+    if name and name not in TEACHER_TOKENIZERS:
         raise ValueError(
-            f"configs/demo.py: teacher_tokenizer={arg.teacher_tokenizer!r}; expected 'sp'"
+            f"configs/demo.py: teacher_tokenizer={name!r}; expected one of"
+            f" {'|'.join(TEACHER_TOKENIZERS)}"
         )
-    if arg.teacher_tokenizer and arg.role == "student_init":
-        raise ValueError("configs/demo.py: teacher_tokenizer=sp takes role=teacher or no role")
-    if arg.teacher_tokenizer and not arg.role and arg.method not in CROSS_METHODS:
+    if name and arg.role == "student_init":
+        raise ValueError(f"configs/demo.py: teacher_tokenizer={name} takes role=teacher or no role")
+    if name and not arg.role and arg.method not in CROSS_METHODS:
         raise ValueError(
-            f"configs/demo.py: teacher_tokenizer=sp distils with method={'|'.join(CROSS_METHODS)}"
-            f", not {arg.method}"
+            f"configs/demo.py: teacher_tokenizer={name} distils with method="
+            f"{'|'.join(CROSS_METHODS)}, not {arg.method}"
         )
 
 
 def _teacher_sp(c: ml_collections.ConfigDict, arg: ml_collections.ConfigDict) -> None:
-    """The cross-tokenizer testbed: the teacher reads the SentencePiece-style tokenizer."""
+    """The cross-tokenizer testbed: the teacher reads a SentencePiece-style tokenizer."""
+    tokenizer = TEACHER_TOKENIZERS[arg.teacher_tokenizer]
     if arg.role == "teacher":  # trained from random init on that tokenizer
-        c.tokenizer = str(SP_TOKENIZER)
+        c.tokenizer = str(tokenizer)
+        return
+    if arg.size == "demo":
+        c.teacher.path = str(ASSETS / f"teacher_{arg.teacher_tokenizer}")
+        c.teacher.tokenizer = c.teacher.path
+    else:  # the tiny teacher is random-init: only its tokenizer is the second one
+        c.teacher.tokenizer = str(tokenizer)
+    if arg.method == "seqkd":  # SFT on the teacher's answers: packed rows, as without it
         return
     c.data.pack = False  # one example a row, as the cross-tokenizer path needs
     if arg.size == "demo":
-        c.teacher.path = str(ASSETS / "teacher_sp")
-        c.teacher.tokenizer = str(ASSETS / "teacher_sp")
         c.data.batch_size = 64  # about the packed 32 rows' examples (2 a row)
         # The teacher's rows (at most 77 of its tokens here) take the 96 bucket, the
         # student's (up to 144) the 160 one: padding only, and half the teacher's forward.
         c.data.length_buckets = (96, 160)
-    else:  # the tiny teacher is random-init: only its tokenizer is the second one
-        c.teacher.tokenizer = str(SP_TOKENIZER)

@@ -189,10 +189,37 @@ def test_second_tokenizer_spells_the_task_apart_from_the_first(task):
     assert sp.decode(ids) == text and "<0xE2>" in sp.convert_ids_to_tokens(ids)
 
 
+def test_third_tokenizer_shares_every_word_boundary_and_cuts_inside_words(task):
+    """`sentencepiece_words`: the second one with whitespace a boundary, as real
+    SentencePiece families are. Every place the byte-level BPE starts a word with
+    its space is a boundary of it too, and on this corpus so is every other cut
+    it makes: its merges extend the BPE's, so each of its tokens is a run of
+    whole byte-level tokens (a coarser teacher, as a 150k-entry teacher is to a
+    32k-entry student)."""
+    from transformers import AutoTokenizer
+
+    spw = AutoTokenizer.from_pretrained(str(build_tokenizer.SPW_OUT))
+    bl = AutoTokenizer.from_pretrained(str(synthetic.synthetic_tokenizer_path()))
+    assert len(spw) == build_tokenizer.SP_VOCAB_SIZE and spw.eos_token_id == 2
+    assert all(" " not in t.replace("▁", " ", 1)[1:] for t in spw.get_vocab())  # no inner space
+    own = shared = 0
+    for e in task["test"][:100]:
+        ids = spw(e.response).input_ids
+        assert spw.decode(ids) == e.response
+        spaces = {i for i, ch in enumerate(e.response) if ch == " "}
+        mine, theirs = _boundaries(spw, e.response), _boundaries(bl, e.response)
+        assert spaces <= mine and spaces <= theirs, e.response
+        assert mine <= theirs, e.response
+        own, shared = own + len(mine), shared + len(theirs)
+    assert shared > 1.2 * own, (shared, own)  # coarser: fewer cuts
+
+
 @pytest.mark.slow
-def test_second_tokenizer_is_reproducible():
-    rebuilt = json.loads(build_tokenizer.train_sentencepiece().to_str())
-    shipped = json.loads((build_tokenizer.SP_OUT / "tokenizer.json").read_text())
+@pytest.mark.parametrize("words", [False, True], ids=["sentencepiece", "sentencepiece_words"])
+def test_second_and_third_tokenizers_are_reproducible(words):
+    rebuilt = json.loads(build_tokenizer.train_sentencepiece(split_words=words).to_str())
+    out = build_tokenizer.SPW_OUT if words else build_tokenizer.SP_OUT
+    shipped = json.loads((out / "tokenizer.json").read_text())
     assert rebuilt["model"] == shipped["model"]
 
 

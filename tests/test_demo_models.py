@@ -78,7 +78,7 @@ def test_the_sp_teacher_is_the_teacher_on_the_second_tokenizer():
     config, _ = load_hf(TEACHER_SP)
     for key, value in DEMO_CONFIG.TEACHER.items():
         assert getattr(config, key) == value, key
-    shipped = json.loads((DEMO_CONFIG.SP_TOKENIZER / "tokenizer.json").read_text())
+    shipped = json.loads((DEMO_CONFIG.TEACHER_TOKENIZERS["sp"] / "tokenizer.json").read_text())
     assert json.loads((TEACHER_SP / "tokenizer.json").read_text())["model"] == shipped["model"]
     assert config.vocab_size == len(AutoTokenizer.from_pretrained(str(TEACHER_SP))) == 768
     made = json.loads((TEACHER_SP / "TRAINED.json").read_text())

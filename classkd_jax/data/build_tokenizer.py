@@ -1,7 +1,7 @@
 """Builds the shipped tokenizers of the synthetic task, reproducibly.
 
-    python -m classkd_jax.data.build_tokenizer [--kind bytelevel|sentencepiece] [--out DIR]
-        [--vocab_size N]
+    python -m classkd_jax.data.build_tokenizer [--kind bytelevel|sentencepiece|sentencepiece_words]
+        [--out DIR] [--vocab_size N]
 
 A byte-level BPE (GPT-2 style, so any text round-trips) trained with
 `tokenizers` on the synthetic task's train and dev splits (seed 0), each
@@ -25,6 +25,14 @@ ordinary entries, not special tokens), so any text round-trips. Same special
 tokens and ids. Its token boundaries cross the byte-level BPE's rather than
 coarsen them: in the task's answers about 40 % of its boundaries are not
 the BPE's.
+
+`--kind sentencepiece_words` builds the third, the same but with whitespace
+a boundary (SentencePiece's default, as in Llama 2 and Gemma): a piece never
+holds a space except a leading `▁`, so the two tokenizers share every word
+boundary (`▁market` against `Ġmarket`) and differ only inside words, at
+punctuation (which it keeps on the word: `lives.`) and at numbers (not split
+into digits). That is the usual case of two real families; the
+`sentencepiece` kind is the hard one.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ DEFAULT_OUT = ASSETS / "synthetic_tokenizer"
 SP_VOCAB_SIZE = 768
 SP_OUT = ASSETS / "synthetic_tokenizer_sp"
 SP_MAX_PIECE = 12  # characters
+SPW_OUT = ASSETS / "synthetic_tokenizer_spw"  # --kind sentencepiece_words
 BYTE_PIECES = tuple(f"<0x{b:02X}>" for b in range(256))
 
 
@@ -83,12 +92,18 @@ def train_tokenizer(vocab_size: int = DEFAULT_VOCAB_SIZE, seed: int = 0) -> Toke
     return tok
 
 
-def train_sentencepiece(vocab_size: int = SP_VOCAB_SIZE, seed: int = 0) -> Tokenizer:
-    """Trains the SentencePiece-style BPE with byte fallback; deterministic."""
+def train_sentencepiece(
+    vocab_size: int = SP_VOCAB_SIZE, seed: int = 0, split_words: bool = False
+) -> Tokenizer:
+    """Trains the SentencePiece-style BPE with byte fallback; deterministic.
+
+    split_words=False: whitespace is not a boundary, so pieces span words
+    ("from▁last▁"); True: a space starts a new piece ("▁last"), as in
+    SentencePiece's default.
+    """
     tok = Tokenizer(models.BPE(byte_fallback=True))
-    # split=False: whitespace is not a boundary, so pieces span words ("from▁last▁").
     tok.pre_tokenizer = pre_tokenizers.Metaspace(
-        replacement="▁", prepend_scheme="never", split=False
+        replacement="▁", prepend_scheme="never", split=split_words
     )
     tok.decoder = decoders.Sequence(
         [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
@@ -126,14 +141,19 @@ def save_hf_tokenizer(tok: Tokenizer, out: str | Path) -> Path:
     return out
 
 
+KINDS = ("bytelevel", "sentencepiece", "sentencepiece_words")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kind", default="bytelevel", choices=("bytelevel", "sentencepiece"))
+    parser.add_argument("--kind", default="bytelevel", choices=KINDS)
     parser.add_argument("--out", default="", help="default: the kind's shipped directory")
     parser.add_argument("--vocab_size", type=int, default=0, help="default: the kind's")
     args = parser.parse_args(argv)
-    if args.kind == "sentencepiece":
-        tok, out = train_sentencepiece(args.vocab_size or SP_VOCAB_SIZE), SP_OUT
+    if args.kind.startswith("sentencepiece"):
+        words = args.kind == "sentencepiece_words"
+        tok = train_sentencepiece(args.vocab_size or SP_VOCAB_SIZE, split_words=words)
+        out = SPW_OUT if words else SP_OUT
     else:
         tok, out = train_tokenizer(args.vocab_size or DEFAULT_VOCAB_SIZE), DEFAULT_OUT
     out = save_hf_tokenizer(tok, args.out or out)
