@@ -11,7 +11,10 @@ TOPOLOGY is a TPU slice in libtpu's names (`v5e:2x2`, `v5e:4x4`, `v5p:2x2x2`,
 devices and the batch checks use its hosts. No weight is loaded and nothing
 reaches the network: shapes come from the presets (roles named by a hub id)
 or a local model directory's config.json (`classkd_jax.training.programs`
-lists the programs).
+lists the programs). A teacher with another tokenizer (`teacher.tokenizer`)
+needs that tokenizer here (a directory, or a hub name already in the Hugging
+Face cache): its train steps, one per pair of (student, teacher) row
+buckets, hold the teacher's own rows and the alignment arrays.
 
 Prints one row per program: per-device arguments / outputs / aliased (donated)
 / temporaries / total GiB (arguments + outputs - aliased + temporaries),

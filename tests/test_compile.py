@@ -11,12 +11,15 @@ import sys
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
 
 from classkd_jax import compile as compile_cli
 from classkd_jax import costs
 from classkd_jax import train as train_cli
-from classkd_jax.training import checks, programs, rollout, run
+from classkd_jax.training import checks, programs, roles, rollout, run
+from classkd_jax.training import data as data_lib
+from classkd_jax.training.step import StepBuilder
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "configs/classkd.py:size=tiny"
@@ -109,6 +112,65 @@ def test_worker_processes_give_the_same_rows(tmp_path, tiny_v5e):
     for row in record["programs"]:
         expected = dict(same[row["program"]], compile_s=None)
         assert dict(row, compile_s=None) == expected
+
+
+def _samples_of(data, rows, new: int) -> tuple[dict, np.ndarray]:
+    """(a sampler's output for the next prompts, `loop.SampleOutput`'s keys and dtypes,
+    whose completions are the prompts' dataset responses cut to `new` tokens; the
+    prompts' training entries `[B]`)."""
+    tokens, mask, index = data.next_prompts_indexed(rows)
+    out = np.zeros((len(index), new), np.int32)
+    for row, i in enumerate(index):
+        ids = data.train.responses[i][:new]
+        out[row, : len(ids)] = ids
+    lengths = np.asarray([min(len(data.train.responses[i]), new) for i in index])
+    samples = {"prompt_tokens": np.asarray(tokens), "prompt_mask": np.asarray(mask)}
+    samples.update(tokens=out, mask=np.arange(new)[None] < lengths[:, None])
+    return samples, index
+
+
+def test_a_teacher_with_another_tokenizer_compiles_on_its_own_rows(tmp_path):
+    """Tiny cross-tokenizer GKD (the teacher on the SentencePiece-style tokenizer): its
+    steps on dataset rows and on samples take the teacher's rows and the alignment
+    arrays with the keys, shapes and dtypes of the trainer's batches, the teacher its
+    own vocabulary; the dev sums have no teacher (no dev KD with another tokenizer)."""
+    cross = ["--config", "configs/demo.py:method=gkd,teacher_tokenizer=sp,size=tiny"]
+    cross += ["--config.eval_every=1", "--config.eval.num_examples=0"]
+    out = tmp_path / "cross.json"
+    argv = [*cross, "--topology", "v5e:2x2", "--programs", "largest", "--jobs", "1"]
+    assert compile_cli.main([*argv, "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    names = ["step off=128 teacher=128", "step samples P=112 teacher=144"]
+    assert [r["program"] for r in record["programs"]] == [*names, "sampler P=112", "dev_loss T=128"]
+    assert record["fits"] and all(r["aliased"] > 0 for r in record["programs"][:2])
+
+    # the trainer's batches of the same config (its data pipeline; no step runs)
+    config, _ = train_cli.parse_flags(cross, workdir=False)
+    mesh = run.make_mesh(config)
+    plan = programs.plan(config, mesh)
+    tokenizer, _ = roles.resolve_tokenizer(config)
+    teacher_tok, _ = roles.resolve_teacher_tokenizer(config)
+    data = data_lib.build(
+        config, tokenizer, sampling_batch=8, needs_prompts=True, teacher_tokenizer=teacher_tok
+    )
+    rows = StepBuilder(config, plan.models, mesh).rows
+    off = data.next_off(rows)
+    samples = data.add_teacher_to_samples(
+        *_samples_of(data, rows, int(config.sampling.max_new_tokens)), rows
+    )
+    real = {
+        f"step off={off['tokens'].shape[1]} teacher={off['teacher_tokens'].shape[1]}": off,
+        f"step samples P={samples['prompt_tokens'].shape[1]} teacher="
+        f"{samples['teacher_tokens'].shape[1]}": samples,
+    }
+    assert set(real) == set(names)
+    shapes = lambda b: {k: (tuple(v.shape), v.dtype) for k, v in b.items()}  # noqa: E731
+    vocab = len(teacher_tok)
+    assert plan.models.teacher.config.vocab_size == vocab != plan.models.student.config.vocab_size
+    for step in (p for p in plan.programs if p.name in real):
+        (_, frozen, batch, _), _ = step.lower().args_info
+        assert shapes(batch["off"]) == shapes(real[step.name]), step.name
+        assert any(vocab in leaf.shape for leaf in jax.tree.leaves(frozen["teacher"]))
 
 
 def test_a_run_that_cannot_fit_exits_3_with_one_line(tmp_path):

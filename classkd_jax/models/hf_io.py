@@ -274,8 +274,9 @@ def save_hf(
     return path
 
 
-def load_tokenizer(path_or_hub_name: str | os.PathLike):
-    """`transformers.AutoTokenizer.from_pretrained` on the same directory or hub name."""
+def load_tokenizer(path_or_hub_name: str | os.PathLike, local_files_only: bool = False):
+    """`transformers.AutoTokenizer.from_pretrained` on the same directory or hub name
+    (`local_files_only`: a hub name from the Hugging Face cache only, else `OSError`)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(path_or_hub_name))
+    return AutoTokenizer.from_pretrained(str(path_or_hub_name), local_files_only=local_files_only)

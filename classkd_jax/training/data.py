@@ -240,7 +240,6 @@ def sample_retokenizer(config, examples, train: TokenizedData, tokenizer, teache
     from classkd_jax.data import vocab_map
 
     cfg = config.data
-    new = int(config.sampling.max_new_tokens)
     spellings = (vocab_map.token_bytes(tokenizer), vocab_map.token_bytes(teacher_tokenizer))
     return cross_samples.SampleRetokenizer(
         examples=list(examples),
@@ -253,10 +252,17 @@ def sample_retokenizer(config, examples, train: TokenizedData, tokenizer, teache
         eos=(tokenize.special_ids(tokenizer)[0], tokenize.special_ids(teacher_tokenizer)[0]),
         pad=tokenize.special_ids(teacher_tokenizer)[1],
         max_prompt_length=int(cfg.max_prompt_length),
-        # the teacher's completion may take more tokens than the student's
-        buckets=tuple(int(b) + 2 * new for b in cfg.prompt_buckets),
+        buckets=teacher_sample_buckets(config),
         student_prepends=vocab_map.prepends_space(tokenizer, spellings[0]),
     )
+
+
+def teacher_sample_buckets(config) -> tuple[int, ...]:
+    """The teacher's padded row lengths of the student's samples re-tokenised for it
+    (`cross_samples`): each prompt bucket plus twice `sampling.max_new_tokens` (the
+    teacher's completion may take more tokens than the student's)."""
+    new = int(config.sampling.max_new_tokens)
+    return tuple(int(b) + 2 * new for b in config.data.prompt_buckets)
 
 
 def _empty_train_message(cfg) -> str:

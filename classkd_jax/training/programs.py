@@ -19,6 +19,13 @@ programs exist follows the config the way the run's choices do:
   seqkd        the teacher's generation per prompt bucket of `complete_token_ids`
   greedy       validation's greedy sampler per prompt bucket
   dev_loss     validation's dev sums per length bucket
+
+With `teacher.tokenizer` (a teacher with another tokenizer: KD, GKD, ClassKD)
+each batch the teacher reads also holds its own rows and the chunk arrays
+(`data.cross_rows.CROSS_KEYS`), so a train step exists per pair of (student,
+teacher) row buckets, named `step off=T_s teacher=T_t` (samples: `P=P
+teacher=T_t`); the teacher is built on its own vocabulary and validation
+has no dev KD (as the trainer's).
 """
 
 from __future__ import annotations
@@ -37,10 +44,10 @@ from classkd_jax import sharding
 from classkd_jax.cli import UserError
 from classkd_jax.models import ModelConfig, abstract_params
 from classkd_jax.sampling import Sampler, SamplingConfig, default_buckets
-from classkd_jax.training import checks, objectives, roles
+from classkd_jax.training import checks, cross_objectives, objectives, roles
 from classkd_jax.training import flops as flops_lib
-from classkd_jax.training.data import SCORED_KEYS
-from classkd_jax.training.run import build_models
+from classkd_jax.training.data import SCORED_KEYS, teacher_sample_buckets
+from classkd_jax.training.run import build_models, cross_tokenizer
 from classkd_jax.training.state import abstract_run_state, params_shardings, run_state_shardings
 from classkd_jax.training.step import Models, StepBuilder
 from classkd_jax.training.validation import _dev_sums
@@ -126,6 +133,21 @@ def _samples(batch: int, prompt: int, new: int, rows) -> dict:
     }
 
 
+def _cross(batch: int, length_s: int, length_t: int, rows) -> dict:
+    """The `CROSS_KEYS` arrays a batch of `[B, T_s]` student rows carries for a teacher
+    with another tokenizer (`cross_rows.row_arrays`): its rows `teacher_*` `[B, T_t]`
+    (as `_scored`), `teacher_chunk` `[B, T_t]` int32, `student_chunk` and
+    `teacher_index` `[B, T_s]` int32, `chunk_mask`, `first_mask` and `exact_mask`
+    `[B, T_s]` float32."""
+    out = {f"teacher_{k}": v for k, v in _scored(batch, length_t, rows).items()}
+    out["teacher_chunk"] = _rows((batch, length_t), jnp.int32, rows)
+    for key in ("student_chunk", "teacher_index"):
+        out[key] = _rows((batch, length_s), jnp.int32, rows)
+    for key in ("chunk_mask", "first_mask", "exact_mask"):
+        out[key] = _rows((batch, length_s), jnp.float32, rows)
+    return out
+
+
 def _control(config, replicated) -> dict:
     values = objectives.control(config, 0)
     return {
@@ -177,13 +199,40 @@ class _Builder:
 
             self.programs.append(Program(name, "step", lower, self._step_flops(batch), True))
 
+    def _offs(self) -> list[tuple[str, dict]]:
+        """(name, abstract batch) of the dataset rows per length bucket; with a teacher
+        of another tokenizer per (student, teacher) bucket pair, ascending (its rows
+        take `data.length_buckets` too, `data.build_cross`)."""
+        if self.models.cross is None:
+            return [(f"off={t}", _scored(self.batch, t, self.rows)) for t in self.lengths]
+        return [
+            (
+                f"off={s} teacher={t}",
+                {**_scored(self.batch, s, self.rows), **_cross(self.batch, s, t, self.rows)},
+            )
+            for s in self.lengths
+            for t in self.lengths
+        ]
+
+    def _sample_batches(self) -> list[tuple[str, dict]]:
+        """(name, abstract batch) of the student's samples per prompt bucket; with a
+        teacher of another tokenizer per (prompt, teacher row) bucket pair, ascending
+        (the samples re-tokenised for it, `data.cross_samples`, in
+        `data.teacher_sample_buckets`)."""
+        b, new, rows = self.sampling_batch, self.new, self.rows
+        if self.models.cross is None:
+            return [(f"P={p}", _samples(b, p, new, rows)) for p in self.prompts]
+        teacher = sorted(teacher_sample_buckets(self.c))
+        return [
+            (f"P={p} teacher={t}", {**_samples(b, p, new, rows), **_cross(b, p + new, t, rows)})
+            for p in self.prompts
+            for t in teacher
+        ]
+
     def _step_batches(self):
         """(name, abstract batch) of every batch structure `BatchPlan` can build."""
         c, rows = self.c, self.rows
-        offs = [(f"off={t}", _scored(self.batch, t, rows)) for t in self.lengths]
-        samples = [
-            (f"P={p}", _samples(self.sampling_batch, p, self.new, rows)) for p in self.prompts
-        ]
+        offs, samples = self._offs(), self._sample_batches()
         out = []
         if c.method == "classkd":
             lmbda, control = float(c.classkd.lmbda), _control(c, self.replicated)
@@ -228,7 +277,9 @@ class _Builder:
 
     def _step_flops(self, batch) -> float:
         """The trainer's count (`StepBuilder._flops`): the student's forward and
-        backward on each batch its parts read, each frozen forward once, and for
+        backward on each batch its parts read, each frozen forward once (a teacher
+        with another tokenizer on its own rows `[B, T_t]`; with ALM also the
+        teacher's, the student's and the classmate's scoring forwards), and for
         ClassKD the classmate's measuring forward and (counted as taken) update."""
         m, c = self.models, self.c
         shapes = {k: v["tokens"].shape for k, v in batch.items() if k != "control"}
@@ -236,9 +287,15 @@ class _Builder:
             key = "on" if "on" in batch else "off"
             b, p = batch[key]["prompt_tokens"].shape
             shapes[key] = (b, p + batch[key]["tokens"].shape[1])
-        parts = objectives.student_parts(
-            c, on_policy=c.method == "classkd" and "on" in batch, lm="lm" in batch
-        )
+        on_policy = c.method == "classkd" and "on" in batch
+        if m.cross is None:
+            parts = objectives.student_parts(c, on_policy=on_policy, lm="lm" in batch)
+        elif c.method == "classkd":
+            parts = cross_objectives.classkd_parts(c, m.cross, on_policy=on_policy)
+        else:
+            parts = cross_objectives.kd_parts(c, m.cross)
+        # a teacher with another tokenizer reads its own rows [B, T_t]
+        teacher = {k: batch[k]["teacher_tokens"].shape for k in shapes} if m.cross else shapes
         total, frozen = 0.0, set()
         for part in parts:
             if part.batch not in frozen:
@@ -246,7 +303,14 @@ class _Builder:
             frozen.add(part.batch)
         others = {(r, p.batch) for p in parts for r in p.others}
         for role, name in others:
-            total += flops_lib.forward_flops(getattr(m, role).config, *shapes[name])
+            shape = teacher[name] if role == "teacher" else shapes[name]
+            total += flops_lib.forward_flops(getattr(m, role).config, *shape)
+        if m.cross is not None and m.cross.loss == "alm":  # the scoring forwards, per batch:
+            for name, shape in shapes.items():  # the teacher's, the student's, the classmate's
+                total += flops_lib.forward_flops(m.teacher.config, *teacher[name])
+                total += flops_lib.forward_flops(m.student.config, *shape)
+                if m.classmate is not None and name == "off":
+                    total += flops_lib.forward_flops(m.classmate.config, *shape)
         if m.classmate is not None:
             shape = shapes[objectives.classmate_batch(c)]
             total += 3 * flops_lib.forward_flops(m.classmate.config, *shape)
@@ -397,11 +461,12 @@ class _Builder:
             self._sampler(
                 "greedy", "greedy", sampler, self.student, cfg, int(c.eval.batch_size), self.prompts
             )
-        teacher_cfg = m.teacher.config if m.teacher is not None else None
+        # the dev KD's teacher: none with another tokenizer (it scores other tokens)
+        seen = None if m.cross is not None else m.teacher
+        teacher = None if seen is None else self.teacher
+        teacher_cfg = None if seen is None else seen.config
         student_sh = jax.tree.map(lambda a: a.sharding, self.student)
-        teacher_sh = (
-            None if self.teacher is None else jax.tree.map(lambda a: a.sharding, self.teacher)
-        )
+        teacher_sh = None if teacher is None else jax.tree.map(lambda a: a.sharding, teacher)
         sums = jax.jit(
             _dev_sums(m.student.config, teacher_cfg, self.builder.path),
             in_shardings=(student_sh, teacher_sh, self.rows),
@@ -413,11 +478,11 @@ class _Builder:
 
             def lower(batch=batch):
                 with sharding.activation_sharding(self.mesh):
-                    return sums.lower(self.student, self.teacher, batch)
+                    return sums.lower(self.student, teacher, batch)
 
             flops = sum(
                 flops_lib.forward_flops(r.config, rows, t)
-                for r in (m.student, m.teacher)
+                for r in (m.student, seen)
                 if r is not None
             )
             self.programs.append(Program(f"dev_loss T={t}", "dev_loss", lower, flops))
@@ -432,25 +497,52 @@ def largest(programs: Sequence[Program]) -> tuple[Program, ...]:
     return tuple(p for p in programs if id(p) in keep)
 
 
+def _vocab(config, tokenizer, sources: dict, cross: bool) -> int:
+    """The student's scored vocabulary, as the trainer's (`roles.scored_vocab` over the
+    heads the step scores on its tokenizer: not a teacher with another tokenizer's,
+    nor SeqKD's, gone before training); a hub tokenizer's size from its preset as is."""
+    if isinstance(tokenizer, roles.ConfigVocab):
+        return len(tokenizer)
+    skip = "teacher" if cross or config.method == "seqkd" else None
+    return roles.scored_vocab(
+        tokenizer, [s.config.vocab_size for r, s in sources.items() if r != skip]
+    )
+
+
+def _cross_tokenizer(config, sources: dict, vocab: int, tokenizer, teacher_tokenizer):
+    """`run.cross_tokenizer` as the trainer builds it; 'exact' pairs the two
+    vocabularies' entries, so it needs the student's tokenizer itself too."""
+    if isinstance(tokenizer, roles.ConfigVocab) and config.cross_tokenizer.loss == "exact":
+        hub = config.tokenizer or config.student.path
+        raise UserError(
+            f"cross_tokenizer.loss='exact' pairs the two tokenizers' entries: compiling it "
+            f"needs the student's tokenizer locally too ({hub} is a hub name); pass "
+            "--config.tokenizer=DIR"
+        )
+    return cross_tokenizer(config, sources, vocab, tokenizer, teacher_tokenizer)
+
+
 def plan(config, mesh) -> Plan:
     """The run's programs on `mesh` (see the module docstring). Roles whose `path`
-    is a hub name take their preset's shapes; nothing is read from the network."""
-    if config.teacher.get("tokenizer"):
-        raise UserError(
-            "teacher.tokenizer is set: lowering the cross-tokenizer step (the teacher's rows "
-            "and alignment arrays) is not supported yet; compile without it for the models' "
-            "memory, or run a few steps"
-        )
+    is a hub name take their preset's shapes; nothing is read from the network
+    (a hub `teacher.tokenizer` comes from the Hugging Face cache, else one line)."""
     tokenizer, where = roles.resolve_tokenizer(config, offline=True)
+    teacher_tok = roles.resolve_teacher_tokenizer(config, offline=True)
     context, why = checks.context_length(config)
-    sources = roles.plan_roles(config, tokenizer, where, context, why, offline=True)
+    sources = roles.plan_roles(
+        config, tokenizer, where, context, why, offline=True, teacher_tokenizer=teacher_tok
+    )
     steps = int(config.steps) or 1000  # the schedules' horizon changes no shape
-    models = build_models(config, sources, steps, len(tokenizer))
+    vocab = _vocab(config, tokenizer, sources, teacher_tok is not None)
+    cross = None
+    if teacher_tok is not None and config.method != "seqkd":  # SeqKD reads answers as text
+        cross = _cross_tokenizer(config, sources, vocab, tokenizer, teacher_tok[0])
+    models = build_models(config, sources, steps, vocab, cross)
     b = _Builder(config, models, mesh)
     if config.method == "seqkd":  # the teacher answers before training, then leaves
         b.seqkd()
         student_only = {k: v for k, v in sources.items() if k != "teacher"}
-        b.models = models = build_models(config, student_only, steps, len(tokenizer))
+        b.models = models = build_models(config, student_only, steps, vocab)
         b.builder = StepBuilder(config, models, mesh)
         b.teacher = None
     b.steps()

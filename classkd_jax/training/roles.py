@@ -140,14 +140,26 @@ def resolve_tokenizer(config, offline: bool = False) -> tuple[Any, str]:
     return load_tokenizer(path), str(path)
 
 
-def resolve_teacher_tokenizer(config) -> tuple[Any, str] | None:
+def resolve_teacher_tokenizer(config, offline: bool = False) -> tuple[Any, str] | None:
     """(the teacher's own tokenizer, where it came from) when `teacher.tokenizer`
-    names one (cross-tokenizer KD), else None (the teacher shares the student's)."""
+    names one (cross-tokenizer KD), else None (the teacher shares the student's).
+
+    `offline`: a hub name is read from the Hugging Face cache only. Unlike the
+    student's (`resolve_tokenizer`), a preset's size cannot stand in for it:
+    the host alignment and the teacher's scored vocabulary need its vocabulary."""
     name = config.teacher.tokenizer
     if not name or config.method == "sft":
         return None
     if not Path(name).expanduser().is_dir() and not _is_hub_name(name):
         raise UserError(f"teacher.tokenizer={name}: no such tokenizer directory")
+    if offline and not Path(name).expanduser().is_dir():
+        try:
+            return load_tokenizer(name, local_files_only=True), str(name)
+        except (OSError, ValueError):
+            raise UserError(
+                f"teacher.tokenizer={name} is not in the Hugging Face cache: compiling needs "
+                "the teacher's tokenizer locally (a directory, or the hub name downloaded once)"
+            ) from None
     return load_tokenizer(name), str(name)
 
 
