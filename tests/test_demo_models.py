@@ -69,20 +69,19 @@ def test_the_teacher_beats_the_student_init_on_dev(models):
     assert scores["teacher"]["rougeL"] > scores["student_init"]["rougeL"] + 5.0, scores
 
 
-TEACHER_SP = DEMO_CONFIG.ASSETS / "teacher_sp"
-
-
-def test_the_sp_teacher_is_the_teacher_on_the_second_tokenizer():
+@pytest.mark.parametrize("name", ["sp", "spw"])
+def test_the_cross_teachers_are_the_teacher_on_their_own_tokenizers(name):
     from transformers import AutoTokenizer
 
-    config, _ = load_hf(TEACHER_SP)
+    teacher = DEMO_CONFIG.ASSETS / f"teacher_{name}"
+    config, _ = load_hf(teacher)
     for key, value in DEMO_CONFIG.TEACHER.items():
         assert getattr(config, key) == value, key
-    shipped = json.loads((DEMO_CONFIG.TEACHER_TOKENIZERS["sp"] / "tokenizer.json").read_text())
-    assert json.loads((TEACHER_SP / "tokenizer.json").read_text())["model"] == shipped["model"]
-    assert config.vocab_size == len(AutoTokenizer.from_pretrained(str(TEACHER_SP))) == 768
-    made = json.loads((TEACHER_SP / "TRAINED.json").read_text())
-    assert "role=teacher,teacher_tokenizer=sp" in made["command"]
+    shipped = json.loads((DEMO_CONFIG.TEACHER_TOKENIZERS[name] / "tokenizer.json").read_text())
+    assert json.loads((teacher / "tokenizer.json").read_text())["model"] == shipped["model"]
+    assert config.vocab_size == len(AutoTokenizer.from_pretrained(str(teacher))) == 768
+    made = json.loads((teacher / "TRAINED.json").read_text())
+    assert f"role=teacher,teacher_tokenizer={name} " in made["command"]
     assert made["steps"] == DEMO_CONFIG.get_config("method=sft,role=teacher").steps
 
 
@@ -90,8 +89,14 @@ def test_the_cross_variant_distils_the_shipped_init_from_the_sp_teacher():
     config = DEMO_CONFIG.get_config("method=kd,teacher_tokenizer=sp")
     same = DEMO_CONFIG.get_config("method=kd")
     assert Path(config.student.path) == Path(same.student.path) == demo.shipped()["student_init"]
-    assert Path(config.teacher.path) == Path(config.teacher.tokenizer) == TEACHER_SP
+    assert (
+        Path(config.teacher.path)
+        == Path(config.teacher.tokenizer)
+        == DEMO_CONFIG.ASSETS / "teacher_sp"
+    )
     assert not config.data.pack  # what the cross-tokenizer path needs
+    seqkd = DEMO_CONFIG.get_config("method=seqkd,teacher_tokenizer=spw")
+    assert seqkd.data.pack and seqkd.teacher.tokenizer.endswith("teacher_spw")  # text: no rows
     assert (config.steps, config.student.lr, config.seed) == (same.steps, same.student.lr, 0)
     for bad in ("method=sft,teacher_tokenizer=sp", "role=student_init,method=sft,"
                 "teacher_tokenizer=sp", "method=kd,teacher_tokenizer=bpe"):  # fmt: skip
@@ -113,6 +118,6 @@ def test_the_sp_teacher_scored_in_its_own_tokens_beats_the_student_init(models, 
     monkeypatch.setattr(scoring, "split_prompts", first_64)
     config = DEMO_CONFIG.get_config("method=kd,teacher_tokenizer=sp")
     score = execute._Scorer("dev")
-    teacher, _ = score(load_hf(TEACHER_SP), config, "teacher")
+    teacher, _ = score(load_hf(DEMO_CONFIG.ASSETS / "teacher_sp"), config, "teacher")
     init, _ = score(models["student_init"], config, "student")
     assert teacher["rougeL"] > init["rougeL"] + 5.0, (teacher, init)
