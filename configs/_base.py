@@ -404,8 +404,10 @@ def _cross_tokenizer(c: ml_collections.ConfigDict) -> None:
     c.teacher.add_bos = config_dict.placeholder(bool)
     c.cross_tokenizer = ml_collections.ConfigDict(
         # 'alm': chunk log-likelihoods, binarised KL (ALM); 'exact': KL over the
-        # entries spelled alike on one-token chunks (GOLD's exact match); 'uld':
-        # sorted-probability L1 at chunk starts (ULD). docs/method.md has the formulas.
+        # entries spelled alike on one-token chunks (GOLD's exact match);
+        # 'projected': KL at chunk starts to the teacher's distribution carried onto
+        # the student's vocabulary by first tokens; 'uld': sorted-probability L1 at
+        # chunk starts (ULD). docs/method.md has the formulas.
         # binarization_temp: ALM's tau, the chunk probabilities binarised as
         # exp(S / tau) (1: as they are; the ALM reference trains at 100).
         {"loss": "alm", "binarization_temp": 1.0}

@@ -320,6 +320,64 @@ def test_exact_match_kl_on_one_vocabulary_is_forward_kl():
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
+def test_projected_kl_carries_each_teacher_token_to_its_students_first_token():
+    """P(s) = sum of p(t) over the teacher ids mapped to s (renormalised over the
+    mapped ones), KL(P || q) over the student's whole vocabulary; the identity map
+    gives forward KL."""
+    import jax
+    import jax.numpy as jnp
+
+    from classkd_jax import losses
+    from classkd_jax.losses import cross_tokenizer as xt
+
+    kq, kp = jax.random.split(jax.random.key(1))
+    q = jax.random.normal(kq, (5, 7)) * 2
+    p = jax.random.normal(kp, (5, 11)) * 2
+    projection = np.array([0, 0, 3, 6, -1, 2, 2, 2, 5, -1, 1], np.int32)
+    got = xt.projected_kl_per_token(q, p, jnp.asarray(projection), temperature=2.0)
+    pt = np.asarray(jax.nn.softmax(np.asarray(p, np.float64) / 2.0, -1))
+    mass = np.zeros((5, 7))
+    for t, s in enumerate(projection):
+        if s >= 0:
+            mass[:, s] += pt[:, t]
+    mass /= mass.sum(-1, keepdims=True)
+    logq = np.asarray(jax.nn.log_softmax(np.asarray(q, np.float64) / 2.0, -1))
+    want = np.sum(np.where(mass > 0, mass * (np.log(np.where(mass > 0, mass, 1)) - logq), 0), -1)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    ids = jnp.arange(7, dtype=jnp.int32)
+    same = xt.projected_kl_per_token(q, p[:, :7], ids, temperature=1.5)
+    np.testing.assert_allclose(same, losses.forward_kl_per_token(q, p[:, :7], temperature=1.5),
+                               rtol=1e-6, atol=1e-6)  # fmt: skip
+
+
+def test_the_first_token_map_on_the_shipped_pairs():
+    """Every teacher token goes to a student token spelling a prefix of its bytes;
+    where the teacher's token is a whole word the student spells in several tokens,
+    to the student's own first one; EOS to EOS."""
+    from transformers import AutoTokenizer
+
+    from classkd_jax.data import build_tokenizer, synthetic
+
+    student = AutoTokenizer.from_pretrained(str(synthetic.synthetic_tokenizer_path()))
+    s_spell = vocab_map.token_bytes(student)
+    for out in (build_tokenizer.SPW_OUT, build_tokenizer.SP_OUT):
+        teacher = AutoTokenizer.from_pretrained(str(out))
+        t_spell = vocab_map.token_bytes(teacher)
+        m = vocab_map.first_token_map(student, teacher)
+        assert m.shape == (len(teacher),) and m[teacher.eos_token_id] == student.eos_token_id
+        for t, s in enumerate(m):
+            if t_spell[t]:
+                assert s >= 0 and t_spell[t].startswith(s_spell[s]), (t_spell[t], s)
+            elif t != teacher.eos_token_id:
+                assert s == -1
+    teacher = AutoTokenizer.from_pretrained(str(build_tokenizer.SPW_OUT))
+    m = vocab_map.first_token_map(student, teacher)
+    for word in ("▁market", "▁lake."):
+        own = student(word.replace("▁", " "), add_special_tokens=False).input_ids
+        assert m[teacher.convert_tokens_to_ids(word)] == own[0]
+    assert len(student(" lake.", add_special_tokens=False).input_ids) > 1
+
+
 def test_alm_on_one_token_chunks_is_its_token_level_form():
     """Same tokenizer: chunk k is token k, and ALM is the per-token binarised KL
     between p(y_t) and q(y_t), written out here from its definition."""
@@ -520,7 +578,7 @@ class KDStep:
         self.sources = roles.plan_roles(config, tok, where, context, why)
         v = len(tok)
         ids = np.arange(v, dtype=np.int32)
-        xt = CrossTokenizer(cross, v, ids, ids) if cross else None
+        xt = CrossTokenizer(cross, v, ids, ids, projection=ids) if cross else None
         self.models = build_models(config, self.sources, 2, v, xt)
         self.teacher = roles.load_params(self.sources["teacher"], mesh, (0, 1))
         self.data = data_lib.build(
@@ -582,18 +640,22 @@ def plain_kd():
     return step, step.run(step.batch())
 
 
-def test_exact_match_on_one_tokenizer_is_word_level_kd(plain_kd):
-    """Same tokenizer through the cross-tokenizer path with 'exact': the step's loss
-    and update equal today's word-level KD (forward KL) on the same rows."""
+@pytest.mark.parametrize("loss", ["exact", "projected"])
+def test_exact_match_and_projected_on_one_tokenizer_are_word_level_kd(plain_kd, loss):
+    """Same tokenizer through the cross-tokenizer path with 'exact' or 'projected'
+    (the identity map): the step's loss and update equal today's word-level KD
+    (forward KL) on the same rows."""
     import jax
 
     kd, (kd_state, kd_metrics) = plain_kd
-    xt = KDStep("exact")
+    xt = KDStep(loss)
     batch = xt.batch()
-    assert np.all(np.asarray(batch["off"]["exact_mask"]) == np.asarray(batch["off"]["loss_mask"]))
+    mask = np.asarray(batch["off"]["loss_mask"])
+    assert np.all(np.asarray(batch["off"]["exact_mask"]) == mask)
+    assert np.all(np.asarray(batch["off"]["first_mask"]) == mask)
     state, metrics = xt.run(batch)
     np.testing.assert_allclose(metrics["loss"], kd_metrics["loss"], rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(metrics["xt_exact"], kd_metrics["kd"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(metrics[f"xt_{loss}"], kd_metrics["kd"], rtol=1e-6, atol=1e-7)
     leaves = zip(jax.tree.leaves(state.student), jax.tree.leaves(kd_state.student), strict=True)
     for a, b in leaves:
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=0)

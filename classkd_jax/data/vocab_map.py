@@ -14,12 +14,13 @@ there, and next to none on the other), else an id that is not a byte piece.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["prepends_space", "shared_vocabulary", "token_bytes"]
+__all__ = ["first_token_map", "prepends_space", "shared_vocabulary", "token_bytes"]
 
 _BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 
@@ -90,6 +91,44 @@ def shared_vocabulary(student, teacher) -> tuple[np.ndarray, np.ndarray]:
             used_t.add(t)
     ids = sorted(pairs)
     return np.asarray(ids, np.int32), np.asarray([pairs[i] for i in ids], np.int32)
+
+
+def first_token_map(student, teacher) -> np.ndarray:
+    """`[V_t] int32`: per teacher id, the student's first token of the bytes it spells
+    (-1: none, e.g. special tokens; EOS maps to EOS).
+
+    The student's own tokenisation of the token's text where it is text and that
+    tokenisation's first token spells a prefix of it (no dummy-prefix space in
+    front); otherwise (a byte piece, part of a character) the student's longest
+    vocabulary entry spelling a prefix of it. Where the teacher's tokens are runs
+    of the student's (a teacher with a larger vocabulary on the same word
+    boundaries) this is the student token the student would emit first.
+    """
+    t_spell, s_spell = token_bytes(teacher), token_bytes(student)
+    by_bytes = _ids_by_spelling(student)
+    longest = max((len(b) for b in by_bytes), default=0)
+    out = np.full(len(t_spell), -1, np.int32)
+    texts = {}
+    for t, b in enumerate(t_spell):
+        with contextlib.suppress(UnicodeDecodeError):
+            texts[t] = b.decode("utf-8") if b else None
+    ids = [t for t, text in texts.items() if text]
+    encoded = student([texts[t] for t in ids], add_special_tokens=False)["input_ids"] if ids else []
+    first = {t: e[0] for t, e in zip(ids, encoded, strict=True) if e}
+    for t, b in enumerate(t_spell):
+        if not b:
+            continue
+        s = first.get(t)
+        if s is not None and s_spell[s] and b.startswith(s_spell[s]):
+            out[t] = s
+            continue
+        for k in range(min(len(b), longest), 0, -1):
+            if b[:k] in by_bytes:
+                out[t] = by_bytes[b[:k]]
+                break
+    if student.eos_token_id is not None and teacher.eos_token_id is not None:
+        out[int(teacher.eos_token_id)] = int(student.eos_token_id)
+    return out
 
 
 def _ids_by_spelling(tokenizer) -> dict[bytes, int]:

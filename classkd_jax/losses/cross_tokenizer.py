@@ -15,6 +15,11 @@ within the chunk (docs/method.md has the formulas):
                   the same bytes, p~ and q~ the two next-token distributions
                   renormalised over the vocabulary entries whose strings are
                   identical on both sides (GOLD's exact-match part);
+  projected:      KL(P || q) at each chunk's first token, P the teacher's
+                  next-token distribution carried onto the student's vocabulary
+                  (each teacher token's probability goes to the student's first
+                  token of its bytes: at a chunk start both sides begin at the
+                  same byte, so that is the student's next token);
   ULD:            sum_i |sort(p)_i - sort(q)_i| (both sorted in decreasing
                   order, the shorter vocabulary padded with zeros) at each
                   chunk's first token.
@@ -35,6 +40,7 @@ __all__ = [
     "chunk_sums",
     "exact_match_kl_per_token",
     "log1mexp",
+    "projected_kl_per_token",
     "uld_per_token",
 ]
 
@@ -138,6 +144,40 @@ def exact_match_kl_per_token(
     logq, logp = log_probs(q, temperature), log_probs(p, temperature)
     prob = jnp.exp(logp)
     return jnp.sum(prob * jnp.where(prob > 0, logp - logq, 0.0), axis=-1)
+
+
+def projected_kl_per_token(
+    student_logits: Array,
+    teacher_logits: Array,
+    projection: Array,
+    *,
+    temperature: float = 1.0,
+) -> Array:
+    """KL(P || q): the teacher's next-token distribution carried onto the student's
+    vocabulary, each teacher token's probability to the student's first token of
+    its bytes, against the student's distribution over its whole vocabulary.
+
+    Args:
+      student_logits: `[..., V_s]`; teacher_logits: `[..., V_t]`.
+      projection: `[V_t] int32`, the student id each teacher id goes to
+        (`data.vocab_map.first_token_map`); -1: dropped (P is renormalised over
+        what is kept); cut or padded with -1 to the teacher logits' width.
+      temperature: loss temperature applied to both.
+
+    Returns:
+      `[...]` float32 >= 0; equals `forward_kl_per_token` when `projection` is
+      `arange(V)` (one tokenizer).
+    """
+    v_s, v_t = student_logits.shape[-1], teacher_logits.shape[-1]
+    p = jnp.exp(log_probs(teacher_logits, temperature))
+    projection = jnp.pad(projection[:v_t], (0, max(v_t - projection.shape[0], 0)),
+                         constant_values=-1)  # fmt: skip
+    slot = jnp.where(projection < 0, v_s, projection)  # -1 goes to a slot that is cut off
+    mass = jnp.zeros((*p.shape[:-1], v_s + 1), jnp.float32).at[..., slot].add(p)[..., :v_s]
+    mass = mass / jnp.maximum(jnp.sum(mass, axis=-1, keepdims=True), 1e-30)
+    logq = log_probs(student_logits, temperature)
+    logm = jnp.log(jnp.where(mass > 0, mass, 1.0))
+    return jnp.sum(jnp.where(mass > 0, mass * (logm - logq), 0.0), axis=-1)
 
 
 def uld_per_token(

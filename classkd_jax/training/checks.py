@@ -140,7 +140,7 @@ def validate(c) -> None:
         _cross_tokenizer(c)
 
 
-CROSS_TOKENIZER_LOSSES = ("alm", "exact", "uld")  # `training.cross_objectives.LOSSES`
+CROSS_TOKENIZER_LOSSES = ("alm", "exact", "projected", "uld")  # `training.cross_objectives.LOSSES`
 
 
 CROSS_TOKENIZER_METHODS = ("kd", "gkd", "classkd", "seqkd")

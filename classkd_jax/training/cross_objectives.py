@@ -13,6 +13,9 @@ The step's 'off' batch then holds the teacher's rows and the chunk arrays of
            teacher token is gathered to the student's matching column (hidden
            states `[B, T_s, D_t]`, never logits); the part is the exact-match KL
            on one-token-each-side chunks (`exact_mask`);
+  'projected': the same gather; at every chunk's first token (`first_mask`)
+           KL(P || q), P the teacher's distribution carried onto the student's
+           vocabulary by `projection` (`data.vocab_map.first_token_map`);
   'uld':   the same gather, ULD at every chunk's first token (`first_mask`).
 Each is normalised to a mean over its chunks (or pairs) through per-token
 weights scaled by `count / n`, as the step divides every part by the
@@ -33,7 +36,7 @@ from classkd_jax import losses
 from classkd_jax.losses import cross_tokenizer as xt
 from classkd_jax.training.objectives import Part
 
-LOSSES = ("alm", "exact", "uld")
+LOSSES = ("alm", "exact", "projected", "uld")
 # The batch keys cross-tokenizer rows add (`classkd_jax.data.cross_rows.CROSS_KEYS`).
 TEACHER_VIEW = {
     "tokens": "teacher_tokens",
@@ -54,6 +57,7 @@ class CrossTokenizer:
       student_ids, teacher_ids: `[M] int32` vocabulary entries spelled alike
         (`data.vocab_map.shared_vocabulary`), for 'exact'.
       binarization_temp: ALM's tau (`cross_tokenizer.binarization_temp`).
+      projection: `[V_t] int32` teacher id -> student id, for 'projected'.
     """
 
     loss: str
@@ -61,6 +65,7 @@ class CrossTokenizer:
     student_ids: np.ndarray
     teacher_ids: np.ndarray
     binarization_temp: float = 1.0
+    projection: np.ndarray | None = None
 
 
 def teacher_batch(batch: dict) -> dict:
@@ -146,30 +151,26 @@ def kd_parts(config, cross: CrossTokenizer) -> tuple[Part, ...]:
             return mix(value, logits[0], ex)
 
         return (Part("off", (), alm_fn, ("targets", "alm_value", "alm_grad")),)
-    s_ids = jnp.asarray(cross.student_ids)
-    t_ids = jnp.asarray(cross.teacher_ids)
+    div = _divergence(cross, t)
 
     def pair_fn(logits, ex):
         q, p = logits
-        if cross.loss == "exact":
-            div = xt.exact_match_kl_per_token(q, p, s_ids, t_ids, temperature=t)
-        else:
-            div = xt.uld_per_token(q, p, temperature=t)
-        return mix(ex["xt_weight"] * div, q, ex)
+        return mix(ex["xt_weight"] * div(q, p), q, ex)
 
     extras = ("xt_weight", "targets") if ce_w else ("xt_weight",)
     return (Part("off", ("teacher",), pair_fn, extras),)
 
 
-def _divergence(cross: CrossTokenizer, t: float, s_ids, t_ids):
-    """The pair loss (exact or ULD) of a trained model's and the teacher's logits rows."""
-
-    def div(q, p):
-        if cross.loss == "exact":
-            return xt.exact_match_kl_per_token(q, p, s_ids, t_ids, temperature=t)
-        return xt.uld_per_token(q, p, temperature=t)
-
-    return div
+def _divergence(cross: CrossTokenizer, t: float):
+    """The pair loss (exact, projected or ULD) of a trained model's and the teacher's
+    logits rows."""
+    if cross.loss == "exact":
+        s_ids, t_ids = jnp.asarray(cross.student_ids), jnp.asarray(cross.teacher_ids)
+        return lambda q, p: xt.exact_match_kl_per_token(q, p, s_ids, t_ids, temperature=t)
+    if cross.loss == "projected":
+        projection = jnp.asarray(cross.projection)
+        return lambda q, p: xt.projected_kl_per_token(q, p, projection, temperature=t)
+    return lambda q, p: xt.uld_per_token(q, p, temperature=t)
 
 
 def _teacher_term(cross: CrossTokenizer, t: float):
@@ -183,7 +184,7 @@ def _teacher_term(cross: CrossTokenizer, t: float):
             return ex["alm_value"] + ex["alm_grad"] * (logq - jax.lax.stop_gradient(logq))
 
         return alm, (), ("targets", "alm_value", "alm_grad")
-    div = _divergence(cross, t, jnp.asarray(cross.student_ids), jnp.asarray(cross.teacher_ids))
+    div = _divergence(cross, t)
     return (
         (lambda logits, ex: ex["xt_weight"] * div(logits[0], logits[1])),
         ("teacher",),

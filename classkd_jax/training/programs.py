@@ -512,10 +512,11 @@ def _vocab(config, tokenizer, sources: dict, cross: bool) -> int:
 def _cross_tokenizer(config, sources: dict, vocab: int, tokenizer, teacher_tokenizer):
     """`run.cross_tokenizer` as the trainer builds it; 'exact' pairs the two
     vocabularies' entries, so it needs the student's tokenizer itself too."""
-    if isinstance(tokenizer, roles.ConfigVocab) and config.cross_tokenizer.loss == "exact":
+    loss = config.cross_tokenizer.loss
+    if isinstance(tokenizer, roles.ConfigVocab) and loss in ("exact", "projected"):
         hub = config.tokenizer or config.student.path
         raise UserError(
-            f"cross_tokenizer.loss='exact' pairs the two tokenizers' entries: compiling it "
+            f"cross_tokenizer.loss={loss!r} maps the two tokenizers' entries: compiling it "
             f"needs the student's tokenizer locally too ({hub} is a hub name); pass "
             "--config.tokenizer=DIR"
         )

@@ -131,8 +131,15 @@ def cross_tokenizer(config, sources: dict, vocab: int, student_tokenizer, teache
                 "cross_tokenizer.loss='exact': the two tokenizers spell no vocabulary entry "
                 "alike; use 'alm' or 'uld'"
             )
+    projection = None
+    if config.cross_tokenizer.loss == "projected":
+        projection = vocab_map.first_token_map(student_tokenizer, teacher_tokenizer)
+        projection = np.where(projection < vocab, projection, -1)[:t_vocab].astype(np.int32)
+        if len(projection) < t_vocab:  # a head wider than the tokenizer: padding rows
+            projection = np.pad(projection, (0, t_vocab - len(projection)), constant_values=-1)
     tau = float(config.cross_tokenizer.binarization_temp)
-    return CrossTokenizer(str(config.cross_tokenizer.loss), t_vocab, s_ids, t_ids, tau)
+    loss = str(config.cross_tokenizer.loss)
+    return CrossTokenizer(loss, t_vocab, s_ids, t_ids, tau, projection)
 
 
 def _role_steps(config, name: str, total: int) -> int:
