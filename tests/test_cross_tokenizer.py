@@ -661,6 +661,40 @@ def test_exact_match_and_projected_on_one_tokenizer_are_word_level_kd(plain_kd, 
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=0)
 
 
+def test_inner_ce_scores_the_columns_inside_chunks_with_the_dataset_token():
+    """`cross_tokenizer.inner_ce`: the pair loss at chunk starts, the CE of the
+    dataset token at the other scored columns, each column weight 1 (the step
+    then takes the mean over scored columns); without it, the pair loss alone,
+    weighted to a mean over pairs."""
+    import jax
+    import jax.numpy as jnp
+
+    from classkd_jax import losses
+    from classkd_jax.training import cross_objectives as co
+
+    loss_mask = jnp.asarray([[0, 1, 1, 1, 1, 0]], jnp.float32)
+    first = jnp.asarray([[0, 1, 0, 1, 0, 0]], jnp.float32)
+    batch = {"loss_mask": loss_mask, "first_mask": first, "exact_mask": first}
+    plain = co.pair_weight(batch, "projected")
+    np.testing.assert_allclose(plain["xt_weight"], first * 4 / 2)
+    w = co.pair_weight(batch, "projected", inner_ce=True)
+    np.testing.assert_array_equal(w["xt_weight"], first)
+    np.testing.assert_array_equal(w["xt_fill"], [[0, 0, 1, 0, 1, 0]])
+
+    ids = np.arange(9, dtype=np.int32)
+    cross = co.CrossTokenizer("projected", 9, ids, ids, projection=ids, inner_ce=True)
+    (part,) = co.kd_parts(_kd_config("kd"), cross)
+    assert set(part.extras) == {"xt_weight", "xt_fill", "targets"}
+    kq, kp = jax.random.split(jax.random.key(3))
+    q, p = jax.random.normal(kq, (6, 9)), jax.random.normal(kp, (6, 9))
+    targets = jnp.arange(6, dtype=jnp.int32)
+    ex = {"xt_weight": w["xt_weight"][0], "xt_fill": w["xt_fill"][0], "targets": targets}
+    value, _ = part.token_fn((q, p), ex)
+    kl = losses.forward_kl_per_token(q, p)
+    ce = losses.cross_entropy_per_token(q, targets)
+    np.testing.assert_allclose(value, first[0] * kl + w["xt_fill"][0] * ce, rtol=1e-6)
+
+
 def test_alm_step_on_one_tokenizer_is_the_token_level_binarised_kl():
     """Same tokenizer, 'alm': the step's loss is the mean over response tokens of
     KL(Bern(p(y_t)) || Bern(q(y_t))), computed here from the dense logits; a second
@@ -778,6 +812,16 @@ def test_cross_tokenizer_keys_are_checked():
             {"teacher.tokenizer": "x", "cross_tokenizer.binarization_temp": 0.0},
             "cross_tokenizer.binarization_temp=0.0",
         ),
+        ("kd", {"teacher.tokenizer": "x", "cross_tokenizer.inner_ce": True}, "inner_ce=True"),
+        (
+            "gkd",
+            {
+                "teacher.tokenizer": "x",
+                "cross_tokenizer.inner_ce": True,
+                "cross_tokenizer.loss": "projected",
+            },
+            "method='gkd'",
+        ),  # fmt: skip
     ]:
         config = import_sibling("configs/x.py", method).get_config("size=tiny")
         with config.unlocked():

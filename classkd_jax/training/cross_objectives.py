@@ -58,6 +58,8 @@ class CrossTokenizer:
         (`data.vocab_map.shared_vocabulary`), for 'exact'.
       binarization_temp: ALM's tau (`cross_tokenizer.binarization_temp`).
       projection: `[V_t] int32` teacher id -> student id, for 'projected'.
+      inner_ce: KD's columns that `exact`, `projected` or `uld` leave unscored
+        (inside a chunk) train on the dataset token (`cross_tokenizer.inner_ce`).
     """
 
     loss: str
@@ -66,6 +68,7 @@ class CrossTokenizer:
     teacher_ids: np.ndarray
     binarization_temp: float = 1.0
     projection: np.ndarray | None = None
+    inner_ce: bool = False
 
 
 def teacher_batch(batch: dict) -> dict:
@@ -78,11 +81,17 @@ def gather_teacher(hidden: jax.Array, index: jax.Array) -> jax.Array:
     return jnp.take_along_axis(hidden, index[..., None].astype(jnp.int32), axis=1)
 
 
-def pair_weight(batch: dict, loss: str) -> jax.Array:
-    """`[B, T_s]` float32: mask of the scored pairs times `count / n_pairs` (a pair mean)."""
+def pair_weight(batch: dict, loss: str, inner_ce: bool = False) -> dict:
+    """The pair loss's per-column weights `[B, T_s]` float32: 'xt_weight', the mask
+    of the scored pairs times `count / n_pairs` (a pair mean); with `inner_ce`,
+    the pair mask itself and 'xt_fill', the scored columns no pair covers (a mean
+    over every column of the pair loss there and the CE elsewhere)."""
     mask = batch["exact_mask" if loss == "exact" else "first_mask"].astype(jnp.float32)
-    count = jnp.sum(batch["loss_mask"] != 0, dtype=jnp.float32)
-    return mask * count / jnp.maximum(jnp.sum(mask), 1.0)
+    scored = (batch["loss_mask"] != 0).astype(jnp.float32)
+    if inner_ce:
+        return {"xt_weight": mask, "xt_fill": scored * (1.0 - mask)}
+    count = jnp.sum(scored)
+    return {"xt_weight": mask * count / jnp.maximum(jnp.sum(mask), 1.0)}
 
 
 def alm_extras(
@@ -155,9 +164,13 @@ def kd_parts(config, cross: CrossTokenizer) -> tuple[Part, ...]:
 
     def pair_fn(logits, ex):
         q, p = logits
-        return mix(ex["xt_weight"] * div(q, p), q, ex)
+        value = ex["xt_weight"] * div(q, p)
+        if cross.inner_ce:  # the dataset token where no pair scores the column
+            value = value + ex["xt_fill"] * losses.cross_entropy_per_token(q, ex["targets"])
+        return mix(value, q, ex)
 
-    extras = ("xt_weight", "targets") if ce_w else ("xt_weight",)
+    extras = ("xt_weight", "targets") if ce_w or cross.inner_ce else ("xt_weight",)
+    extras += ("xt_fill",) if cross.inner_ce else ()
     return (Part("off", ("teacher",), pair_fn, extras),)
 
 

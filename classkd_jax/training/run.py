@@ -139,7 +139,8 @@ def cross_tokenizer(config, sources: dict, vocab: int, student_tokenizer, teache
             projection = np.pad(projection, (0, t_vocab - len(projection)), constant_values=-1)
     tau = float(config.cross_tokenizer.binarization_temp)
     loss = str(config.cross_tokenizer.loss)
-    return CrossTokenizer(loss, t_vocab, s_ids, t_ids, tau, projection)
+    inner_ce = bool(config.cross_tokenizer.inner_ce)
+    return CrossTokenizer(loss, t_vocab, s_ids, t_ids, tau, projection, inner_ce)
 
 
 def _role_steps(config, name: str, total: int) -> int:

@@ -403,7 +403,8 @@ class StepBuilder:
                 ex.update({k: batch[k] for k in ROLLOUT_KEYS})
                 ex["advantages"] = minillm.advantages(batch, self.config.minillm)
             if self.models.cross is not None and self.models.cross.loss != "alm":
-                ex["xt_weight"] = cross_objectives.pair_weight(batch, self.models.cross.loss)
+                cross = self.models.cross
+                ex.update(cross_objectives.pair_weight(batch, cross.loss, cross.inner_ce))
             out[name] = ex
         return out
 
