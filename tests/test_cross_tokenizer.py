@@ -665,7 +665,7 @@ def test_inner_ce_scores_the_columns_inside_chunks_with_the_dataset_token():
     """`cross_tokenizer.inner_ce`: the pair loss at chunk starts, the CE of the
     dataset token at the other scored columns, each column weight 1 (the step
     then takes the mean over scored columns); without it, the pair loss alone,
-    weighted to a mean over pairs."""
+    weighted to a mean over pairs. On dataset rows only."""
     import jax
     import jax.numpy as jnp
 
@@ -693,6 +693,15 @@ def test_inner_ce_scores_the_columns_inside_chunks_with_the_dataset_token():
     kl = losses.forward_kl_per_token(q, p)
     ce = losses.cross_entropy_per_token(q, targets)
     np.testing.assert_allclose(value, first[0] * kl + w["xt_fill"][0] * ce, rtol=1e-6)
+    # ClassKD: the student's off-policy term and the classmate's (dataset rows) are
+    # filled; the on-policy term (the student's own samples) is not.
+    config = _kd_config("classkd", **{"misfeedback.weight": 0.0})
+    off, on = co.classkd_parts(config, cross, on_policy=True)
+    (mate,) = co.classmate_parts(config, cross)
+    assert "xt_fill" in off.extras and "xt_fill" in mate.extras and "xt_fill" not in on.extras
+    value, _ = off.token_fn((q, p), ex)
+    w_off = float(config.classkd.off_policy_weight)
+    np.testing.assert_allclose(value, w_off * (first[0] * kl + w["xt_fill"][0] * ce), rtol=1e-6)
 
 
 def test_alm_step_on_one_tokenizer_is_the_token_level_binarised_kl():

@@ -174,11 +174,13 @@ def _cross_tokenizer(c) -> None:
             "supported with another tokenizer yet"
         )
     _choice("cross_tokenizer.loss", c.cross_tokenizer.loss, CROSS_TOKENIZER_LOSSES)
-    if c.cross_tokenizer.inner_ce and (c.method != "kd" or c.cross_tokenizer.loss == "alm"):
+    inner = c.cross_tokenizer.inner_ce
+    if inner and (c.method not in ("kd", "classkd") or c.cross_tokenizer.loss == "alm"):
         raise UserError(
-            "cross_tokenizer.inner_ce=True trains KD's dataset rows on the columns a pair "
-            "loss leaves unscored: it needs method='kd' and cross_tokenizer.loss='exact', "
-            f"'projected' or 'uld' (not method={c.method!r}, loss={c.cross_tokenizer.loss!r})"
+            "cross_tokenizer.inner_ce=True trains dataset rows on the columns a pair loss "
+            "leaves unscored: it needs method='kd' or 'classkd' and cross_tokenizer.loss="
+            f"'exact', 'projected' or 'uld' (not method={c.method!r}, "
+            f"loss={c.cross_tokenizer.loss!r})"
         )
     tau = c.cross_tokenizer.binarization_temp
     _require(tau > 0, "cross_tokenizer.binarization_temp", tau, "> 0")

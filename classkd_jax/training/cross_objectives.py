@@ -58,8 +58,9 @@ class CrossTokenizer:
         (`data.vocab_map.shared_vocabulary`), for 'exact'.
       binarization_temp: ALM's tau (`cross_tokenizer.binarization_temp`).
       projection: `[V_t] int32` teacher id -> student id, for 'projected'.
-      inner_ce: KD's columns that `exact`, `projected` or `uld` leave unscored
-        (inside a chunk) train on the dataset token (`cross_tokenizer.inner_ce`).
+      inner_ce: the dataset rows' columns that `exact`, `projected` or `uld`
+        leave unscored (inside a chunk) train on the dataset token (KD; ClassKD's
+        off-policy term and its classmate) (`cross_tokenizer.inner_ce`).
     """
 
     loss: str
@@ -186,10 +187,12 @@ def _divergence(cross: CrossTokenizer, t: float):
     return lambda q, p: xt.uld_per_token(q, p, temperature=t)
 
 
-def _teacher_term(cross: CrossTokenizer, t: float):
+def _teacher_term(cross: CrossTokenizer, t: float, fill: bool = False):
     """`(term(logits, ex) -> [N], others, extras)`: the cross-tokenizer loss of the
     trained model (logits[0]) against the teacher, as a per-token surrogate; the
-    teacher's logits are logits[1] when `others` holds it (exact, ULD)."""
+    teacher's logits are logits[1] when `others` holds it (exact, projected, ULD).
+    `fill`: plus the dataset token's CE on the columns no pair scores (`inner_ce`,
+    dataset rows only)."""
     if cross.loss == "alm":
 
         def alm(logits, ex):
@@ -198,11 +201,18 @@ def _teacher_term(cross: CrossTokenizer, t: float):
 
         return alm, (), ("targets", "alm_value", "alm_grad")
     div = _divergence(cross, t)
-    return (
-        (lambda logits, ex: ex["xt_weight"] * div(logits[0], logits[1])),
-        ("teacher",),
-        ("xt_weight",),
-    )
+    if not fill:
+        return (
+            (lambda logits, ex: ex["xt_weight"] * div(logits[0], logits[1])),
+            ("teacher",),
+            ("xt_weight",),
+        )
+
+    def filled(logits, ex):
+        ce = losses.cross_entropy_per_token(logits[0], ex["targets"])
+        return ex["xt_weight"] * div(logits[0], logits[1]) + ex["xt_fill"] * ce
+
+    return filled, ("teacher",), ("xt_weight", "xt_fill", "targets")
 
 
 def classkd_parts(config, cross: CrossTokenizer, *, on_policy: bool) -> tuple[Part, ...]:
@@ -212,14 +222,15 @@ def classkd_parts(config, cross: CrossTokenizer, *, on_policy: bool) -> tuple[Pa
     is X itself, as the classmate's side is (`classmate_parts`)."""
     k, m = config.classkd, config.misfeedback
     t = temperature(config)
-    term, others, extras = _teacher_term(cross, t)
+    off_term, off_others, off_extras = _teacher_term(cross, t, fill=cross.inner_ce)
+    term, others, extras = _teacher_term(cross, t)  # on the student's samples: no CE
     off_w, on_w = float(k.off_policy_weight), float(k.on_policy_weight)
 
     def off_fn(logits, ex):
-        x = term(logits, ex)
+        x = off_term(logits, ex)
         return off_w * x, {"off_kd": x, "student_fkl": x}
 
-    parts = [Part("off", others, off_fn, extras)]
+    parts = [Part("off", off_others, off_fn, off_extras)]
     if not on_policy:
         return tuple(parts)
     with_mis = float(m.weight) != 0
@@ -248,8 +259,10 @@ def classkd_parts(config, cross: CrossTokenizer, *, on_policy: bool) -> tuple[Pa
 
 
 def classmate_parts(config, cross: CrossTokenizer) -> tuple[Part, ...]:
-    """The classmate's loss X(p, c) on 'off' (its ALM extras are its own)."""
-    term, others, extras = _teacher_term(cross, temperature(config))
+    """The classmate's loss X(p, c) on 'off' (its ALM extras are its own; with
+    `inner_ce`, the dataset token's CE on the columns no pair scores, as the
+    student's off-policy term)."""
+    term, others, extras = _teacher_term(cross, temperature(config), fill=cross.inner_ce)
 
     def token_fn(logits, ex):
         x = term(logits, ex)

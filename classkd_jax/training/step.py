@@ -404,7 +404,8 @@ class StepBuilder:
                 ex["advantages"] = minillm.advantages(batch, self.config.minillm)
             if self.models.cross is not None and self.models.cross.loss != "alm":
                 cross = self.models.cross
-                ex.update(cross_objectives.pair_weight(batch, cross.loss, cross.inner_ce))
+                fill = cross.inner_ce and name == "off"  # dataset rows (KD, ClassKD)
+                ex.update(cross_objectives.pair_weight(batch, cross.loss, fill))
             out[name] = ex
         return out
 
