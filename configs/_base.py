@@ -410,8 +410,8 @@ def _cross_tokenizer(c: ml_collections.ConfigDict) -> None:
         # chunk starts (ULD). docs/method.md has the formulas.
         # binarization_temp: ALM's tau, the chunk probabilities binarised as
         # exp(S / tau) (1: as they are; the ALM reference trains at 100).
-        # inner_ce (KD with exact, projected or uld): the columns the loss leaves
-        # unscored (inside a chunk) train on the dataset token, so every column of
-        # the answer has a term (a mean over all of them).
+        # inner_ce (KD, ClassKD; exact, projected or uld): the dataset rows' columns
+        # the loss leaves unscored (inside a chunk) train on the dataset token, so
+        # every column of the answer has a term (a mean over all of them).
         {"loss": "alm", "binarization_temp": 1.0, "inner_ce": False}
     )
