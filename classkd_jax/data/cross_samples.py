@@ -21,19 +21,9 @@ import dataclasses
 
 import numpy as np
 
-from classkd_jax.data import alignment, batching, cross_rows, templates
+from classkd_jax.data import alignment, batching, cross_rows, templates, vocab_map
 
 __all__ = ["SampleRetokenizer"]
-
-
-def _valid_utf8_prefix(raw: bytes) -> bytes:
-    """The longest prefix of `raw` that decodes as UTF-8 (a byte-level model can
-    sample byte sequences that are not text; what follows the first is left out)."""
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        return raw[: e.start]
-    return raw
 
 
 @dataclasses.dataclass
@@ -85,7 +75,7 @@ class SampleRetokenizer:
         raw = b"".join(spell[i] or b"" for i in body)
         if self.student_prepends and raw.startswith(b" "):  # the dummy prefix
             raw, ends = raw[1:], np.maximum(ends - 1, 0)
-        valid = _valid_utf8_prefix(raw)
+        valid = vocab_map.valid_utf8_prefix(raw)
         spans = np.stack([ends[:-1], ends[1:]], axis=1) if body else np.zeros((0, 2), np.int64)
         if ended and len(valid) == len(raw):
             spans = np.concatenate([spans, [[len(raw), len(raw) + 1]]])

@@ -20,7 +20,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["first_token_map", "prepends_space", "shared_vocabulary", "token_bytes"]
+__all__ = [
+    "first_token_map",
+    "prepends_space",
+    "shared_vocabulary",
+    "token_bytes",
+    "valid_utf8_prefix",
+]
 
 _BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 
@@ -63,6 +69,16 @@ def token_bytes(tokenizer) -> list[bytes | None]:
 
 
 _ROLES = ("eos_token_id", "bos_token_id", "pad_token_id", "unk_token_id")  # EOS wins a tie
+
+
+def valid_utf8_prefix(raw: bytes) -> bytes:
+    """The longest prefix of `raw` that decodes as UTF-8 (spelled tokens can end
+    inside a character, and a byte-level model can sample bytes that are not text)."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return raw[: e.start]
+    return raw
 
 
 def prepends_space(tokenizer, spelling: Sequence[bytes | None]) -> bool:

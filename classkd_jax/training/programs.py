@@ -44,7 +44,7 @@ from classkd_jax import sharding
 from classkd_jax.cli import UserError
 from classkd_jax.models import ModelConfig, abstract_params
 from classkd_jax.sampling import Sampler, SamplingConfig, default_buckets
-from classkd_jax.training import checks, cross_objectives, objectives, roles
+from classkd_jax.training import checks, objectives, roles
 from classkd_jax.training import flops as flops_lib
 from classkd_jax.training.data import SCORED_KEYS, teacher_sample_buckets
 from classkd_jax.training.run import build_models, cross_tokenizer
@@ -287,13 +287,7 @@ class _Builder:
             key = "on" if "on" in batch else "off"
             b, p = batch[key]["prompt_tokens"].shape
             shapes[key] = (b, p + batch[key]["tokens"].shape[1])
-        on_policy = c.method == "classkd" and "on" in batch
-        if m.cross is None:
-            parts = objectives.student_parts(c, on_policy=on_policy, lm="lm" in batch)
-        elif c.method == "classkd":
-            parts = cross_objectives.classkd_parts(c, m.cross, on_policy=on_policy)
-        else:
-            parts = cross_objectives.kd_parts(c, m.cross)
+        parts = self.builder._student_parts({k: v for k, v in batch.items() if k != "control"})
         # a teacher with another tokenizer reads its own rows [B, T_t]
         teacher = {k: batch[k]["teacher_tokens"].shape for k in shapes} if m.cross else shapes
         total, frozen = 0.0, set()

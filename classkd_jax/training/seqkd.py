@@ -42,6 +42,7 @@ import jax
 import numpy as np
 
 from classkd_jax.cli import UserError
+from classkd_jax.data import vocab_map
 from classkd_jax.data.tokenize import TokenizedData
 from classkd_jax.sampling.completions import complete_token_ids
 
@@ -244,15 +245,6 @@ def _completions(
 # --------------------------------------------------------------------------
 
 
-def _valid_utf8_prefix(raw: bytes) -> bytes:
-    """The longest prefix of `raw` that decodes as UTF-8."""
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        return raw[: e.start]
-    return raw
-
-
 def retokenized(
     answers: TokenizedData,
     student: TokenizedData,
@@ -289,7 +281,7 @@ def retokenized(
         if body and body[-1] == teacher_eos:
             body = body[:-1]
         raw = b"".join(spelling[t] or b"" for t in body)
-        text = _valid_utf8_prefix(raw).decode("utf-8")
+        text = vocab_map.valid_utf8_prefix(raw).decode("utf-8")
         if prepends_space and text.startswith(" "):
             text = text[1:]
         own = list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
