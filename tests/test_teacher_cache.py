@@ -87,7 +87,7 @@ def test_a_killed_job_resumes_by_skipping_whole_chunks(caches, tmp_path):
 
 
 def test_a_config_mismatch_is_one_line(caches, capsys):
-    _, one, _ = caches
+    config, one, _ = caches
     argv = [
         "--config",
         "configs/kd.py:size=tiny",
@@ -98,7 +98,8 @@ def test_a_config_mismatch_is_one_line(caches, capsys):
     assert cli.run(cache_main, argv, prog=PROG) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "temperature: the cache has 1.0, this run 2.0" in err[0], err
-    with pytest.raises(cli.UserError, match="num_samples: the cache has 16, this run 8"):
+    n = config.teacher_cache.num_samples
+    with pytest.raises(cli.UserError, match=f"num_samples: the cache has {n}, this run 8"):
         expected = read_manifest(one) | {"num_samples": 8}
         check(one, expected)
 
@@ -152,7 +153,8 @@ def test_the_trainers_batches_find_their_cached_positions(caches):
     lookup = Lookup(SplitReader(one, "train", read_manifest(one)), data)
     extra = lookup.batch_arrays(batch)
     scored = batch["loss_mask"] != 0
-    np.testing.assert_array_equal(extra["cache_counts"].sum(-1), np.where(scored, 16, 0))
+    n = config.teacher_cache.num_samples
+    np.testing.assert_array_equal(extra["cache_counts"].sum(-1), np.where(scored, n, 0))
     _, logp = teacher_logp(sources, batch, len(tokenizer))
     live = np.take_along_axis(logp, extra["cache_ids"], axis=-1)
     drawn = extra["cache_counts"] > 0
