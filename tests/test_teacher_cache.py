@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import re
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -102,6 +103,32 @@ def test_a_config_mismatch_is_one_line(caches, capsys):
     with pytest.raises(cli.UserError, match=f"num_samples: the cache has {n}, this run 8"):
         expected = read_manifest(one) | {"num_samples": 8}
         check(one, expected)
+
+
+def test_a_cache_grows_the_dev_split_a_validating_run_reads(caches, tmp_path):
+    """One cache serves runs with and without validation (compare: KD's rows build it,
+    then DistiLLM's, which validates, read it): the builder adds the missing dev
+    split, keeps it for a run that does not validate, and the train chunks are
+    not rebuilt."""
+    config, one, _ = caches
+    shutil.copytree(one, tmp_path / "c")
+    root = tmp_path / "c"
+    validating = kd_config(eval_every=1)
+    assert "dev" not in read_manifest(root)["data"]
+    tokenizer, sources = _models("kd")
+    splits = builder.load_splits(validating, tokenizer)
+    dev_chunks = store.num_chunks(len(splits["dev"]), 16)
+    built = builder.build(validating, root, message=lambda _: None)
+    assert built == {"built": dev_chunks, "skipped": 3}
+    manifest = read_manifest(root)
+    assert set(manifest["data"]) == set(manifest["splits"]) == {"train", "dev"}
+    expected = builder.fingerprint(validating, sources["teacher"], tokenizer, "x", splits)
+    assert manifest["data"] == expected["data"]
+    assert builder.build(config, root, message=lambda _: None) == {"built": 0, "skipped": 3}
+    assert read_manifest(root)["data"] == manifest["data"]  # the dev split stays
+    other = kd_config(**{"eval_every": 1, "kd.temperature": 2.0})
+    with pytest.raises(cli.UserError, match="temperature: the cache has"):
+        builder.build(other, root, message=lambda _: None)
 
 
 def test_teacher_cache_on_a_method_that_cannot_use_it_is_refused():

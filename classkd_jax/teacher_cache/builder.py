@@ -221,7 +221,9 @@ def build(
     Process `process_index` of `process_count` (default JAX's) writes its
     chunks (`store`); chunks already whole are skipped, so a rerun of a killed
     job resumes. `max_chunks` stops after building that many (tests: a kill).
-    An existing manifest that does not match `config` is refused in one line.
+    An existing manifest that does not match `config` is refused in one line;
+    one that lacks a split `config` reads (the dev split of a run that
+    validates) but matches otherwise gets that split added.
 
     Returns:
       {'built': chunks written now, 'skipped': chunks found whole}.
@@ -239,8 +241,12 @@ def build(
     expected["splits"] = {
         name: {"examples": len(d), "chunk_examples": chunk_examples} for name, d in splits.items()
     }
+    found = {}
     if (out_dir / store.MANIFEST).is_file():
-        store.check(out_dir, expected)
+        # splits are added, never dropped: a cache built for a run that did not validate
+        # grows the dev split a validating run needs, and one that has it serves a run
+        # that does not (compare: KD's rows, then DistiLLM's); the rest must match
+        found = store.check(out_dir, expected, common_splits=True)
     elif p == 0:
         store.write_manifest(out_dir, expected)
     todo = [
@@ -284,6 +290,8 @@ def build(
         message(f"{name} chunk {chunk}: {len(examples)} examples, {len(arrays['lse'])} positions")
     if p == 0:
         info = dict(expected, teacher_params=params_fingerprint(params))
+        for key in ("data", "splits"):
+            info[key] = {**found.get(key, {}), **expected[key]}
         store.write_manifest(out_dir, info)
     return result
 
