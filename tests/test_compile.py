@@ -173,6 +173,53 @@ def test_a_teacher_with_another_tokenizer_compiles_on_its_own_rows(tmp_path):
         assert any(vocab in leaf.shape for leaf in jax.tree.leaves(frozen["teacher"]))
 
 
+def test_a_cached_kd_run_compiles_without_the_teacher(tmp_path):
+    """Tiny KD from `teacher.cache`: its step takes the dataset rows with the cached
+    draws (`CACHE_KEYS`, [B, T, N], the trainer's dtypes) and no teacher, so its
+    counted FLOPs are the student's forward and backward alone (as SFT's), and
+    the dev KD reads the cache's dev draws. ClassKD with on-policy steps keeps the
+    teacher for them (`checks.live_teacher`)."""
+    from classkd_jax.training.step import CACHE_KEYS
+
+    base = ["--config", "configs/demo.py:method=kd,size=tiny", "--config.eval_every=1"]
+    cached = [*base, f"--config.teacher.cache={tmp_path / 'cache'}"]
+    out = tmp_path / "kd.json"
+    argv = [*cached, "--topology", "v5e:2x2", "--programs", "largest", "--jobs", "1"]
+    assert compile_cli.main([*argv, "--out", str(out)]) == 0
+    record = {r["program"]: r for r in json.loads(out.read_text())["programs"]}
+    assert {"step off=128", "dev_loss T=128"} <= set(record)
+
+    plans = {}
+    for name, argv in (("live", base), ("cached", cached), ("sft", base)):
+        config, _ = train_cli.parse_flags(argv, workdir=False)
+        with config.unlocked():
+            config.method = "sft" if name == "sft" else config.method
+        plans[name] = programs.plan(config, run.make_mesh(config))
+    n = int(config.teacher_cache.num_samples)
+    by_name = {k: {p.name: p for p in v.programs} for k, v in plans.items()}
+    step, dev = by_name["cached"]["step off=128"], by_name["cached"]["dev_loss T=128"]
+    (_, frozen, batch, _), _ = step.lower().args_info
+    assert frozen == {}
+    rows = batch["off"]["tokens"].shape[0]
+    for key in CACHE_KEYS:
+        dtype = np.float32 if key == "cache_logp" else np.int32
+        assert batch["off"][key].shape == (rows, 128, n) and batch["off"][key].dtype == dtype
+    live_step = by_name["live"]["step off=128"]
+    assert step.flops == by_name["sft"]["step off=128"].flops < live_step.flops
+    assert record["step off=128"]["flops"] == step.flops
+    (_, teacher, dev_batch), _ = dev.lower().args_info
+    assert teacher is None and set(CACHE_KEYS) <= set(dev_batch)
+    assert dev.flops < by_name["live"]["dev_loss T=128"].flops
+
+    config, _ = train_cli.parse_flags(
+        [*cached, "--config.method=classkd", "--config.classkd.lmbda=0.5"], workdir=False
+    )
+    plan = programs.plan(config, run.make_mesh(config))
+    on = next(p for p in plan.programs if p.name.startswith("step off=128 on"))
+    (_, frozen, batch, _), _ = on.lower().args_info
+    assert "teacher" in frozen and set(CACHE_KEYS) <= set(batch["off"])
+
+
 def test_a_run_that_cannot_fit_exits_3_with_one_line(tmp_path):
     """A tiny run with a teacher of 2 x 3.2G MLP parameters: 25 GiB of float32
     weights on every 16 GiB v5e chip (mesh data=4 replicates them)."""

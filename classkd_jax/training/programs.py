@@ -26,6 +26,12 @@ each batch the teacher reads also holds its own rows and the chunk arrays
 teacher) row buckets, named `step off=T_s teacher=T_t` (samples: `P=P
 teacher=T_t`); the teacher is built on its own vocabulary and validation
 has no dev KD (as the trainer's).
+
+With `teacher.cache` (KD, DistiLLM, ClassKD) the dataset rows also hold the
+cached draws (`CACHE_KEYS`, `[B, T, W]`) and, as in the trainer, the teacher
+is an argument only of the programs whose batches are new tokens (ClassKD's
+on-policy steps, DistiLLM's samples): a cached KD step holds no teacher
+matmul, and validation's dev KD reads the cache's dev draws.
 """
 
 from __future__ import annotations
@@ -44,12 +50,13 @@ from classkd_jax import sharding
 from classkd_jax.cli import UserError
 from classkd_jax.models import ModelConfig, abstract_params
 from classkd_jax.sampling import Sampler, SamplingConfig, default_buckets
+from classkd_jax.teacher_cache.builder import cache_temperature
 from classkd_jax.training import checks, objectives, roles
 from classkd_jax.training import flops as flops_lib
 from classkd_jax.training.data import SCORED_KEYS, teacher_sample_buckets
 from classkd_jax.training.run import build_models, cross_tokenizer
 from classkd_jax.training.state import abstract_run_state, params_shardings, run_state_shardings
-from classkd_jax.training.step import Models, StepBuilder
+from classkd_jax.training.step import CACHE_KEYS, Models, StepBuilder
 from classkd_jax.training.validation import _dev_sums
 
 
@@ -148,6 +155,23 @@ def _cross(batch: int, length_s: int, length_t: int, rows) -> dict:
     return out
 
 
+def _cache(batch: int, length: int, width: int, rows) -> dict:
+    """The `CACHE_KEYS` arrays `[B, T, W]` a batch read from `teacher.cache` carries
+    (`teacher_cache.Lookup.batch_arrays`): ids and counts int32, log-probs float32."""
+    out = {k: _rows((batch, length, width), jnp.int32, rows) for k in CACHE_KEYS}
+    out["cache_logp"] = _rows((batch, length, width), jnp.float32, rows)
+    return out
+
+
+def cache_width(config) -> int:
+    """W of the run's `teacher.cache` arrays: the draws N (`teacher_cache.num_samples`),
+    or k with `teacher_cache.loss='topk'`; 0 when the dataset rows' teacher is live."""
+    if not config.teacher.cache or config.method not in checks.CACHE_METHODS:
+        return 0
+    t = config.teacher_cache
+    return int(t.top_k) if t.loss == "topk" else int(t.num_samples)
+
+
 def _control(config, replicated) -> dict:
     values = objectives.control(config, 0)
     return {
@@ -178,6 +202,10 @@ class _Builder:
         self.teacher = None
         if models.teacher is not None:
             self.teacher = abstract_model_params(models.teacher.config, mesh)
+        # with teacher.cache the dataset rows carry the teacher's draws and, unless a
+        # batch of new tokens needs it, the run loads no teacher (`checks.live_teacher`)
+        self.cache_width = cache_width(config)
+        self.live_teacher = self.teacher is not None and checks.live_teacher(config)
 
     # ----- train steps -----
 
@@ -186,7 +214,7 @@ class _Builder:
         student = (m.student.config, m.student.optimizer)
         classmate = None if m.classmate is None else (m.classmate.config, m.classmate.optimizer)
         state = abstract_run_state(self.mesh, student, classmate)
-        frozen = {} if self.teacher is None else {"teacher": self.teacher}
+        frozen = {"teacher": self.teacher} if self.live_teacher else {}
         frozen_sh = jax.tree.map(lambda a: a.sharding, frozen)
         step = self.builder.jit(run_state_shardings(self.mesh, student, classmate), frozen_sh)
         self.state = state
@@ -204,7 +232,9 @@ class _Builder:
         of another tokenizer per (student, teacher) bucket pair, ascending (its rows
         take `data.length_buckets` too, `data.build_cross`)."""
         if self.models.cross is None:
-            return [(f"off={t}", _scored(self.batch, t, self.rows)) for t in self.lengths]
+            w, b, rows = self.cache_width, self.batch, self.rows
+            cache = lambda t: _cache(b, t, w, rows) if w else {}  # noqa: E731
+            return [(f"off={t}", {**_scored(b, t, rows), **cache(t)}) for t in self.lengths]
         return [
             (
                 f"off={s} teacher={t}",
@@ -455,20 +485,27 @@ class _Builder:
             self._sampler(
                 "greedy", "greedy", sampler, self.student, cfg, int(c.eval.batch_size), self.prompts
             )
-        # the dev KD's teacher: none with another tokenizer (it scores other tokens)
-        seen = None if m.cross is not None else m.teacher
+        # the dev KD's teacher: none with another tokenizer (it scores other tokens),
+        # nor when the run does not load it (teacher.cache): then the cache's dev
+        # draws stand in for it, when drawn at temperature 1 (`run.open_cache`)
+        seen = m.teacher if m.cross is None and self.live_teacher else None
         teacher = None if seen is None else self.teacher
         teacher_cfg = None if seen is None else seen.config
+        draws = 0
+        if seen is None and self.cache_width and cache_temperature(c) == 1.0:
+            draws = int(c.teacher_cache.num_samples)
         student_sh = jax.tree.map(lambda a: a.sharding, self.student)
         teacher_sh = None if teacher is None else jax.tree.map(lambda a: a.sharding, teacher)
         sums = jax.jit(
-            _dev_sums(m.student.config, teacher_cfg, self.builder.path),
+            _dev_sums(m.student.config, teacher_cfg, self.builder.path, draws),
             in_shardings=(student_sh, teacher_sh, self.rows),
             out_shardings=self.replicated,
         )
         rows = int(c.data.eval_batch_size)
         for t in self.lengths:
             batch = _scored(rows, t, self.rows)
+            if draws:
+                batch.update(_cache(rows, t, draws, self.rows))
 
             def lower(batch=batch):
                 with sharding.activation_sharding(self.mesh):
