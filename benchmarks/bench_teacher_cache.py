@@ -13,7 +13,7 @@ k at equal bytes, then prints:
     KD from the cache, and the student alone (SFT: the same forward, backward
     and [B, T, V] log-softmax, no teacher), the fastest a cached step could be.
 
-  python benchmarks/bench_teacher_cache.py [--num_samples 16 --batches 8 --steps 20]
+  python benchmarks/bench_teacher_cache.py [--num_samples N --batches 8 --steps 20]
 """
 
 from __future__ import annotations
@@ -191,14 +191,14 @@ def step_times(config, cache_dir: Path, steps: int) -> dict[str, dict[str, float
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--num_samples", type=int, default=16)
+    p.add_argument("--num_samples", type=int, default=0, help="N draws (0: the config's default)")
     p.add_argument(
         "--batches", type=int, default=8, help="batches for the gradient angles (0: skip them)"
     )
     p.add_argument("--steps", type=int, default=20, help="timed steps of each variant")
     p.add_argument("--out", default="", help="cache directory ('' = a temporary one)")
     args = p.parse_args()
-    n = args.num_samples
+    n = args.num_samples or int(demo_config().teacher_cache.num_samples)
     k = (10 * n) // 8  # top-k entries (id int32 + log p float32) at the sampled cache's bytes
     config = demo_config(**{"teacher_cache.num_samples": n, "teacher_cache.top_k": k})
     out = Path(args.out or tempfile.mkdtemp(prefix="teacher-cache-"))
