@@ -86,11 +86,17 @@ def estimate(prepared, args) -> str:
 
     head = " | ".join(f"{name} h" for name, _ in DEVICES)
     lines = [f"| row | steps | PFLOP per seed | {head} |", "|" + "---|" * (3 + len(DEVICES))]
-    seen, total = set(), 0.0
+    seen, total, caches = set(), 0.0, {}
     for spec, config in prepared:
         length = args.mean_length or int(config.data.max_length) // 2
         flops = cost.run_flops(config, train_examples=args.train_examples, mean_length=length)
         total += flops
+        key = cost.cache_key(config)
+        if key is not None and key not in caches:  # built once, shared by rows and seeds
+            caches[key] = cost.cache_build_flops(
+                config, train_examples=args.train_examples, mean_length=length
+            )
+            total += caches[key]
         if spec.row in seen:
             continue
         seen.add(spec.row)
@@ -98,10 +104,18 @@ def estimate(prepared, args) -> str:
         steps = cost.total_steps(config, args.train_examples)
         lines.append(f"| {spec.row} | {steps} | {flops / 1e15:.0f} | {hours} |")
     hours = ", ".join(f"{total / (p * 1e12 * args.mfu) / 3600:.1f} {n}" for n, p in DEVICES)
+    if caches:
+        build = sum(caches.values())
+        lines.append(
+            f"| teacher cache ({len(caches)} build(s), once) | – | {build / 1e15:.0f} | "
+            + " | ".join(f"{build / (p * 1e12 * args.mfu) / 3600:.1f}" for _, p in DEVICES)
+            + " |"
+        )
     lines += [
         "",
         f"All {len(prepared)} runs: {total / 1e15:.0f} PFLOP = device-hours {hours} at "
-        f"{args.mfu:.0%} MFU of the bf16 peak ({args.train_examples} training examples).",
+        f"{args.mfu:.0%} MFU of the bf16 peak ({args.train_examples} training examples"
+        + ("; the teacher cache's build included)." if caches else ")."),
     ]
     return "\n".join(lines)
 

@@ -336,3 +336,31 @@ def test_estimate_counts_what_each_method_computes(tmp_path, capsys):
     # plus the classmate)
     assert rows["sft"] < rows["kd"] < rows["gkd"] < rows["classkd"], rows
     assert not (tmp_path / "runs").exists()
+
+
+def test_estimate_with_the_teacher_cache_moves_the_teacher_to_one_build(tmp_path, capsys):
+    """`--teacher_cache`: the kd and classkd rows lose their dataset rows' teacher forward
+    (KD costs what SFT does), and the teacher runs once over the training examples,
+    one build shared by both rows and all seeds."""
+    argv = ["--config", "configs/classkd.py:pair=gpt2-xl/gpt2", "--methods", "sft,kd,gkd,classkd"]
+    argv += ["--seeds", "3", "--workdir", str(tmp_path), "--estimate"]
+    out = {}
+    for cached in (False, True):
+        assert compare.main(argv + (["--teacher_cache"] if cached else [])) == 0
+        text = capsys.readouterr().out
+        rows = {}
+        for line in text.splitlines():
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if len(cells) == 7 and cells[2] not in ("PFLOP per seed", "---"):
+                rows[cells[0]] = float(cells[2])
+        total = float(text.split("All 12 runs: ")[1].split(" PFLOP")[0])
+        out[cached] = rows, total
+    (live, live_total), (cache, cache_total) = out[False], out[True]
+    assert cache["kd"] == live["sft"] == cache["sft"] < live["kd"]
+    assert cache["gkd"] == live["gkd"] and cache["classkd"] < live["classkd"]
+    assert "teacher cache (1 build(s), once)" in cache and "teacher cache" not in str(live)
+    # the build is one teacher forward over the examples: cheaper than the 6 runs' teacher
+    saved = 3 * (live["kd"] - cache["kd"] + live["classkd"] - cache["classkd"])
+    build = cache["teacher cache (1 build(s), once)"]
+    assert cache_total == pytest.approx(live_total - saved + build, abs=5)  # rounded cells
+    assert cache_total < live_total

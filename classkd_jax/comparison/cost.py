@@ -12,6 +12,12 @@ norms, the host) is small next to the matmuls at these sizes; wall-clock
 also depends on the sampler, which is bound by memory bandwidth on
 accelerators, so the hours `compare --estimate` prints are a floor at the
 given utilisation, not a promise.
+
+With `teacher.cache` (`compare --teacher_cache`: the kd, classkd and
+distillm rows) the dataset rows' teacher forward leaves the steps; the
+teacher runs once over the training examples instead, when the cache is
+built (`cache_build_flops`), shared by the rows and seeds whose cache
+settings agree (`cache_key`).
 """
 
 from __future__ import annotations
@@ -59,7 +65,8 @@ def _method_step_flops(config, mean_length: int) -> float:
         return 3 * forward_flops(model, r, n)
 
     off = train(student, rows, length)
-    off_kd = off + forward_flops(teacher, rows, length)
+    # the dataset rows' teacher: live, or read from the cache (no forward)
+    off_kd = off + (0.0 if _cached(config) else forward_flops(teacher, rows, length))
     sample = sampling_flops(student, s_rows, prompt, new, new)
     on = (
         sample + train(student, s_rows, prompt + new) + forward_flops(teacher, s_rows, prompt + new)
@@ -91,6 +98,32 @@ def _method_step_flops(config, mean_length: int) -> float:
         lm = off_kd if config.data.lm_path else 0.0
         return per_step * (mixed + scoring) + update + lm
     raise ValueError(f"no FLOP formula for method={method!r}")
+
+
+def _cached(config) -> bool:
+    from classkd_jax.training.checks import CACHE_METHODS
+
+    return bool(config.teacher.cache) and config.method in CACHE_METHODS
+
+
+def cache_key(config) -> tuple | None:
+    """What a run's teacher cache depends on here (the teacher, the loss temperature,
+    N, k and the draws' seed): runs with equal keys share one build; None when the
+    run reads no cache."""
+    if not _cached(config):
+        return None
+    from classkd_jax.teacher_cache.builder import cache_temperature
+
+    t = config.teacher_cache
+    teacher = (config.teacher.preset, config.teacher.path)
+    return teacher, cache_temperature(config), int(t.num_samples), int(t.top_k), int(t.seed)
+
+
+def cache_build_flops(config, *, train_examples: int, mean_length: int) -> float:
+    """The teacher's forward once over the training examples (`mean_length` tokens
+    each): building the cache. The dev split's share, when the run validates, is
+    left out (a few hundred examples)."""
+    return forward_flops(_model(config.teacher), train_examples, mean_length)
 
 
 def run_flops(config, *, train_examples: int, mean_length: int) -> float:
