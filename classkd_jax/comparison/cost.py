@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from classkd_jax.models import ModelConfig, get_preset
 from classkd_jax.training.flops import forward_flops, sampling_flops
+from classkd_jax.training.objectives import uses_cache
 
 
 def _model(role) -> ModelConfig:
@@ -66,7 +67,7 @@ def _method_step_flops(config, mean_length: int) -> float:
 
     off = train(student, rows, length)
     # the dataset rows' teacher: live, or read from the cache (no forward)
-    off_kd = off + (0.0 if _cached(config) else forward_flops(teacher, rows, length))
+    off_kd = off + (0.0 if uses_cache(config) else forward_flops(teacher, rows, length))
     sample = sampling_flops(student, s_rows, prompt, new, new)
     on = (
         sample + train(student, s_rows, prompt + new) + forward_flops(teacher, s_rows, prompt + new)
@@ -100,17 +101,11 @@ def _method_step_flops(config, mean_length: int) -> float:
     raise ValueError(f"no FLOP formula for method={method!r}")
 
 
-def _cached(config) -> bool:
-    from classkd_jax.training.checks import CACHE_METHODS
-
-    return bool(config.teacher.cache) and config.method in CACHE_METHODS
-
-
 def cache_key(config) -> tuple | None:
     """What a run's teacher cache depends on here (the teacher, the loss temperature,
     N, k and the draws' seed): runs with equal keys share one build; None when the
     run reads no cache."""
-    if not _cached(config):
+    if not uses_cache(config):
         return None
     from classkd_jax.teacher_cache.builder import cache_temperature
 

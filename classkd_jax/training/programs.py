@@ -166,7 +166,7 @@ def _cache(batch: int, length: int, width: int, rows) -> dict:
 def cache_width(config) -> int:
     """W of the run's `teacher.cache` arrays: the draws N (`teacher_cache.num_samples`),
     or k with `teacher_cache.loss='topk'`; 0 when the dataset rows' teacher is live."""
-    if not config.teacher.cache or config.method not in checks.CACHE_METHODS:
+    if not objectives.uses_cache(config):
         return 0
     t = config.teacher_cache
     return int(t.top_k) if t.loss == "topk" else int(t.num_samples)
